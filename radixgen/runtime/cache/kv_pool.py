@@ -1,0 +1,69 @@
+"""Token-granular KV storage and its slot allocator.
+
+`KVPool` stores K and V for every layer in one preallocated tensor each:
+`k[layer, slot, kv_head, head_dim]`. A *slot* holds one token's K/V in every layer.
+
+Slot 0 is the padding slot: it is never handed out, so index tensors may be padded with 0 and
+writes to it are harmless. Usable slots are 1..size.
+
+`SlotAllocator` hands out free slots. It knows nothing of requests or the radix tree; whoever
+allocates a slot owns it until it frees it or hands it to the radix cache.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+class KVPool:
+    def __init__(
+        self,
+        size: int,
+        num_layers: int,
+        num_kv_heads: int,
+        head_dim: int,
+        dtype: torch.dtype,
+        device: str | torch.device = "cpu",
+    ):
+        self.size = size
+        shape = (num_layers, size + 1, num_kv_heads, head_dim)
+        self.k = torch.zeros(shape, dtype=dtype, device=device)
+        self.v = torch.zeros(shape, dtype=dtype, device=device)
+
+    def write(self, layer: int, slots: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Store K/V for `slots` ([T]) in `layer`; k, v: [T, Hkv, D]."""
+        self.k[layer].index_copy_(0, slots, k.to(self.k.dtype))
+        self.v[layer].index_copy_(0, slots, v.to(self.v.dtype))
+
+    def buffers(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """K and V of one layer, each [size + 1, Hkv, D]."""
+        return self.k[layer], self.v[layer]
+
+    @property
+    def bytes_per_token(self) -> int:
+        return 2 * self.k[:, 0].numel() * self.k.element_size()
+
+
+class SlotAllocator:
+    """Free list of KV slots 1..size. `alloc` returns None rather than over-committing."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self.clear()
+
+    def clear(self) -> None:
+        self._free = torch.arange(1, self.size + 1, dtype=torch.int64)
+
+    @property
+    def available(self) -> int:
+        return int(self._free.shape[0])
+
+    def alloc(self, n: int) -> torch.Tensor | None:
+        if n > self.available:
+            return None
+        slots, self._free = self._free[:n], self._free[n:]
+        return slots
+
+    def free(self, slots: torch.Tensor) -> None:
+        if slots.numel():
+            self._free = torch.cat((self._free, slots.to(torch.int64)))

@@ -1,0 +1,96 @@
+"""Configuration values for the runtime, as frozen dataclasses.
+
+`ModelConfig` describes a model's architecture (filled by a loader from GGUF metadata or
+config.json). `EngineConfig` holds every user-facing engine option; the field docstrings (the
+`help` metadata) become the command-line help, so each option is documented once, here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+SCHEDULE_POLICIES = ("lpm", "fcfs", "dfs-weight")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture of a Llama-family decoder (Llama 2/3, Mistral, SmolLM2, TinyLlama, Qwen2)."""
+
+    architecture: str  # "llama" | "mistral" | "qwen2"
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    rope_theta: float
+    rms_norm_eps: float
+    max_position_embeddings: int
+    tie_word_embeddings: bool
+    attention_bias: bool = False  # Qwen2 has biases on the q/k/v projections
+    rope_scaling: dict[str, Any] | None = None
+    bos_token_id: int | None = None
+    eos_token_ids: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError(
+                f"num_heads ({self.num_heads}) must be a multiple of num_kv_heads "
+                f"({self.num_kv_heads})"
+            )
+
+
+def _opt(default: Any, help: str, **kw: Any) -> Any:
+    return field(default=default, metadata={"help": help, **kw})
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Every engine option. Values are validated on construction; "auto" values are resolved by
+    `resolve()`, which returns a new object rather than mutating this one."""
+
+    model: str = _opt("smollm2", "Model: the alias 'smollm2', a .gguf file, or a HF directory.")
+    dtype: str = _opt("bfloat16", "Weight and activation dtype.", choices=tuple(DTYPES))
+    device: str = _opt("cpu", "Torch device to run on.")
+    kv_cache_tokens: int = _opt(65536, "Size of the KV pool in tokens (all layers).")
+    max_running_requests: int = _opt(64, "Most requests decoding at once.")
+    max_prefill_tokens: int = _opt(4096, "Token budget of one prefill batch.")
+    chunked_prefill_size: int = _opt(
+        1024, "Prompts longer than this are prefilled in chunks of this size (-1: never)."
+    )
+    context_length: int | None = _opt(None, "Max prompt+output length (default: the model's).")
+    schedule_policy: str = _opt(
+        "lpm",
+        "Waiting-queue order: longest prefix match, FCFS or DFS weight.",
+        choices=SCHEDULE_POLICIES,
+    )
+    disable_radix_cache: bool = _opt(False, "Run without prefix reuse (the benchmark baseline).")
+    num_threads: int | None = _opt(None, "Torch intra-op threads (default: all cores).")
+    random_seed: int = _opt(0, "Seed for requests that do not set their own sampling seed.")
+    max_queued_requests: int | None = _opt(None, "Reject new requests beyond this many waiting.")
+
+    def __post_init__(self) -> None:
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {tuple(DTYPES)}, got {self.dtype!r}")
+        if self.schedule_policy not in SCHEDULE_POLICIES:
+            raise ValueError(
+                f"schedule_policy must be one of {SCHEDULE_POLICIES}, got {self.schedule_policy!r}"
+            )
+        for name in ("kv_cache_tokens", "max_running_requests", "max_prefill_tokens"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.chunked_prefill_size == 0 or self.chunked_prefill_size < -1:
+            raise ValueError("chunked_prefill_size must be positive or -1")
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return DTYPES[self.dtype]
+
+    def replace(self, **changes: Any) -> EngineConfig:
+        return dataclasses.replace(self, **changes)

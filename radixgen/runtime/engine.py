@@ -1,0 +1,304 @@
+"""`Engine`: the in-process API of the runtime (SGLang's offline `Engine` shape).
+
+    engine = Engine(model="smollm2")
+    out = engine.generate("The capital of France is", {"max_new_tokens": 8, "temperature": 0})
+    out["text"], out["output_ids"], out["meta_info"]["cached_tokens"]
+
+`generate` takes one prompt or a batch (text or token ids), returns a dict or a list of dicts, or
+with `stream=True` an iterator of cumulative outputs. `async_generate` is the asyncio twin. Caller
+mistakes raise `InvalidRequestError` naming the field, before anything reaches the scheduler.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+import queue
+import random
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import torch
+
+from radixgen.runtime.config import EngineConfig
+from radixgen.runtime.detokenizer import IncrementalDetokenizer
+from radixgen.runtime.model.loader import resolve_model
+from radixgen.runtime.model.runner import ModelRunner
+from radixgen.runtime.request import LogprobOptions, Req
+from radixgen.runtime.sampling_params import InvalidRequestError, SamplingParams
+from radixgen.runtime.scheduler.loop import Scheduler
+from radixgen.runtime.tokenizer import eos_token_ids, load_tokenizer
+
+logger = logging.getLogger(__name__)
+
+Prompt = str | list[str] | None
+InputIds = list[int] | list[list[int]] | None
+
+
+class Engine:
+    def __init__(self, config: EngineConfig | None = None, **options: Any):
+        self.config = config.replace(**options) if config else EngineConfig(**options)
+        torch.set_num_threads(self.config.num_threads or os.cpu_count() or 1)
+        self.source = resolve_model(self.config.model)
+        self.model_config = self.source.read_config()
+        self.context_len = self.config.context_length or self.model_config.max_position_embeddings
+        self.tokenizer = load_tokenizer(self.source)
+        self.eos_ids = eos_token_ids(self.tokenizer, self.model_config.eos_token_ids)
+        runner = ModelRunner(self.source, self.model_config, self.config, self.context_len)
+        self.scheduler = Scheduler(self.config, runner, self.tokenizer, self.eos_ids)
+        self._seeds = random.Random(self.config.random_seed)
+        self._ids = itertools.count()
+        self.scheduler.start()
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    def shutdown(self) -> None:
+        self.scheduler.shutdown()
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown()
+
+    # --- generation ------------------------------------------------------------------------
+
+    def generate(
+        self,
+        prompt: Prompt = None,
+        sampling_params: dict[str, Any] | list[dict[str, Any]] | None = None,
+        input_ids: InputIds = None,
+        return_logprob: bool = False,
+        logprob_start_len: int | None = None,
+        top_logprobs_num: int | None = None,
+        return_text_in_logprobs: bool = False,
+        stream: bool = False,
+        rid: str | list[str] | None = None,
+    ) -> dict[str, Any] | list[dict[str, Any]] | Iterator[dict[str, Any]]:
+        """Generate for one prompt (-> dict) or a batch (-> list); `stream=True` -> iterator of
+        cumulative outputs of a single request."""
+        reqs, single = self._make_requests(
+            prompt,
+            sampling_params,
+            input_ids,
+            return_logprob,
+            logprob_start_len,
+            top_logprobs_num,
+            return_text_in_logprobs,
+            stream,
+            rid,
+        )
+        if stream:
+            return self._stream(reqs)
+        inbox: queue.Queue = queue.Queue()
+        for req in reqs:
+            self.scheduler.submit(req, inbox.put)
+        results: dict[str, dict[str, Any]] = {}
+        try:
+            while len(results) < len(reqs):
+                out = inbox.get()
+                results[out["meta_info"]["id"]] = out
+        except BaseException:
+            for req in reqs:
+                self.abort(req.rid)
+            raise
+        ordered = [results[r.rid] for r in reqs]
+        return ordered[0] if single else ordered
+
+    def _stream(self, reqs: list[Req]) -> Iterator[dict[str, Any]]:
+        if len(reqs) != 1:
+            raise InvalidRequestError("stream=True takes a single prompt with n=1", "stream")
+        inbox: queue.Queue = queue.Queue()
+        self.scheduler.submit(reqs[0], inbox.put)
+        finished = False
+        try:
+            while not finished:
+                out = inbox.get()
+                finished = out["meta_info"]["finish_reason"] is not None
+                yield out
+        finally:
+            if not finished:
+                self.abort(reqs[0].rid)
+
+    async def async_generate(self, *args: Any, **kwargs: Any) -> Any:
+        """Asyncio variant of `generate`; with `stream=True` returns an async iterator."""
+        stream = kwargs.get("stream", False)
+        reqs, single = self._make_requests(*_generate_args(args, kwargs))
+        loop = asyncio.get_running_loop()
+        inbox: asyncio.Queue = asyncio.Queue()
+        sink = lambda out: loop.call_soon_threadsafe(inbox.put_nowait, out)  # noqa: E731
+        for req in reqs:
+            self.scheduler.submit(req, sink)
+        if stream:
+            return self._async_stream(reqs, inbox)
+        results: dict[str, dict[str, Any]] = {}
+        try:
+            while len(results) < len(reqs):
+                out = await inbox.get()
+                results[out["meta_info"]["id"]] = out
+        except BaseException:
+            for req in reqs:
+                self.abort(req.rid)
+            raise
+        ordered = [results[r.rid] for r in reqs]
+        return ordered[0] if single else ordered
+
+    async def _async_stream(self, reqs: list[Req], inbox: asyncio.Queue) -> AsyncIterator[dict]:
+        pending = {r.rid for r in reqs}
+        try:
+            while pending:
+                out = await inbox.get()
+                if out["meta_info"]["finish_reason"] is not None:
+                    pending.discard(out["meta_info"]["id"])
+                yield out
+        finally:
+            for rid in pending:
+                self.abort(rid)
+
+    # --- control ---------------------------------------------------------------------------
+
+    def abort(self, rid: str) -> None:
+        self.scheduler.abort(rid)
+
+    def flush_cache(self) -> bool:
+        """Drop all cached prefixes; False (nothing done) while requests are active."""
+        return self.scheduler.call(self.scheduler.flush_cache).result()
+
+    def stats(self) -> dict[str, Any]:
+        return self.scheduler.call(self.scheduler.stats).result()
+
+    def apply_chat_template(self, messages: list[dict[str, Any]]) -> str:
+        """Render chat messages with the model's template, ready for the assistant's turn."""
+        return self.tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=True
+        )
+
+    # --- request construction --------------------------------------------------------------
+
+    def _make_requests(
+        self,
+        prompt,
+        sampling_params,
+        input_ids,
+        return_logprob,
+        logprob_start_len,
+        top_logprobs_num,
+        return_text_in_logprobs,
+        stream,
+        rid,
+    ) -> tuple[list[Req], bool]:
+        if (prompt is None) == (input_ids is None):
+            raise InvalidRequestError("exactly one of prompt and input_ids is required", "prompt")
+        if prompt is not None:
+            single = isinstance(prompt, str)
+            texts = [prompt] if single else list(prompt)
+            if not all(isinstance(t, str) for t in texts):
+                raise InvalidRequestError("prompt must be a string or a list of strings", "prompt")
+            token_lists = [self.tokenizer(t)["input_ids"] for t in texts]
+        else:
+            single = bool(input_ids) and isinstance(input_ids[0], int)
+            token_lists = [list(input_ids)] if single else [list(x) for x in input_ids]
+        if not token_lists:
+            raise InvalidRequestError("the batch is empty", "prompt")
+        params_list = sampling_params if isinstance(sampling_params, list) else None
+        if params_list is not None and len(params_list) != len(token_lists):
+            raise InvalidRequestError(
+                "sampling_params list must match the batch size", "sampling_params"
+            )
+        rids = rid if isinstance(rid, list) else None
+        logprob = LogprobOptions(
+            return_logprob=bool(return_logprob),
+            logprob_start_len=-1 if logprob_start_len is None else int(logprob_start_len),
+            top_logprobs_num=int(top_logprobs_num or 0),
+            return_text_in_logprobs=bool(return_text_in_logprobs),
+        )
+        if logprob.logprob_start_len < -1 or logprob.top_logprobs_num < 0:
+            raise InvalidRequestError(
+                "logprob_start_len must be >= -1 and top_logprobs_num >= 0", "logprob_start_len"
+            )
+        reqs: list[Req] = []
+        for i, ids in enumerate(token_lists):
+            params = SamplingParams.from_dict(params_list[i] if params_list else sampling_params)
+            self._validate(ids, params)
+            base = rids[i] if rids else (rid if isinstance(rid, str) and single else None)
+            base = base or uuid.uuid4().hex
+            for k in range(params.n):
+                seed = (
+                    params.sampling_seed + k
+                    if params.sampling_seed is not None
+                    else self._seeds.getrandbits(63)
+                )
+                reqs.append(
+                    Req(
+                        rid=base if params.n == 1 else f"{base}_{k}",
+                        origin_input_ids=ids,
+                        sampling_params=params,
+                        logprob=logprob,
+                        detokenizer=IncrementalDetokenizer(
+                            self.tokenizer,
+                            ids,
+                            params.stop,
+                            params.skip_special_tokens,
+                            params.no_stop_trim,
+                        ),
+                        stream=stream,
+                        seed=seed,
+                    )
+                )
+        if len({r.rid for r in reqs}) != len(reqs):
+            raise InvalidRequestError("duplicate request ids in the batch", "rid")
+        return reqs, single and len(reqs) == 1
+
+    def _validate(self, ids: list[int], params: SamplingParams) -> None:
+        vocab = self.model_config.vocab_size
+        params.verify(vocab)
+        if not ids:
+            raise InvalidRequestError("the prompt is empty", "prompt")
+        if not all(isinstance(t, int) and 0 <= t < vocab for t in ids):
+            raise InvalidRequestError(f"input_ids must be integers in [0, {vocab})", "input_ids")
+        for name in ("regex", "json_schema", "ebnf", "structural_tag", "stop_regex"):
+            if getattr(params, name) is not None:
+                raise InvalidRequestError(f"{name} is not supported yet", name)
+        total = len(ids) + params.max_new_tokens
+        if total > self.context_len:
+            raise InvalidRequestError(
+                f"This model's maximum context length is {self.context_len} tokens. However, you "
+                f"requested {total} tokens ({len(ids)} in the prompt, {params.max_new_tokens} for "
+                "the completion). Please reduce the length of the prompt or completion.",
+                param="max_new_tokens" if len(ids) < self.context_len else "prompt",
+                code="context_length_exceeded",
+            )
+        if total > self.config.kv_cache_tokens:
+            raise InvalidRequestError(
+                f"the request needs up to {total} KV slots but the KV pool holds "
+                f"{self.config.kv_cache_tokens}; lower max_new_tokens or raise kv_cache_tokens",
+                param="max_new_tokens",
+            )
+
+
+_GENERATE_PARAMS = (
+    "prompt",
+    "sampling_params",
+    "input_ids",
+    "return_logprob",
+    "logprob_start_len",
+    "top_logprobs_num",
+    "return_text_in_logprobs",
+    "stream",
+    "rid",
+)
+_GENERATE_DEFAULTS = (None, None, None, False, None, None, False, False, None)
+
+
+def _generate_args(args: tuple, kwargs: dict[str, Any]) -> list[Any]:
+    """Positional list for `_make_requests` from `generate`-style args and kwargs."""
+    unknown = set(kwargs) - set(_GENERATE_PARAMS)
+    if unknown:
+        raise TypeError(f"unexpected argument(s): {sorted(unknown)}")
+    values = list(args) + list(_GENERATE_DEFAULTS[len(args) :])
+    for name, value in kwargs.items():
+        values[_GENERATE_PARAMS.index(name)] = value
+    return values

@@ -1,0 +1,95 @@
+"""Building blocks of a Llama-family decoder: RMSNorm, rotary embedding, fused projections."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from radixgen.runtime.config import ModelConfig
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, size: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(size))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Same arithmetic as transformers' LlamaRMSNorm: normalise in float32, scale in x's dtype.
+        normed = F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps).to(x.dtype)
+        return self.weight * normed
+
+
+def rope_inv_freq(config: ModelConfig) -> torch.Tensor:
+    """Inverse frequencies [D/2] with the model's rope scaling applied (none, linear, llama3)."""
+    dim = config.head_dim
+    exponents = torch.arange(0, dim, 2, dtype=torch.int64).float() / dim
+    inv_freq = 1.0 / (config.rope_theta**exponents)
+    scaling = config.rope_scaling or {}
+    kind = scaling.get("rope_type", scaling.get("type", "default"))
+    if kind == "default":
+        return inv_freq
+    if kind == "linear":
+        return inv_freq / float(scaling["factor"])
+    if kind == "llama3":
+        factor = float(scaling["factor"])
+        low, high = float(scaling["low_freq_factor"]), float(scaling["high_freq_factor"])
+        old_ctx = float(scaling["original_max_position_embeddings"])
+        wavelen = 2 * math.pi / inv_freq
+        scaled = torch.where(wavelen > old_ctx / low, inv_freq / factor, inv_freq)
+        smooth = (old_ctx / wavelen - low) / (high - low)
+        smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+        is_medium = (wavelen >= old_ctx / high) & (wavelen <= old_ctx / low)
+        return torch.where(is_medium, smoothed, scaled)
+    raise ValueError(f"unsupported rope_scaling type {kind!r}")
+
+
+class RotaryEmbedding(nn.Module):
+    """Rotate-half rotary embedding with cos/sin tables precomputed for every position."""
+
+    def __init__(self, config: ModelConfig, max_positions: int):
+        super().__init__()
+        self.max_positions = max_positions
+        self.set_inv_freq(rope_inv_freq(config))
+
+    def set_inv_freq(self, inv_freq: torch.Tensor) -> None:
+        """(Re)build the tables from inverse frequencies [D/2]."""
+        positions = torch.arange(self.max_positions, dtype=torch.float32)
+        freqs = positions[:, None] * inv_freq[None, :]  # [P, D/2]
+        emb = torch.cat((freqs, freqs), dim=-1)  # [P, D]
+        self.register_buffer("cos_table", emb.cos(), persistent=False)
+        self.register_buffer("sin_table", emb.sin(), persistent=False)
+
+    def lookup(self, positions: torch.Tensor, dtype: torch.dtype):
+        """cos, sin for `positions` ([T]) -> each [T, 1, D], computed once per batch."""
+        return (
+            self.cos_table[positions].to(dtype)[:, None, :],
+            self.sin_table[positions].to(dtype)[:, None, :],
+        )
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x: [T, heads, D]; cos/sin: [T, 1, D]."""
+    half = x.shape[-1] // 2
+    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return x * cos + rotated * sin
+
+
+class MergedLinear(nn.Linear):
+    """A linear layer whose output rows are several projections stacked (q|k|v or gate|up).
+
+    `load_shard(index, weight)` copies one projection's weight (or bias) into its rows.
+    """
+
+    def __init__(self, in_features: int, shard_sizes: list[int], bias: bool):
+        super().__init__(in_features, sum(shard_sizes), bias=bias)
+        self.shard_offsets = [sum(shard_sizes[:i]) for i in range(len(shard_sizes))]
+        self.shard_sizes = shard_sizes
+
+    def load_shard(self, index: int, tensor: torch.Tensor, is_bias: bool = False) -> None:
+        target = self.bias if is_bias else self.weight
+        start = self.shard_offsets[index]
+        target.data[start : start + self.shard_sizes[index]].copy_(tensor)

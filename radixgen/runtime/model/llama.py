@@ -1,0 +1,143 @@
+"""Llama-family decoder (Llama 2/3, Mistral, SmolLM2, TinyLlama; Qwen2 via q/k/v biases).
+
+The model works on the flat token layout of `ForwardBatch`: hidden states are [T, hidden], with
+no batch or padding axis; attention finds each request's KV through the attention metadata.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from radixgen.runtime.config import ModelConfig
+from radixgen.runtime.model.attention import AttentionMetadata, TorchSDPABackend
+from radixgen.runtime.model.layers import (
+    MergedLinear,
+    RMSNorm,
+    RotaryEmbedding,
+    apply_rotary,
+    rope_inv_freq,
+)
+
+
+class LlamaAttention(nn.Module):
+    def __init__(self, config: ModelConfig, layer_id: int):
+        super().__init__()
+        self.layer_id = layer_id
+        self.num_heads, self.num_kv_heads = config.num_heads, config.num_kv_heads
+        self.head_dim = config.head_dim
+        q_size, kv_size = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
+        self.split_sizes = [q_size, kv_size, kv_size]
+        self.qkv_proj = MergedLinear(config.hidden_size, self.split_sizes, config.attention_bias)
+        self.o_proj = nn.Linear(q_size, config.hidden_size, bias=False)
+
+    def forward(
+        self,
+        x: torch.Tensor,  # [T, hidden]
+        rope: tuple[torch.Tensor, torch.Tensor],
+        attn: TorchSDPABackend,
+        meta: AttentionMetadata,
+    ) -> torch.Tensor:
+        T = x.shape[0]
+        q, k, v = self.qkv_proj(x).split(self.split_sizes, dim=-1)
+        q = apply_rotary(q.view(T, self.num_heads, self.head_dim), *rope)
+        k = apply_rotary(k.view(T, self.num_kv_heads, self.head_dim), *rope)
+        out = attn.forward(self.layer_id, q.reshape(T, -1), k.reshape(T, -1), v, meta)
+        return self.o_proj(out)
+
+
+class LlamaMLP(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        size = config.intermediate_size
+        self.gate_up_proj = MergedLinear(config.hidden_size, [size, size], bias=False)
+        self.down_proj = nn.Linear(size, config.hidden_size, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
+        return self.down_proj(F.silu(gate) * up)
+
+
+class LlamaDecoderLayer(nn.Module):
+    def __init__(self, config: ModelConfig, layer_id: int):
+        super().__init__()
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.self_attn = LlamaAttention(config, layer_id)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.mlp = LlamaMLP(config)
+
+    def forward(self, x, rope, attn, meta):
+        x = x + self.self_attn(self.input_layernorm(x), rope, attn, meta)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+# HF weight name suffix -> (our parameter path suffix, shard index) for merged projections.
+_MERGED = {
+    "self_attn.q_proj": ("self_attn.qkv_proj", 0),
+    "self_attn.k_proj": ("self_attn.qkv_proj", 1),
+    "self_attn.v_proj": ("self_attn.qkv_proj", 2),
+    "mlp.gate_proj": ("mlp.gate_up_proj", 0),
+    "mlp.up_proj": ("mlp.gate_up_proj", 1),
+}
+
+
+class LlamaForCausalLM(nn.Module):
+    def __init__(self, config: ModelConfig, max_positions: int):
+        super().__init__()
+        self.config = config
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(LlamaDecoderLayer(config, i) for i in range(config.num_layers))
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.rotary = RotaryEmbedding(config, max_positions)
+        self.lm_head = None
+        if not config.tie_word_embeddings:
+            self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+
+    @torch.inference_mode()
+    def forward(
+        self,
+        input_ids: torch.Tensor,  # [T]
+        positions: torch.Tensor,  # [T]
+        attn: TorchSDPABackend,
+        meta: AttentionMetadata,
+        logit_rows: torch.Tensor,  # [R]
+    ) -> torch.Tensor:  # [R, vocab] float32
+        x = self.embed_tokens(input_ids)  # [T, hidden]
+        rope = self.rotary.lookup(positions, x.dtype)
+        for layer in self.layers:
+            x = layer(x, rope, attn, meta)
+        x = self.norm(x[logit_rows])  # [R, hidden]
+        head = self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
+        return F.linear(x, head).float()
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Copy HF-named tensors into the (merged) parameters; raise if any parameter is missed."""
+        params = dict(self.named_parameters())
+        loaded: set[str] = set()
+        rope_freqs = None
+        for name, tensor in weights:
+            if name == "rope_freqs":
+                rope_freqs = tensor
+                continue
+            name = name.removeprefix("model.")
+            if name.startswith("lm_head") and self.lm_head is None:
+                continue  # tied embeddings: the head is the embedding matrix
+            is_bias = name.endswith(".bias")
+            module_path = name.rsplit(".", 1)[0]
+            merged = next((m for m in _MERGED if module_path.endswith(m)), None)
+            if merged is None:
+                params[name].data.copy_(tensor)
+                loaded.add(name)
+                continue
+            target, shard = _MERGED[merged]
+            module_name = module_path[: -len(merged)] + target
+            self.get_submodule(module_name).load_shard(shard, tensor, is_bias)
+            loaded.add(f"{module_name}.{'bias' if is_bias else 'weight'}")
+        missing = set(params) - loaded
+        if missing:
+            raise ValueError(f"checkpoint is missing weights: {sorted(missing)[:5]} ...")
+        if rope_freqs is not None:  # llama3-style per-frequency factors stored in GGUF
+            self.rotary.set_inv_freq(rope_inv_freq(self.config) / rope_freqs.float())

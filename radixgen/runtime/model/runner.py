@@ -1,0 +1,65 @@
+"""ModelRunner: owns the model weights, the KV pool and the attention backend.
+
+`forward(batch)` is the whole contract with the scheduler: it takes a `ForwardBatch` and returns
+the float32 logits of `batch.logit_rows`. The runner never reads scheduler state.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import torch
+
+from radixgen.runtime.cache.kv_pool import KVPool
+from radixgen.runtime.cache.req_table import ReqToTokenTable
+from radixgen.runtime.config import EngineConfig, ModelConfig
+from radixgen.runtime.model.attention import TorchSDPABackend
+from radixgen.runtime.model.batch import ForwardBatch
+from radixgen.runtime.model.layers import rope_inv_freq
+from radixgen.runtime.model.llama import LlamaForCausalLM
+from radixgen.runtime.model.loader import ModelSource
+
+logger = logging.getLogger(__name__)
+
+
+class ModelRunner:
+    def __init__(
+        self,
+        source: ModelSource,
+        model_config: ModelConfig,
+        engine_config: EngineConfig,
+        context_len: int,
+    ):
+        self.model_config = model_config
+        self.device = torch.device(engine_config.device)
+        self.dtype = engine_config.torch_dtype
+        start = time.perf_counter()
+        with torch.device("meta"):
+            model = LlamaForCausalLM(model_config, max_positions=context_len)
+        model = model.to_empty(device=self.device)
+        model.rotary.set_inv_freq(rope_inv_freq(model_config))  # buffers were on "meta"
+        model.load_weights(source.iter_weights(model_config))
+        self.model = model.to(self.dtype).eval()
+        self.model.rotary.float()  # rope tables stay float32, cast per batch
+        logger.info("loaded %s in %.1fs", source.path, time.perf_counter() - start)
+
+        self.kv_pool = KVPool(
+            engine_config.kv_cache_tokens,
+            model_config.num_layers,
+            model_config.num_kv_heads,
+            model_config.head_dim,
+            self.dtype,
+            self.device,
+        )
+        self.req_table = ReqToTokenTable(
+            engine_config.max_running_requests + 1, context_len, self.device
+        )
+        self.attention = TorchSDPABackend(
+            self.kv_pool, self.req_table, model_config.num_heads, model_config.num_kv_heads
+        )
+
+    def forward(self, batch: ForwardBatch) -> torch.Tensor:
+        """Run one batch; returns logits [R, vocab] float32 for `batch.logit_rows`."""
+        meta = self.attention.prepare(batch)
+        return self.model(batch.input_ids, batch.positions, self.attention, meta, batch.logit_rows)

@@ -1,0 +1,332 @@
+"""The scheduler: one thread that owns all KV state and runs the batching loop.
+
+Each iteration: take new requests and control messages from the inbox; build a prefill batch
+from the waiting queue (prefill has priority, as in SGLang); otherwise run one decode step for
+every running request. The loop composes small managers:
+
+    policy.order_waiting -> PrefillManager.build -> batch_builder -> ModelRunner.forward
+    DecodeManager.ensure_memory (retraction) -> batch_builder -> ModelRunner.forward
+    Sampler -> OutputProcessor (logprobs, stop checks, outputs) -> CacheManager.release
+
+Why a thread and not a process: torch releases the GIL inside every kernel, so the scheduler's
+Python time is the only contention with the caller; in exchange a thread shares the tokenizer and
+needs no serialisation of tokens, logprobs and outputs. The Engine API is the seam: a process
+can replace the thread without touching callers.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import random
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
+from typing import Any
+
+import torch
+
+from radixgen.runtime.config import EngineConfig
+from radixgen.runtime.model.runner import ModelRunner
+from radixgen.runtime.request import FinishKind, FinishReason, Req
+from radixgen.runtime.sampler import Sampler
+from radixgen.runtime.scheduler.batch_builder import (
+    build_decode,
+    build_extend,
+    input_logprob_start,
+)
+from radixgen.runtime.scheduler.cache_manager import CacheManager
+from radixgen.runtime.scheduler.decode import DecodeManager
+from radixgen.runtime.scheduler.output import OutputProcessor
+from radixgen.runtime.scheduler.policy import order_waiting
+from radixgen.runtime.scheduler.prefill import PrefillBatch, PrefillManager
+
+logger = logging.getLogger(__name__)
+
+OutputSink = Callable[[dict[str, Any]], None]
+
+
+class Scheduler:
+    def __init__(
+        self,
+        config: EngineConfig,
+        runner: ModelRunner,
+        tokenizer,
+        eos_ids: frozenset[int],
+    ):
+        self.config = config
+        self.runner = runner
+        allocator_size = runner.kv_pool.size
+        from radixgen.runtime.cache.kv_pool import SlotAllocator
+
+        self.cache = CacheManager(
+            SlotAllocator(allocator_size), runner.req_table, config.disable_radix_cache
+        )
+        self.prefill = PrefillManager(config, self.cache)
+        self.decode = DecodeManager(self.cache)
+        self.sampler = Sampler(eos_ids)
+        self.outputs = OutputProcessor(tokenizer, eos_ids)
+        self.waiting: list[Req] = []
+        self.chunked: Req | None = None
+        self.sinks: dict[str, OutputSink] = {}
+        self.inbox: queue.Queue = queue.Queue()
+        self.counters = {
+            "prompt_tokens": 0,
+            "cached_tokens": 0,
+            "generated_tokens": 0,
+            "finished_requests": 0,
+            "aborted_requests": 0,
+        }
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+
+    # --- thread-safe API -------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="radixgen-scheduler", daemon=True)
+        self._thread.start()
+
+    def shutdown(self) -> None:
+        self._stop.set()
+        self.inbox.put(("wake",))
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+
+    def submit(self, req: Req, sink: OutputSink) -> None:
+        self.inbox.put(("add", req, sink))
+
+    def abort(self, rid: str) -> None:
+        self.inbox.put(("abort", rid))
+
+    def call(self, fn: Callable[[], Any]) -> Future:
+        """Run `fn` on the scheduler thread between steps (consistent view of all state)."""
+        future: Future = Future()
+        self.inbox.put(("call", fn, future))
+        return future
+
+    # --- loop ------------------------------------------------------------------------------
+
+    @property
+    def is_idle(self) -> bool:
+        return not self.waiting and not self.decode.running and self.chunked is None
+
+    def _run(self) -> None:
+        torch.set_grad_enabled(False)
+        while not self._stop.is_set():
+            self._drain_inbox(block=self.is_idle)
+            try:
+                self.step()
+            except Exception as exc:  # never let one bad batch kill the engine
+                logger.exception("scheduler step failed")
+                self._abort_all_active(f"internal error: {exc}")
+
+    def _drain_inbox(self, block: bool) -> None:
+        try:
+            message = self.inbox.get(timeout=0.5) if block else self.inbox.get_nowait()
+        except queue.Empty:
+            return
+        while True:
+            self._handle(message)
+            try:
+                message = self.inbox.get_nowait()
+            except queue.Empty:
+                return
+
+    def _handle(self, message: tuple) -> None:
+        kind = message[0]
+        if kind == "add":
+            _, req, sink = message
+            req.sampling_rng = random.Random(req.seed)
+            self.sinks[req.rid] = sink
+            self.waiting.append(req)
+        elif kind == "abort":
+            self._abort(message[1], "aborted by request")
+        elif kind == "call":
+            _, fn, future = message
+            try:
+                future.set_result(fn())
+            except Exception as exc:
+                future.set_exception(exc)
+
+    def step(self) -> None:
+        batch = self._next_prefill()
+        if batch is not None:
+            self._run_prefill(batch)
+        elif self.decode.running:
+            self._run_decode()
+
+    # --- prefill ---------------------------------------------------------------------------
+
+    def _next_prefill(self) -> PrefillBatch | None:
+        if not self.waiting and self.chunked is None:
+            return None
+        ordered = order_waiting(self.waiting, self.config.schedule_policy, self.cache)
+        batch = self.prefill.build(
+            ordered, self.decode.running, self.chunked, self.decode.new_token_ratio
+        )
+        if batch is None:
+            if not self.decode.running and self.chunked is None:
+                self._reject_unservable()
+            return None
+        admitted = {id(r) for r in batch.reqs}
+        self.waiting = [r for r in self.waiting if id(r) not in admitted]
+        self.chunked = batch.chunked
+        return batch
+
+    def _reject_unservable(self) -> None:
+        """Nothing runs and nothing could be admitted: the head of the queue can never fit."""
+        req = self.waiting[0]
+        self.waiting.pop(0)
+        self._finish(
+            req,
+            FinishReason(
+                FinishKind.ABORT,
+                message=f"request needs {req.seq_len} KV slots plus its output, but only "
+                f"{self.cache.available_tokens} can ever be free",
+            ),
+        )
+
+    def _run_prefill(self, batch: PrefillBatch) -> None:
+        forward_batch, layout = build_extend(batch.reqs, batch.extend_lens, self.runner.req_table)
+        logits = self.runner.forward(forward_batch)  # [R, V]
+        to_sample: list[Req] = []
+        sample_rows: list[int] = []
+        for req, n, rows in zip(batch.reqs, batch.extend_lens, layout, strict=True):
+            if req.wants_input_logprobs and (
+                rows.input_logprob_rows or not req.input_token_logprobs
+            ):
+                first_id = req.origin_input_ids[input_logprob_start(req)]
+                picked = logits[rows.input_logprob_rows.start : rows.input_logprob_rows.stop]
+                self.outputs.record_input_logprobs(
+                    req, picked, rows.input_logprob_targets, first_id
+                )
+            req.kv_len += n
+            if req.retractions == 0 and req.kv_len >= len(req.origin_input_ids):
+                self.counters["prompt_tokens"] += len(req.origin_input_ids)
+                self.counters["cached_tokens"] += req.cached_tokens
+            if rows.sample_row is None:
+                continue
+            if req.sampling_params.max_new_tokens == 0:
+                req.finish(FinishReason(FinishKind.LENGTH, length=0))
+                continue
+            to_sample.append(req)
+            sample_rows.append(rows.sample_row)
+        if to_sample:
+            self._sample_and_append(to_sample, logits[torch.tensor(sample_rows)])
+        if self.chunked is not None and not self.chunked.is_finished:
+            self.cache.cache_unfinished(self.chunked)
+        done = [r for r in batch.reqs if r is not self.chunked]
+        self.decode.add([r for r in done if not r.is_finished])
+        self._emit(batch.reqs)
+        for req in done:
+            if req.is_finished:
+                self._finish(req)
+        if self.chunked is not None and self.chunked.is_finished:
+            chunked, self.chunked = self.chunked, None
+            self._finish(chunked)
+
+    # --- decode ----------------------------------------------------------------------------
+
+    def _run_decode(self) -> None:
+        retracted = self.decode.ensure_memory()
+        self.waiting[:0] = reversed(retracted)
+        reqs = self.decode.running
+        slots = self.cache.alloc_slots(len(reqs))
+        if slots is None:  # a lone request that outgrew the whole pool
+            for req in list(reqs):
+                self._finish(req, FinishReason(FinishKind.ABORT, message="KV cache exhausted"))
+            self.decode.remove_finished()
+            return
+        logits = self.runner.forward(build_decode(reqs, slots, self.runner.req_table))
+        for req in reqs:
+            req.kv_len += 1
+        self._sample_and_append(reqs, logits)
+        self._emit(reqs)
+        for req in self.decode.remove_finished():
+            self._finish(req)
+
+    # --- shared steps ----------------------------------------------------------------------
+
+    def _sample_and_append(self, reqs: list[Req], logits: torch.Tensor) -> None:
+        sampled = self.sampler.sample(logits, reqs)
+        for i, req in enumerate(reqs):
+            self.outputs.append_token(
+                req,
+                sampled.token_ids[i],
+                None if sampled.logprobs is None else sampled.logprobs[i],
+                None if sampled.top_logprobs is None else sampled.top_logprobs[i],
+            )
+        self.counters["generated_tokens"] += len(reqs)
+
+    def _emit(self, reqs: list[Req]) -> None:
+        for req in reqs:
+            if req.stream and not req.is_finished:
+                self._send(req)
+
+    def _send(self, req: Req) -> None:
+        sink = self.sinks.get(req.rid)
+        if sink is not None:
+            sink(self.outputs.make_output(req))
+
+    def _finish(self, req: Req, reason: FinishReason | None = None) -> None:
+        """Release a finished (or aborted) request's KV and send its final output."""
+        if reason is not None:
+            req.finish(reason)
+        self.cache.release(req)
+        self.counters["finished_requests"] += 1
+        if req.finish_reason.kind is FinishKind.ABORT:
+            self.counters["aborted_requests"] += 1
+        self._send(req)
+        self.sinks.pop(req.rid, None)
+
+    def _abort(self, rid: str, message: str) -> None:
+        reason = FinishReason(FinishKind.ABORT, message=message)
+        for i, req in enumerate(self.waiting):
+            if req.rid == rid:
+                self.waiting.pop(i)
+                self._finish(req, reason)
+                return
+        if self.chunked is not None and self.chunked.rid == rid:
+            chunked, self.chunked = self.chunked, None
+            self._finish(chunked, reason)
+            return
+        for req in self.decode.running:
+            if req.rid == rid:
+                req.finish(reason)
+                self.decode.remove_finished()
+                self._finish(req)
+                return
+
+    def _abort_all_active(self, message: str) -> None:
+        active = self.waiting + self.decode.running + ([self.chunked] if self.chunked else [])
+        self.waiting, self.chunked = [], None
+        self.decode.running = []
+        for req in active:
+            self._finish(req, FinishReason(FinishKind.ABORT, message=message))
+
+    # --- control ---------------------------------------------------------------------------
+
+    def flush_cache(self) -> bool:
+        """Drop the radix cache; refused (False) while requests are queued or running."""
+        if not self.is_idle:
+            return False
+        self.cache.flush()
+        return True
+
+    def stats(self) -> dict[str, Any]:
+        memory = self.cache.memory_stats()
+        prompt = self.counters["prompt_tokens"]
+        return {
+            **memory,
+            "kv_idle_invariant_ok": (
+                not self.is_idle
+                or memory["kv_free"] + memory["kv_evictable"] + memory["kv_protected"]
+                == memory["kv_total"]
+            ),
+            "running_requests": len(self.decode.running) + (self.chunked is not None),
+            "waiting_requests": len(self.waiting),
+            "retractions": self.decode.total_retractions,
+            "cache_hit_rate": self.counters["cached_tokens"] / prompt if prompt else 0.0,
+            "new_token_ratio": self.decode.new_token_ratio,
+            **self.counters,
+        }

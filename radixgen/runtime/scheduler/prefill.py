@@ -1,0 +1,113 @@
+"""PrefillManager: admission of waiting requests into a prefill batch, within budgets.
+
+Budgets for one batch:
+- tokens: free + evictable KV, minus what running requests are expected to still decode
+  (`remaining max_new_tokens * new_token_ratio`, clipped) -- admitting more would only force
+  retractions later;
+- input: `max_prefill_tokens` new tokens per batch;
+- chunk: a prompt longer than `chunked_prefill_size` is prefilled a chunk per step; the chunked
+  request continues first on the next step.
+
+In-batch prefix sharing: when two waiting requests share >= `SHARED_PREFIX_DEFER` uncached tokens,
+only the first is admitted; the other waits one step and then finds that prefix in the cache
+(this is how `n > 1` samples and a burst of few-shot questions compute their prompt once).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from radixgen.runtime.config import EngineConfig
+from radixgen.runtime.request import Req
+from radixgen.runtime.scheduler.cache_manager import CacheManager
+
+CLIP_MAX_NEW_TOKENS = 4096
+SHARED_PREFIX_DEFER = 32
+
+
+@dataclass
+class PrefillBatch:
+    reqs: list[Req] = field(default_factory=list)
+    extend_lens: list[int] = field(default_factory=list)
+    chunked: Req | None = None  # the request whose prompt is not complete after this batch
+
+
+def expected_decode_tokens(req: Req, new_token_ratio: float) -> int:
+    return int(min(req.max_new_remaining, CLIP_MAX_NEW_TOKENS) * new_token_ratio)
+
+
+class PrefillManager:
+    def __init__(self, config: EngineConfig, cache: CacheManager):
+        self.cache = cache
+        self.max_prefill_tokens = config.max_prefill_tokens
+        self.chunk_size = config.chunked_prefill_size
+        self.max_running = config.max_running_requests
+
+    def build(
+        self,
+        ordered_waiting: list[Req],
+        running: list[Req],
+        chunked: Req | None,
+        new_token_ratio: float,
+    ) -> PrefillBatch | None:
+        """Admit requests in the given order until a budget runs out. Admitted requests hold a
+        row, a locked prefix and slots for their extend tokens; the caller removes them from
+        the waiting queue (all of `batch.reqs` except a continuing `chunked`)."""
+        batch = PrefillBatch()
+        reserved = sum(expected_decode_tokens(r, new_token_ratio) for r in running)
+        rem_input = self.max_prefill_tokens
+        rem_chunk = self.chunk_size if self.chunk_size > 0 else None
+        if chunked is not None:
+            size = chunked.pending_len if rem_chunk is None else min(chunked.pending_len, rem_chunk)
+            if not self._add(batch, chunked, size):
+                return None
+            rem_input -= size
+            if rem_chunk is not None:
+                rem_chunk -= size
+            if chunked.pending_len > size:
+                batch.chunked = chunked
+                return batch
+        seen_prefixes: set[tuple[int, ...]] = set()
+        for req in ordered_waiting:
+            if len(running) + len(batch.reqs) >= self.max_running or rem_input <= 0:
+                break
+            if rem_chunk is not None and rem_chunk <= 0:
+                break
+            prefix, node = self.cache.match(req)
+            cached = int(prefix.shape[0])
+            extend = req.seq_len - cached
+            head = tuple(req.fill_ids[cached : cached + SHARED_PREFIX_DEFER])
+            if len(head) == SHARED_PREFIX_DEFER and head in seen_prefixes:
+                continue  # shares an uncached prefix with a request admitted in this batch
+            need = extend + expected_decode_tokens(req, new_token_ratio)
+            alone = not running and not batch.reqs  # validated to fit the pool by itself
+            if need > self.cache.available_tokens - reserved and not alone:
+                break
+            size = extend
+            if rem_chunk is not None and extend > rem_chunk:
+                size = rem_chunk
+            elif extend > rem_input and batch.reqs:
+                break
+            if not self.cache.begin(req, prefix, node):
+                break
+            if not req.retractions:  # report the prompt's first match, not a re-admission's
+                req.cached_tokens = cached
+            if not self._add(batch, req, size):
+                self.cache.release(req)
+                break
+            seen_prefixes.add(head)
+            reserved += expected_decode_tokens(req, new_token_ratio)
+            rem_input -= size
+            if rem_chunk is not None:
+                rem_chunk -= size
+            if size < extend:
+                batch.chunked = req
+                break
+        return batch if batch.reqs else None
+
+    def _add(self, batch: PrefillBatch, req: Req, size: int) -> bool:
+        if self.cache.extend(req, size) is None:
+            return False
+        batch.reqs.append(req)
+        batch.extend_lens.append(size)
+        return True

@@ -1,0 +1,62 @@
+"""Tokenizer loading: from GGUF metadata or a Hugging Face directory.
+
+GGUF tokenizers are converted by transformers (vocab, merges, pre-tokenizer and chat template from
+the file's metadata). The conversion takes seconds, so its result is saved once under the cache
+directory (`$RADIXGEN_CACHE_DIR`, default `~/.cache/radixgen`) keyed by the file's path, size and
+modification time, and later loads read the saved `tokenizer.json` in a fraction of a second.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from radixgen.runtime.model.loader import ModelSource
+
+logger = logging.getLogger(__name__)
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("RADIXGEN_CACHE_DIR") or Path.home() / ".cache" / "radixgen"
+    return Path(root)
+
+
+def _quiet_transformers() -> None:
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+
+
+def load_tokenizer(source: ModelSource) -> Any:
+    """A transformers fast tokenizer for the model, with its chat template."""
+    from transformers import AutoTokenizer
+
+    _quiet_transformers()
+    if source.format == "hf":
+        return AutoTokenizer.from_pretrained(str(source.path))
+    stat = source.path.stat()
+    ident = f"{source.path.resolve()}:{stat.st_size}:{int(stat.st_mtime)}"
+    saved = cache_dir() / "tokenizers" / hashlib.sha256(ident.encode()).hexdigest()[:16]
+    if (saved / "tokenizer.json").exists():
+        return AutoTokenizer.from_pretrained(str(saved))
+    logger.info("converting the GGUF tokenizer of %s (once)", source.path.name)
+    tokenizer = AutoTokenizer.from_pretrained(str(source.path.parent), gguf_file=source.path.name)
+    tmp = saved.with_name(saved.name + f".tmp{os.getpid()}")
+    tokenizer.save_pretrained(str(tmp))
+    saved.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(OSError):  # another process may have saved it first
+        tmp.rename(saved)
+    return tokenizer
+
+
+def eos_token_ids(tokenizer: Any, model_eos: tuple[int, ...]) -> frozenset[int]:
+    """Token ids that end a generation: the model's EOS ids plus the tokenizer's."""
+    ids = set(model_eos)
+    if tokenizer.eos_token_id is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    return frozenset(ids)
