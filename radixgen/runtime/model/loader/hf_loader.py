@@ -33,6 +33,10 @@ def read_hf_config(directory: Path) -> ModelConfig:
         eos = json.loads(gen_path.read_text()).get("eos_token_id", eos)
     eos_ids = tuple(eos) if isinstance(eos, list) else (() if eos is None else (eos,))
     num_heads = cfg["num_attention_heads"]
+    # transformers < 5 writes `rope_theta` and `rope_scaling` at the top level; transformers >= 5
+    # writes one `rope_parameters` dict holding `rope_theta` and the scaling fields.
+    rope = cfg.get("rope_scaling") or cfg.get("rope_parameters") or {}
+    rope_theta = cfg.get("rope_theta") or rope.get("rope_theta") or 10000.0
     return ModelConfig(
         architecture=arch,
         vocab_size=cfg["vocab_size"],
@@ -42,12 +46,12 @@ def read_hf_config(directory: Path) -> ModelConfig:
         num_heads=num_heads,
         num_kv_heads=cfg.get("num_key_value_heads") or num_heads,
         head_dim=cfg.get("head_dim") or cfg["hidden_size"] // num_heads,
-        rope_theta=float(cfg.get("rope_theta", 10000.0)),
+        rope_theta=float(rope_theta),
         rms_norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
         max_position_embeddings=cfg.get("max_position_embeddings", 4096),
         tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
         attention_bias=arch == "qwen2" or bool(cfg.get("attention_bias", False)),
-        rope_scaling=cfg.get("rope_scaling"),
+        rope_scaling=rope or None,
         bos_token_id=cfg.get("bos_token_id"),
         eos_token_ids=tuple(int(e) for e in eos_ids),
     )
