@@ -75,8 +75,8 @@ class CacheManager:
         return slots
 
     def cache_unfinished(self, req: Req) -> None:
-        """Share a still-running request's computed KV through the tree (after a prefill chunk),
-        so later requests can reuse it; the request keeps it locked."""
+        """Share a still-running request's computed KV through the tree (after each prefill or
+        prefill chunk), so later requests can reuse it; the request keeps it locked."""
         if self.disabled:
             return
         key = req.fill_ids[: req.kv_len]

@@ -110,8 +110,8 @@ class Scheduler:
     def is_idle(self) -> bool:
         return not self.waiting and not self.decode.running and self.chunked is None
 
+    @torch.inference_mode()
     def _run(self) -> None:
-        torch.set_grad_enabled(False)
         while not self._stop.is_set():
             self._drain_inbox(block=self.is_idle)
             try:
@@ -213,8 +213,11 @@ class Scheduler:
             sample_rows.append(rows.sample_row)
         if to_sample:
             self._sample_and_append(to_sample, logits[torch.tensor(sample_rows)])
-        if self.chunked is not None and not self.chunked.is_finished:
-            self.cache.cache_unfinished(self.chunked)
+        # Share every still-running prompt (or prompt chunk) through the tree right away, so
+        # requests waiting behind it reuse it instead of computing it again.
+        for req in batch.reqs:
+            if not req.is_finished:
+                self.cache.cache_unfinished(req)
         done = [r for r in batch.reqs if r is not self.chunked]
         self.decode.add([r for r in done if not r.is_finished])
         self._emit(batch.reqs)

@@ -8,8 +8,9 @@ Budgets for one batch:
 - chunk: a prompt longer than `chunked_prefill_size` is prefilled a chunk per step; the chunked
   request continues first on the next step.
 
-In-batch prefix sharing: when two waiting requests share >= `SHARED_PREFIX_DEFER` uncached tokens,
-only the first is admitted; the other waits one step and then finds that prefix in the cache
+In-batch prefix sharing: when a waiting request's first `SHARED_PREFIX_DEFER` uncached tokens (or
+all of them, if fewer) equal those of a request already admitted to the batch, only the first is
+admitted; the other waits one step and then finds that prefix in the cache
 (this is how `n > 1` samples and a burst of few-shot questions compute their prompt once).
 """
 
@@ -77,7 +78,7 @@ class PrefillManager:
             cached = int(prefix.shape[0])
             extend = req.seq_len - cached
             head = tuple(req.fill_ids[cached : cached + SHARED_PREFIX_DEFER])
-            if len(head) == SHARED_PREFIX_DEFER and head in seen_prefixes:
+            if head in seen_prefixes:
                 continue  # shares an uncached prefix with a request admitted in this batch
             need = extend + expected_decode_tokens(req, new_token_ratio)
             alone = not running and not batch.reqs  # validated to fit the pool by itself
