@@ -1,0 +1,125 @@
+"""The radix cache never changes an answer, and reports exactly what it reused."""
+
+from __future__ import annotations
+
+import pytest
+
+from radixgen import Engine
+from tests.helpers import assert_idle_invariant
+
+GREEDY = {"max_new_tokens": 12, "temperature": 0, "ignore_eos": True}
+
+_FEW_SHOT = "".join(
+    f"Question: What is {a} plus {b}?\nAnswer: {a + b}\n\n"
+    for a, b in [(2, 3), (10, 7), (41, 1), (6, 6), (13, 29), (100, 11), (8, 9), (70, 5)]
+)
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    return n
+
+
+def _mixed_prompts() -> list[str]:
+    """16 prompts of mixed lengths; several share the few-shot prefix."""
+    questions = [
+        f"Question: What is {a} plus {b}?\nAnswer:"
+        for a, b in [(3, 4), (12, 30), (99, 1), (5, 55), (21, 21), (7, 70)]
+    ]
+    prompts = [_FEW_SHOT + q for q in questions]
+    prompts += [
+        "Hello",
+        "The weather today is",
+        "Once upon a time, in a kingdom by the sea,",
+        "List three fruits:",
+        "def add(a, b):\n",
+        "Translate to French: good morning",
+        "The quick brown fox",
+        "Why is the sky blue?",
+        "Roses are red,",
+        "1, 2, 3, 4,",
+    ]
+    return prompts
+
+
+def test_cold_and_warm_prefix_give_identical_outputs(engine):
+    assert engine.flush_cache()
+    prompt = _FEW_SHOT + "Question: What is 4 plus 4?\nAnswer:"
+    cold = engine.generate(prompt, GREEDY)
+    assert cold["meta_info"]["cached_tokens"] == 0
+    warm = engine.generate(prompt, GREEDY)
+    prompt_len = cold["meta_info"]["prompt_tokens"]
+    # The whole prompt is cached except its last token, whose logits must be recomputed.
+    assert warm["meta_info"]["cached_tokens"] == prompt_len - 1
+    assert warm["output_ids"] == cold["output_ids"]
+    assert_idle_invariant(engine)
+
+
+def test_cached_tokens_equals_the_matched_prefix(engine, tokenizer):
+    assert engine.flush_cache()
+    first = _FEW_SHOT + "Question: What is 1 plus 1?\nAnswer:"
+    second = _FEW_SHOT + "Question: What is 9 plus 8?\nAnswer:"
+    out = engine.generate(first, GREEDY)
+    stored = tokenizer(first)["input_ids"] + out["output_ids"][:-1]  # the last has no KV
+    second_ids = tokenizer(second)["input_ids"]
+    out2 = engine.generate(second, GREEDY)
+    assert out2["meta_info"]["cached_tokens"] == _common_prefix(stored, second_ids)
+    assert out2["meta_info"]["cached_tokens"] > len(tokenizer(_FEW_SHOT)["input_ids"]) - 2
+
+
+@pytest.fixture(scope="module")
+def alone_outputs(engine):
+    """Each mixed prompt run by itself on a cold cache."""
+    results = []
+    for prompt in _mixed_prompts():
+        assert engine.flush_cache()
+        results.append(engine.generate(prompt, GREEDY)["output_ids"])
+    return results
+
+
+def test_batch_of_16_mixed_lengths_matches_running_alone(engine, alone_outputs):
+    assert engine.flush_cache()
+    batched = engine.generate(_mixed_prompts(), GREEDY)
+    assert [o["output_ids"] for o in batched] == alone_outputs
+    # The shared few-shot prefix was computed once and reused by the other five.
+    assert sum(o["meta_info"]["cached_tokens"] > 0 for o in batched[:6]) >= 5
+    assert_idle_invariant(engine)
+
+
+def test_chunked_prefill_matches_unchunked(engine):
+    """`engine` prefills in chunks of 128; a second engine prefills in one pass."""
+    prompt = _FEW_SHOT * 3 + "Question: What is 2 plus 2?\nAnswer:"  # ~450 tokens
+    assert engine.flush_cache()
+    chunked = engine.generate(prompt, GREEDY)
+    assert chunked["meta_info"]["prompt_tokens"] > 3 * 128
+    with Engine(
+        model="smollm2", dtype="float32", kv_cache_tokens=2048, chunked_prefill_size=-1
+    ) as whole:
+        unchunked = whole.generate(prompt, GREEDY)
+    assert chunked["output_ids"] == unchunked["output_ids"]
+
+
+def test_prefill_only_request_caches_its_whole_prompt(engine, tokenizer):
+    """max_new_tokens=0 warms the cache: a later request extending the prompt reuses all of it
+    (the prompt was prefilled in several chunks, each inserted into the tree)."""
+    assert engine.flush_cache()
+    ids = tokenizer(_FEW_SHOT * 3)["input_ids"]
+    warm = engine.generate(input_ids=ids, sampling_params={"max_new_tokens": 0})
+    assert warm["output_ids"] == [] and warm["meta_info"]["finish_reason"]["type"] == "length"
+    again = engine.generate(input_ids=ids + [198], sampling_params={"max_new_tokens": 0})
+    assert again["meta_info"]["cached_tokens"] == len(ids)
+
+
+def test_disabled_radix_cache_reuses_nothing_and_agrees():
+    prompt = _FEW_SHOT + "Question: What is 5 plus 5?\nAnswer:"
+    with Engine(
+        model="smollm2", dtype="float32", kv_cache_tokens=2048, disable_radix_cache=True
+    ) as off:
+        first = off.generate(prompt, GREEDY)
+        second = off.generate(prompt, GREEDY)
+        stats = assert_idle_invariant(off)
+    assert first["meta_info"]["cached_tokens"] == second["meta_info"]["cached_tokens"] == 0
+    assert first["output_ids"] == second["output_ids"]
+    assert stats["kv_free"] == stats["kv_total"]  # nothing kept after the requests
