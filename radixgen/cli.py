@@ -1,0 +1,108 @@
+"""Command line: `radixgen generate` (and, as they land, `serve` and `bench`).
+
+Engine options are generated from `EngineConfig`'s fields, so their names, defaults, choices and
+help text are defined once, in config.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+import typing
+
+from radixgen.runtime.config import EngineConfig
+
+
+def add_engine_options(parser: argparse.ArgumentParser) -> None:
+    """One `--option` per EngineConfig field, typed and documented from the dataclass."""
+    group = parser.add_argument_group("engine")
+    hints = typing.get_type_hints(EngineConfig)
+    for f in dataclasses.fields(EngineConfig):
+        flag = "--" + f.name.replace("_", "-")
+        help_text = f"{f.metadata.get('help', '')} (default: {f.default})"
+        if hints[f.name] is bool:
+            group.add_argument(flag, action="store_true", help=help_text)
+            continue
+        kind = int if int in typing.get_args(hints[f.name]) or hints[f.name] is int else str
+        group.add_argument(
+            flag, type=kind, default=f.default, choices=f.metadata.get("choices"), help=help_text
+        )
+
+
+def engine_config_from_args(args: argparse.Namespace) -> EngineConfig:
+    return EngineConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(EngineConfig)})
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from radixgen import Engine
+
+    started = time.perf_counter()
+    engine = Engine(engine_config_from_args(args))
+    print(
+        f"[radixgen] {engine.source.name} loaded in {time.perf_counter() - started:.1f}s "
+        f"({args.dtype}, {engine.config.kv_cache_tokens} KV tokens)",
+        file=sys.stderr,
+    )
+    try:
+        prompt = args.prompt
+        if args.chat:
+            prompt = engine.apply_chat_template([{"role": "user", "content": args.prompt}])
+        params = {
+            "max_new_tokens": args.max_new_tokens,
+            "temperature": args.temperature,
+            "top_p": args.top_p,
+            "sampling_seed": args.seed,
+        }
+        started = time.perf_counter()
+        if args.json:
+            print(json.dumps(engine.generate(prompt, params), indent=2))
+            return 0
+        printed = ""
+        out = None
+        for out in engine.generate(prompt, params, stream=True):
+            print(out["text"][len(printed) :], end="", flush=True)
+            printed = out["text"]
+        print()
+        meta = out["meta_info"]
+        elapsed = time.perf_counter() - started
+        print(
+            f"[radixgen] {meta['prompt_tokens']} prompt + {meta['completion_tokens']} generated "
+            f"tokens in {elapsed:.2f}s, finish: {meta['finish_reason']}",
+            file=sys.stderr,
+        )
+    finally:
+        engine.shutdown()
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="radixgen", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    gen = commands.add_parser("generate", help="generate text for one prompt")
+    gen.add_argument("prompt", nargs="?", default="What is the capital of France?")
+    gen.add_argument(
+        "--chat",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="wrap the prompt in the model's chat template (default: on)",
+    )
+    gen.add_argument("--max-new-tokens", type=int, default=64)
+    gen.add_argument("--temperature", type=float, default=0.0)
+    gen.add_argument("--top-p", type=float, default=1.0)
+    gen.add_argument("--seed", type=int, default=None)
+    gen.add_argument("--json", action="store_true", help="print the full result as JSON")
+    add_engine_options(gen)
+    gen.set_defaults(handler=_generate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.handler(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
