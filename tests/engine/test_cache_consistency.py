@@ -123,3 +123,28 @@ def test_disabled_radix_cache_reuses_nothing_and_agrees():
     assert first["meta_info"]["cached_tokens"] == second["meta_info"]["cached_tokens"] == 0
     assert first["output_ids"] == second["output_ids"]
     assert stats["kv_free"] == stats["kv_total"]  # nothing kept after the requests
+
+
+def test_batch_sharing_a_cached_prefix_matches_running_alone(engine, monkeypatch):
+    """Requests over one cached few-shot prefix take the shared-prefix (cascade) attention path
+    in prefill and decode; their outputs equal each request run alone on a cold cache."""
+    questions = [
+        _FEW_SHOT + f"Question: What is {a} plus {b}?\nAnswer:"
+        for a, b in [(3, 5), (17, 4), (60, 6), (2, 90), (33, 33), (8, 1)]
+    ]
+    alone = []
+    for prompt in questions:
+        assert engine.flush_cache()
+        alone.append(engine.generate(prompt, GREEDY)["output_ids"])
+    assert engine.flush_cache()
+    engine.generate(_FEW_SHOT, {"max_new_tokens": 0})  # cache the shared prefix
+    attention = engine.scheduler.runner.attention
+    calls = []
+    original = attention._merge_shared
+    monkeypatch.setattr(
+        attention, "_merge_shared", lambda *args: calls.append(1) or original(*args)
+    )
+    batched = engine.generate(questions, GREEDY)
+    assert calls, "the shared-prefix attention path was not used"
+    assert [o["output_ids"] for o in batched] == alone
+    assert_idle_invariant(engine)
