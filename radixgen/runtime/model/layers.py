@@ -78,7 +78,46 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     return x * cos + rotated * sin
 
 
-class MergedLinear(nn.Linear):
+def can_prepack(weight: torch.Tensor) -> bool:
+    """oneDNN prepacking applies to bfloat16 weights on CPU."""
+    return (
+        weight.device.type == "cpu"
+        and weight.dtype == torch.bfloat16
+        and torch.backends.mkldnn.is_available()
+    )
+
+
+def prepack_weight(weight: torch.Tensor) -> torch.Tensor:
+    # The batch-size hint 1 suits decoding; the packed weight serves every batch size.
+    return torch.ops.mkldnn._reorder_linear_weight(weight.detach(), 1)
+
+
+def packed_linear(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None):
+    return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
+
+
+class Linear(nn.Linear):
+    """nn.Linear that can switch to oneDNN's prepacked bfloat16 kernel (`prepack()`).
+
+    Without bias results are bit-identical to `F.linear` (with bias, the fused kernel rounds once
+    instead of twice); one-row matmuls (decoding) run about 2x faster.
+    Prepacking replaces the dense weight, so weights are not held twice.
+    """
+
+    packed: torch.Tensor | None = None
+
+    def prepack(self) -> None:
+        if self.packed is None and can_prepack(self.weight):
+            self.packed = prepack_weight(self.weight)
+            self.weight = nn.Parameter(torch.empty(0, dtype=self.weight.dtype), requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.packed is None:
+            return super().forward(x)
+        return packed_linear(x, self.packed, self.bias)
+
+
+class MergedLinear(Linear):
     """A linear layer whose output rows are several projections stacked (q|k|v or gate|up).
 
     `load_shard(index, weight)` copies one projection's weight (or bias) into its rows.

@@ -15,10 +15,14 @@ from torch import nn
 from radixgen.runtime.config import ModelConfig
 from radixgen.runtime.model.attention import AttentionMetadata, TorchSDPABackend
 from radixgen.runtime.model.layers import (
+    Linear,
     MergedLinear,
     RMSNorm,
     RotaryEmbedding,
     apply_rotary,
+    can_prepack,
+    packed_linear,
+    prepack_weight,
     rope_inv_freq,
 )
 
@@ -32,7 +36,7 @@ class LlamaAttention(nn.Module):
         q_size, kv_size = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
         self.split_sizes = [q_size, kv_size, kv_size]
         self.qkv_proj = MergedLinear(config.hidden_size, self.split_sizes, config.attention_bias)
-        self.o_proj = nn.Linear(q_size, config.hidden_size, bias=False)
+        self.o_proj = Linear(q_size, config.hidden_size, bias=False)
 
     def forward(
         self,
@@ -54,7 +58,7 @@ class LlamaMLP(nn.Module):
         super().__init__()
         size = config.intermediate_size
         self.gate_up_proj = MergedLinear(config.hidden_size, [size, size], bias=False)
-        self.down_proj = nn.Linear(size, config.hidden_size, bias=False)
+        self.down_proj = Linear(size, config.hidden_size, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
@@ -94,7 +98,8 @@ class LlamaForCausalLM(nn.Module):
         self.rotary = RotaryEmbedding(config, max_positions)
         self.lm_head = None
         if not config.tie_word_embeddings:
-            self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+            self.lm_head = Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.packed_tied_head: torch.Tensor | None = None
 
     @torch.inference_mode()
     def forward(
@@ -110,8 +115,19 @@ class LlamaForCausalLM(nn.Module):
         for layer in self.layers:
             x = layer(x, rope, attn, meta)
         x = self.norm(x[logit_rows])  # [R, hidden]
-        head = self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
-        return F.linear(x, head).float()
+        if self.lm_head is not None:
+            return self.lm_head(x).float()
+        if self.packed_tied_head is not None:
+            return packed_linear(x, self.packed_tied_head, None).float()
+        return F.linear(x, self.embed_tokens.weight).float()  # tied: the head is the embedding
+
+    def prepack(self) -> None:
+        """Switch every projection (and the tied head) to prepacked kernels where supported."""
+        for module in self.modules():
+            if isinstance(module, Linear):
+                module.prepack()
+        if self.lm_head is None and can_prepack(self.embed_tokens.weight):
+            self.packed_tied_head = prepack_weight(self.embed_tokens.weight)
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
         """Copy HF-named tensors into the (merged) parameters; raise if any parameter is missed."""

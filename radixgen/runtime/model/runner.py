@@ -42,6 +42,7 @@ class ModelRunner:
         model.load_weights(source.iter_weights(model_config))
         self.model = model.to(self.dtype).eval()
         self.model.rotary.float()  # rope tables stay float32, cast per batch
+        self.model.prepack()
         logger.info("loaded %s in %.1fs", source.path, time.perf_counter() - start)
 
         self.kv_pool = KVPool(
