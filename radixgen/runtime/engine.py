@@ -12,7 +12,6 @@ mistakes raise `InvalidRequestError` naming the field, before anything reaches t
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import os
 import queue
@@ -50,7 +49,6 @@ class Engine:
         runner = ModelRunner(self.source, self.model_config, self.config, self.context_len)
         self.scheduler = Scheduler(self.config, runner, self.tokenizer, self.eos_ids)
         self._seeds = random.Random(self.config.random_seed)
-        self._ids = itertools.count()
         self.scheduler.start()
 
     # --- lifecycle -------------------------------------------------------------------------
@@ -80,17 +78,10 @@ class Engine:
     ) -> dict[str, Any] | list[dict[str, Any]] | Iterator[dict[str, Any]]:
         """Generate for one prompt (-> dict) or a batch (-> list); `stream=True` -> iterator of
         cumulative outputs of a single request."""
-        reqs, single = self._make_requests(
-            prompt,
-            sampling_params,
-            input_ids,
-            return_logprob,
-            logprob_start_len,
-            top_logprobs_num,
-            return_text_in_logprobs,
-            stream,
-            rid,
+        logprob = _logprob_options(
+            return_logprob, logprob_start_len, top_logprobs_num, return_text_in_logprobs
         )
+        reqs, single = self._make_requests(prompt, sampling_params, input_ids, logprob, stream, rid)
         if stream:
             return self._stream(reqs)
         inbox: queue.Queue = queue.Queue()
@@ -99,14 +90,11 @@ class Engine:
         results: dict[str, dict[str, Any]] = {}
         try:
             while len(results) < len(reqs):
-                out = inbox.get()
-                results[out["meta_info"]["id"]] = out
+                _collect(results, inbox.get())
         except BaseException:
-            for req in reqs:
-                self.abort(req.rid)
+            self._abort_all(reqs)
             raise
-        ordered = [results[r.rid] for r in reqs]
-        return ordered[0] if single else ordered
+        return _in_order(reqs, results, single)
 
     def _stream(self, reqs: list[Req]) -> Iterator[dict[str, Any]]:
         if len(reqs) != 1:
@@ -123,28 +111,38 @@ class Engine:
             if not finished:
                 self.abort(reqs[0].rid)
 
-    async def async_generate(self, *args: Any, **kwargs: Any) -> Any:
-        """Asyncio variant of `generate`; with `stream=True` returns an async iterator."""
-        stream = kwargs.get("stream", False)
-        reqs, single = self._make_requests(*_generate_args(args, kwargs))
+    async def async_generate(
+        self,
+        prompt: Prompt = None,
+        sampling_params: dict[str, Any] | list[dict[str, Any]] | None = None,
+        input_ids: InputIds = None,
+        return_logprob: bool = False,
+        logprob_start_len: int | None = None,
+        top_logprobs_num: int | None = None,
+        return_text_in_logprobs: bool = False,
+        stream: bool = False,
+        rid: str | list[str] | None = None,
+    ) -> dict[str, Any] | list[dict[str, Any]] | AsyncIterator[dict[str, Any]]:
+        """Asyncio variant of `generate`; with `stream=True` returns an async iterator of the
+        cumulative outputs of every request of the batch."""
+        logprob = _logprob_options(
+            return_logprob, logprob_start_len, top_logprobs_num, return_text_in_logprobs
+        )
+        reqs, single = self._make_requests(prompt, sampling_params, input_ids, logprob, stream, rid)
         loop = asyncio.get_running_loop()
         inbox: asyncio.Queue = asyncio.Queue()
-        sink = lambda out: loop.call_soon_threadsafe(inbox.put_nowait, out)  # noqa: E731
         for req in reqs:
-            self.scheduler.submit(req, sink)
+            self.scheduler.submit(req, lambda out: loop.call_soon_threadsafe(inbox.put_nowait, out))
         if stream:
             return self._async_stream(reqs, inbox)
         results: dict[str, dict[str, Any]] = {}
         try:
             while len(results) < len(reqs):
-                out = await inbox.get()
-                results[out["meta_info"]["id"]] = out
+                _collect(results, await inbox.get())
         except BaseException:
-            for req in reqs:
-                self.abort(req.rid)
+            self._abort_all(reqs)
             raise
-        ordered = [results[r.rid] for r in reqs]
-        return ordered[0] if single else ordered
+        return _in_order(reqs, results, single)
 
     async def _async_stream(self, reqs: list[Req], inbox: asyncio.Queue) -> AsyncIterator[dict]:
         pending = {r.rid for r in reqs}
@@ -163,6 +161,10 @@ class Engine:
     def abort(self, rid: str) -> None:
         self.scheduler.abort(rid)
 
+    def _abort_all(self, reqs: list[Req]) -> None:
+        for req in reqs:
+            self.abort(req.rid)
+
     def flush_cache(self) -> bool:
         """Drop all cached prefixes; False (nothing done) while requests are active."""
         return self.scheduler.call(self.scheduler.flush_cache).result()
@@ -180,15 +182,12 @@ class Engine:
 
     def _make_requests(
         self,
-        prompt,
-        sampling_params,
-        input_ids,
-        return_logprob,
-        logprob_start_len,
-        top_logprobs_num,
-        return_text_in_logprobs,
-        stream,
-        rid,
+        prompt: Prompt,
+        sampling_params: dict[str, Any] | list[dict[str, Any]] | None,
+        input_ids: InputIds,
+        logprob: LogprobOptions,
+        stream: bool,
+        rid: str | list[str] | None,
     ) -> tuple[list[Req], bool]:
         if (prompt is None) == (input_ids is None):
             raise InvalidRequestError("exactly one of prompt and input_ids is required", "prompt")
@@ -209,16 +208,6 @@ class Engine:
                 "sampling_params list must match the batch size", "sampling_params"
             )
         rids = rid if isinstance(rid, list) else None
-        logprob = LogprobOptions(
-            return_logprob=bool(return_logprob),
-            logprob_start_len=-1 if logprob_start_len is None else int(logprob_start_len),
-            top_logprobs_num=int(top_logprobs_num or 0),
-            return_text_in_logprobs=bool(return_text_in_logprobs),
-        )
-        if logprob.logprob_start_len < -1 or logprob.top_logprobs_num < 0:
-            raise InvalidRequestError(
-                "logprob_start_len must be >= -1 and top_logprobs_num >= 0", "logprob_start_len"
-            )
         reqs: list[Req] = []
         for i, ids in enumerate(token_lists):
             params = SamplingParams.from_dict(params_list[i] if params_list else sampling_params)
@@ -279,26 +268,26 @@ class Engine:
             )
 
 
-_GENERATE_PARAMS = (
-    "prompt",
-    "sampling_params",
-    "input_ids",
-    "return_logprob",
-    "logprob_start_len",
-    "top_logprobs_num",
-    "return_text_in_logprobs",
-    "stream",
-    "rid",
-)
-_GENERATE_DEFAULTS = (None, None, None, False, None, None, False, False, None)
+def _logprob_options(
+    return_logprob: bool, start_len: int | None, top_num: int | None, with_text: bool
+) -> LogprobOptions:
+    options = LogprobOptions(
+        return_logprob=bool(return_logprob),
+        logprob_start_len=-1 if start_len is None else int(start_len),
+        top_logprobs_num=int(top_num or 0),
+        return_text_in_logprobs=bool(with_text),
+    )
+    if options.logprob_start_len < -1:
+        raise InvalidRequestError("logprob_start_len must be >= -1", "logprob_start_len")
+    if options.top_logprobs_num < 0:
+        raise InvalidRequestError("top_logprobs_num must be >= 0", "top_logprobs_num")
+    return options
 
 
-def _generate_args(args: tuple, kwargs: dict[str, Any]) -> list[Any]:
-    """Positional list for `_make_requests` from `generate`-style args and kwargs."""
-    unknown = set(kwargs) - set(_GENERATE_PARAMS)
-    if unknown:
-        raise TypeError(f"unexpected argument(s): {sorted(unknown)}")
-    values = list(args) + list(_GENERATE_DEFAULTS[len(args) :])
-    for name, value in kwargs.items():
-        values[_GENERATE_PARAMS.index(name)] = value
-    return values
+def _collect(results: dict[str, dict[str, Any]], out: dict[str, Any]) -> None:
+    results[out["meta_info"]["id"]] = out
+
+
+def _in_order(reqs: list[Req], results: dict[str, dict[str, Any]], single: bool):
+    ordered = [results[r.rid] for r in reqs]
+    return ordered[0] if single else ordered
