@@ -78,6 +78,32 @@ def _generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from radixgen.server.app import EngineHolder, ServerSettings, create_app
+
+    settings = ServerSettings(
+        engine=engine_config_from_args(args),
+        served_model_name=args.served_model_name,
+        api_key=args.api_key,
+    )
+    url = f"http://{args.host}:{args.port}"
+    holder = EngineHolder(
+        settings.engine, on_ready=lambda: print(f"[radixgen] ready: {url}", flush=True)
+    )
+    print(f"[radixgen] loading {args.model}; /health answers 503 until ready", flush=True)
+    uvicorn.run(
+        create_app(settings, holder),
+        host=args.host,
+        port=args.port,
+        log_level=args.log_level,
+        timeout_graceful_shutdown=args.drain_timeout,
+        access_log=False,  # request lines carry no prompt text, but keep logs quiet by default
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="radixgen", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -96,6 +122,25 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--json", action="store_true", help="print the full result as JSON")
     add_engine_options(gen)
     gen.set_defaults(handler=_generate)
+
+    serve = commands.add_parser("serve", help="serve the native and OpenAI HTTP APIs")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=30000)
+    serve.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY'")
+    serve.add_argument(
+        "--served-model-name",
+        default=None,
+        help="model id in /v1/models (default: the model's name)",
+    )
+    serve.add_argument(
+        "--drain-timeout",
+        type=int,
+        default=30,
+        help="seconds in-flight requests get to finish on SIGTERM",
+    )
+    serve.add_argument("--log-level", default="info")
+    add_engine_options(serve)
+    serve.set_defaults(handler=_serve)
     return parser
 
 

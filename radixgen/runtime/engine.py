@@ -77,7 +77,8 @@ class Engine:
         rid: str | list[str] | None = None,
     ) -> dict[str, Any] | list[dict[str, Any]] | Iterator[dict[str, Any]]:
         """Generate for one prompt (-> dict) or a batch (-> list); `stream=True` -> iterator of
-        cumulative outputs of a single request."""
+        cumulative outputs of a single request. With `n > 1`, sample k of request `rid` gets the
+        id `f"{rid}_{k}"` (SGLang's convention)."""
         logprob = _logprob_options(
             return_logprob, logprob_start_len, top_logprobs_num, return_text_in_logprobs
         )
@@ -160,6 +161,10 @@ class Engine:
 
     def abort(self, rid: str) -> None:
         self.scheduler.abort(rid)
+
+    def abort_all(self) -> None:
+        """Abort every queued and running request."""
+        self.scheduler.abort_all()
 
     def _abort_all(self, reqs: list[Req]) -> None:
         for req in reqs:

@@ -101,6 +101,9 @@ class Scheduler:
     def abort(self, rid: str) -> None:
         self.inbox.put(("abort", rid))
 
+    def abort_all(self) -> None:
+        self.inbox.put(("abort_all",))
+
     def call(self, fn: Callable[[], Any]) -> Future:
         """Run `fn` on the scheduler thread between steps (consistent view of all state)."""
         future: Future = Future()
@@ -144,6 +147,8 @@ class Scheduler:
             self.waiting.append(req)
         elif kind == "abort":
             self._abort(message[1], "aborted by request")
+        elif kind == "abort_all":
+            self._abort_all_active("aborted by request")
         elif kind == "call":
             _, fn, future = message
             try:

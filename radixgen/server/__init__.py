@@ -1,0 +1,1 @@
+"""HTTP server: SGLang native API and OpenAI-compatible API over the Engine."""

@@ -1,0 +1,168 @@
+"""The FastAPI application: engine lifecycle, health, auth, limits, and shared helpers.
+
+The engine loads in a background thread after the server starts listening, so `/health` answers
+503 while loading instead of refusing connections. Routes live in `native.py` (SGLang's API) and
+`openai_api.py` (`/v1`); they reach the engine only through `engine_of(request)`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import secrets
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from radixgen.runtime.config import EngineConfig
+from radixgen.runtime.engine import Engine
+from radixgen.server.errors import APIError, error_response, install_error_handlers
+
+logger = logging.getLogger(__name__)
+
+DONE_EVENT = b"data: [DONE]\n\n"
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    engine: EngineConfig
+    served_model_name: str | None = None
+    api_key: str | None = None
+    max_body_bytes: int = 8 * 1024 * 1024
+
+
+class EngineHolder:
+    """Loads the engine off the event loop; `engine` is None until it is ready."""
+
+    def __init__(self, config: EngineConfig, on_ready: Callable[[], None] | None = None):
+        self.config = config
+        self.on_ready = on_ready
+        self.engine: Engine | None = None
+        self.error: BaseException | None = None
+        self.draining = False
+        self._thread = threading.Thread(target=self._load, name="radixgen-loader", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _load(self) -> None:
+        try:
+            self.engine = Engine(self.config)
+            logger.info("engine ready")
+            if self.on_ready is not None:
+                self.on_ready()
+        except BaseException as exc:  # reported by /health and every route
+            logger.exception("engine failed to load")
+            self.error = exc
+
+    def shutdown(self) -> None:
+        self._thread.join(timeout=600)
+        if self.engine is not None:
+            self.engine.shutdown()
+
+
+def engine_of(request: Request) -> Engine:
+    holder: EngineHolder = request.app.state.holder
+    if holder.draining:
+        raise APIError(503, "the server is shutting down", headers={"Retry-After": "5"})
+    if holder.engine is None:
+        message = "the model failed to load" if holder.error else "the model is still loading"
+        raise APIError(503, message, headers={"Retry-After": "5"})
+    return holder.engine
+
+
+def served_model_name(request: Request) -> str:
+    settings: ServerSettings = request.app.state.settings
+    return settings.served_model_name or engine_of(request).source.name
+
+
+def sse(obj: Any) -> bytes:
+    return b"data: " + json.dumps(obj, ensure_ascii=False).encode() + b"\n\n"
+
+
+def event_stream(events: AsyncIterator[bytes]) -> StreamingResponse:
+    return StreamingResponse(
+        events, media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
+    )
+
+
+class ClientDisconnected(Exception):
+    pass
+
+
+async def until_disconnect(request: Request, work: Awaitable[Any]) -> Any:
+    """Await `work`, cancelling it if the client goes away (the engine then aborts the
+    request and frees its KV)."""
+    task = asyncio.ensure_future(work)
+
+    async def watch() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    watcher = asyncio.ensure_future(watch())
+    try:
+        done, _ = await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+    if task in done:
+        return task.result()
+    task.cancel()
+    with contextlib.suppress(BaseException):
+        await task
+    raise ClientDisconnected
+
+
+def _key_digest(key: str) -> bytes:
+    return hashlib.sha256(key.encode()).digest()
+
+
+def create_app(settings: ServerSettings, holder: EngineHolder | None = None) -> FastAPI:
+    holder = holder or EngineHolder(settings.engine)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        holder.start()
+        yield
+        holder.draining = True
+        await asyncio.to_thread(holder.shutdown)
+
+    app = FastAPI(title="radixgen", lifespan=lifespan)
+    app.state.holder = holder
+    app.state.settings = settings
+    install_error_handlers(app)
+    api_key_digest = _key_digest(settings.api_key) if settings.api_key else None
+
+    @app.middleware("http")
+    async def guard(request: Request, call_next: Callable):
+        if api_key_digest is not None and request.url.path != "/health":
+            given = request.headers.get("authorization", "")
+            token = given[7:] if given.lower().startswith("bearer ") else ""
+            if not secrets.compare_digest(_key_digest(token), api_key_digest):
+                return error_response(401, "invalid or missing API key")
+        length = request.headers.get("content-length")
+        if length and length.isdigit() and int(length) > settings.max_body_bytes:
+            return error_response(413, f"request body over {settings.max_body_bytes} bytes")
+        try:
+            return await call_next(request)
+        except ClientDisconnected:
+            return JSONResponse({}, status_code=499)
+
+    @app.get("/health")
+    async def health():
+        if holder.engine is None or holder.draining:
+            state = "draining" if holder.draining else ("failed" if holder.error else "loading")
+            return JSONResponse({"status": state}, status_code=503)
+        return {"status": "ok"}
+
+    from radixgen.server import native, openai_api
+
+    app.include_router(native.router)
+    app.include_router(openai_api.router)
+    return app

@@ -1,0 +1,375 @@
+"""OpenAI-compatible routes: `/v1/models`, `/v1/completions`, `/v1/chat/completions`.
+
+Both generation routes translate the request into one engine batch (prompts x n samples, in the
+OpenAI order p0c0, p0c1, p1c0, ...), then shape the outputs. Streams send one choice per chunk,
+exactly one chunk with a finish_reason per choice, an optional usage chunk with `choices: []`,
+then `data: [DONE]`; an error after the headers goes in-band before `[DONE]`.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi import APIRouter, Request
+
+from radixgen.runtime.engine import Engine
+from radixgen.server import openai_format as fmt
+from radixgen.server.app import (
+    DONE_EVENT,
+    engine_of,
+    event_stream,
+    served_model_name,
+    sse,
+    until_disconnect,
+)
+from radixgen.server.errors import APIError, stream_error_event
+from radixgen.server.protocol import ChatCompletionRequest, CompletionRequest
+
+router = APIRouter()
+
+
+# --- models ---------------------------------------------------------------------------------
+
+
+def _model_card(request: Request) -> dict[str, Any]:
+    engine = engine_of(request)
+    return {
+        "id": served_model_name(request),
+        "object": "model",
+        "created": 0,
+        "owned_by": "radixgen",
+        "root": str(engine.source.path),
+        "max_model_len": engine.context_len,
+    }
+
+
+@router.get("/v1/models")
+async def list_models(request: Request):
+    return {"object": "list", "data": [_model_card(request)]}
+
+
+@router.get("/v1/models/{model_id:path}")
+async def retrieve_model(model_id: str, request: Request):
+    _check_model(request, model_id)
+    return _model_card(request)
+
+
+def _check_model(request: Request, model: str | None) -> None:
+    accepted = {served_model_name(request), request.app.state.settings.engine.model}
+    if model is not None and model not in accepted:
+        raise APIError(404, f"The model `{model}` does not exist.", "model", "model_not_found")
+
+
+# --- shared request translation ----------------------------------------------------------------
+
+
+def _sampling_params(body, max_new_tokens: int) -> dict[str, Any]:
+    params = {
+        "max_new_tokens": max_new_tokens,
+        "temperature": body.temperature,
+        "top_p": body.top_p,
+        "stop": body.stop,
+        "sampling_seed": body.seed,
+        "presence_penalty": body.presence_penalty,
+        "frequency_penalty": body.frequency_penalty,
+        "logit_bias": body.logit_bias,
+        "n": body.n,
+        "top_k": body.top_k,
+        "min_p": body.min_p,
+        "repetition_penalty": body.repetition_penalty,
+        "min_new_tokens": body.min_tokens,
+        "ignore_eos": body.ignore_eos,
+        "skip_special_tokens": body.skip_special_tokens,
+        "stop_token_ids": body.stop_token_ids,
+        "no_stop_trim": body.no_stop_trim,
+    }
+    if isinstance(body.stop, list) and len(body.stop) > 16:
+        raise APIError(400, "stop takes at most 16 sequences", "stop")
+    if any(len(s) > 1024 for s in ([body.stop] if isinstance(body.stop, str) else body.stop or [])):
+        raise APIError(400, "each stop sequence is at most 1024 characters", "stop")
+    if body.logit_bias:
+        for key in body.logit_bias:
+            if not key.lstrip("-").isdigit():
+                raise APIError(400, f"logit_bias keys must be token ids, got {key!r}", "logit_bias")
+    return {k: v for k, v in params.items() if v is not None}
+
+
+def _check_stream_options(body) -> bool:
+    if body.stream_options is not None and not body.stream:
+        raise APIError(400, "stream_options is only allowed with stream=true", "stream_options")
+    return bool(body.stream and body.stream_options and body.stream_options.include_usage)
+
+
+@dataclass
+class _Batch:
+    """One OpenAI request as an engine batch: which engine id is which choice."""
+
+    response_id: str
+    model: str
+    n: int
+    num_prompts: int
+    created: int = field(default_factory=lambda: int(time.time()))
+
+    def rids(self) -> list[str]:
+        return [f"{self.response_id}-{i}" for i in range(self.num_prompts)]
+
+    def index_of(self) -> dict[str, int]:
+        ids = {}
+        for i, rid in enumerate(self.rids()):
+            for k in range(self.n):
+                ids[rid if self.n == 1 else f"{rid}_{k}"] = i * self.n + k
+        return ids
+
+    def head(self, kind: str) -> dict[str, Any]:
+        return {
+            "id": self.response_id,
+            "object": kind,
+            "created": self.created,
+            "model": self.model,
+        }
+
+
+async def _stream_choices(
+    outputs: AsyncIterator[dict[str, Any]],
+    batch: _Batch,
+    kind: str,
+    make_choice: Callable[[dict[str, Any], int, str, bool], dict[str, Any] | None],
+    include_usage: bool,
+) -> AsyncIterator[bytes]:
+    """Turn cumulative engine outputs into per-choice delta chunks."""
+    index_of = batch.index_of()
+    sent: dict[int, int] = {}
+    finals: dict[int, dict[str, Any]] = {}
+    try:
+        async for out in outputs:
+            index = index_of[out["meta_info"]["id"]]
+            first = index not in sent
+            previous = sent.get(index, 0)
+            sent[index] = len(out["text"])
+            finished = out["meta_info"]["finish_reason"] is not None
+            if finished:
+                finals[index] = out
+                reason = out["meta_info"]["finish_reason"]
+                if reason["type"] == "abort" and "internal" in (reason.get("message") or ""):
+                    yield stream_error_event(reason["message"], 500)
+                    break
+            choice = make_choice(out, index, out["text"][previous:], first)
+            if choice is None:
+                continue
+            chunk = {**batch.head(kind), "choices": [choice]}
+            if include_usage:
+                chunk["usage"] = None
+            yield sse(chunk)
+        else:
+            if include_usage:
+                ordered = [finals[i] for i in sorted(finals)]
+                yield sse({**batch.head(kind), "choices": [], "usage": fmt.usage(ordered, batch.n)})
+    except Exception as exc:
+        yield stream_error_event(f"internal error: {exc}", 500)
+    yield DONE_EVENT
+
+
+# --- /v1/completions -------------------------------------------------------------------------
+
+
+def _completion_prompts(engine: Engine, prompt) -> tuple[dict[str, Any], list[str], int]:
+    """Engine prompt kwargs, the prompt texts (for echo) and the number of prompts."""
+    if isinstance(prompt, str):
+        prompt = [prompt]
+    if not prompt:
+        raise APIError(400, "prompt must not be empty", "prompt")
+    if isinstance(prompt[0], str):
+        return {"prompt": list(prompt)}, list(prompt), len(prompt)
+    token_lists = [prompt] if isinstance(prompt[0], int) else list(prompt)
+    if any(not ids for ids in token_lists):
+        raise APIError(400, "prompt must not be empty", "prompt")
+    vocab = engine.model_config.vocab_size
+    if any(not 0 <= t < vocab for ids in token_lists for t in ids):
+        raise APIError(400, f"prompt token ids must be in [0, {vocab})", "prompt")
+    texts = [engine.tokenizer.decode(ids) for ids in token_lists]
+    return {"input_ids": token_lists}, texts, len(token_lists)
+
+
+@router.post("/v1/completions")
+async def completions(body: CompletionRequest, request: Request):
+    engine = engine_of(request)
+    _check_model(request, body.model)
+    include_usage = _check_stream_options(body)
+    if body.suffix:
+        raise APIError(400, "suffix is not supported", "suffix")
+    if body.best_of not in (None, 1, body.n):
+        raise APIError(400, "best_of other than n is not supported", "best_of")
+    max_tokens = 16 if body.max_tokens is None else body.max_tokens
+    if max_tokens < 1 and not (body.echo and max_tokens == 0):
+        raise APIError(400, "max_tokens must be at least 1", "max_tokens")
+    prompt_kwargs, texts, num_prompts = _completion_prompts(engine, body.prompt)
+    batch = _Batch(
+        body.rid or f"cmpl-{uuid.uuid4().hex}", served_model_name(request), body.n, num_prompts
+    )
+    want_logprobs = body.logprobs is not None
+    kwargs = dict(
+        **prompt_kwargs,
+        sampling_params=_sampling_params(body, max_tokens),
+        rid=batch.rids(),
+        return_logprob=want_logprobs,
+        top_logprobs_num=body.logprobs or 0,
+        logprob_start_len=0 if (body.echo and want_logprobs) else None,
+        return_text_in_logprobs=True,
+    )
+
+    def logprobs_of(out: dict[str, Any], echo: bool, start: int, prefix: str = ""):
+        if not want_logprobs:
+            return None
+        meta = out["meta_info"]
+        entries = meta["output_token_logprobs"][start:]
+        tops = meta.get("output_top_logprobs")
+        tops = tops[start:] if tops is not None else None
+        if echo:
+            entries = meta["input_token_logprobs"] + entries
+            tops = None if tops is None else meta["input_top_logprobs"] + tops
+        return fmt.completion_logprobs(
+            entries, tops if body.logprobs else None, len(prefix) if not echo else 0
+        )
+
+    if body.stream:
+        outputs = await engine.async_generate(**kwargs, stream=True)
+        sent_tokens: dict[int, int] = {}
+
+        def make_choice(out, index, delta, first):
+            finished = fmt.finish_reason(out["meta_info"])
+            echo_text = texts[index // body.n] if (body.echo and first) else ""
+            start = sent_tokens.get(index, 0)
+            lps = logprobs_of(out, body.echo and first, start)
+            sent_tokens[index] = len(out["output_ids"])
+            if not (delta or finished or echo_text or (lps and lps["tokens"])):
+                return None
+            return {
+                "index": index,
+                "text": echo_text + delta,
+                "logprobs": lps,
+                "finish_reason": finished,
+            }
+
+        return event_stream(
+            _stream_choices(outputs, batch, "text_completion", make_choice, include_usage)
+        )
+    outputs = await until_disconnect(request, engine.async_generate(**kwargs))
+    choices = []
+    for index, out in enumerate(outputs):
+        prefix = texts[index // body.n] if body.echo else ""
+        choices.append(
+            {
+                "index": index,
+                "text": prefix + out["text"],
+                "logprobs": logprobs_of(out, body.echo, 0),
+                "finish_reason": fmt.finish_reason(out["meta_info"]),
+            }
+        )
+    return {
+        **batch.head("text_completion"),
+        "choices": choices,
+        "usage": fmt.usage(outputs, body.n),
+    }
+
+
+# --- /v1/chat/completions --------------------------------------------------------------------
+
+
+def _chat_input_ids(engine: Engine, body: ChatCompletionRequest) -> list[int]:
+    messages = []
+    for message in body.messages:
+        content = message.content
+        if isinstance(content, list):
+            content = "".join(part.text for part in content)
+        role = "system" if message.role == "developer" else message.role
+        messages.append({"role": role, "content": content or ""})
+    try:
+        text = engine.apply_chat_template(messages)
+    except Exception as exc:  # jinja errors on message orders the template rejects
+        raise APIError(
+            400, f"messages cannot be rendered by the chat template: {exc}", "messages"
+        ) from exc
+    return engine.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+@router.post("/v1/chat/completions")
+async def chat_completions(body: ChatCompletionRequest, request: Request):
+    engine = engine_of(request)
+    _check_model(request, body.model)
+    include_usage = _check_stream_options(body)
+    if body.response_format and body.response_format.get("type") not in (None, "text"):
+        raise APIError(
+            400, "response_format other than text is not supported yet", "response_format"
+        )
+    if body.tools or body.tool_choice not in (None, "none"):
+        raise APIError(400, "tools are not supported yet", "tools")
+    if body.top_logprobs is not None and not body.logprobs:
+        raise APIError(400, "top_logprobs requires logprobs=true", "top_logprobs")
+    input_ids = _chat_input_ids(engine, body)
+    max_tokens = body.max_completion_tokens or body.max_tokens
+    if max_tokens is not None and max_tokens < 1:
+        raise APIError(400, "max_tokens must be at least 1", "max_tokens")
+    if max_tokens is None:
+        room = min(engine.context_len, engine.config.kv_cache_tokens) - len(input_ids)
+        max_tokens = max(room, 1)
+    batch = _Batch(
+        body.rid or f"chatcmpl-{uuid.uuid4().hex}", served_model_name(request), body.n, 1
+    )
+    top = body.top_logprobs or 0
+    kwargs = dict(
+        input_ids=[input_ids],
+        sampling_params=_sampling_params(body, max_tokens),
+        rid=batch.rids(),
+        return_logprob=body.logprobs,
+        top_logprobs_num=top,
+        return_text_in_logprobs=True,
+    )
+
+    def logprobs_of(out: dict[str, Any], start: int):
+        if not body.logprobs:
+            return None
+        meta = out["meta_info"]
+        tops = meta.get("output_top_logprobs") if top else None
+        return fmt.chat_logprobs(
+            meta["output_token_logprobs"][start:], tops[start:] if tops else None
+        )
+
+    if body.stream:
+        outputs = await engine.async_generate(**kwargs, stream=True)
+        sent_tokens: dict[int, int] = {}
+
+        def make_choice(out, index, delta, first):
+            finished = fmt.finish_reason(out["meta_info"])
+            lps = logprobs_of(out, sent_tokens.get(index, 0))
+            sent_tokens[index] = len(out["output_ids"])
+            if not (first or delta or finished):
+                return None
+            message = (
+                {"role": "assistant", "content": delta}
+                if first
+                else ({"content": delta} if delta else {})
+            )
+            return {"index": index, "delta": message, "logprobs": lps, "finish_reason": finished}
+
+        return event_stream(
+            _stream_choices(outputs, batch, "chat.completion.chunk", make_choice, include_usage)
+        )
+    outputs = await until_disconnect(request, engine.async_generate(**kwargs))
+    choices = [
+        {
+            "index": index,
+            "message": {"role": "assistant", "content": out["text"]},
+            "logprobs": logprobs_of(out, 0),
+            "finish_reason": fmt.finish_reason(out["meta_info"]),
+        }
+        for index, out in enumerate(outputs)
+    ]
+    return {
+        **batch.head("chat.completion"),
+        "choices": choices,
+        "usage": fmt.usage(outputs, body.n),
+    }

@@ -1,0 +1,95 @@
+"""A live `radixgen serve` process on the default model, shared by the server tests.
+
+It runs float32 with a modest KV pool on a free loopback port; the fixture waits for /health and
+terminates the process (and waits for it) at the end of the session.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def server_url():
+    port = _free_port()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "radixgen.cli",
+            "serve",
+            "--port",
+            str(port),
+            "--dtype",
+            "float32",
+            "--kv-cache-tokens",
+            "16384",
+            "--log-level",
+            "warning",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env={**os.environ},
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 180
+    try:
+        while time.time() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"server exited: {proc.stdout.read().decode()[-2000:]}")
+            try:
+                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.5)
+        else:
+            raise RuntimeError("server did not become healthy")
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture(scope="session")
+def client(server_url):
+    import openai
+
+    return openai.OpenAI(base_url=f"{server_url}/v1", api_key="unused", max_retries=0)
+
+
+@pytest.fixture(scope="session")
+def model_id(client):
+    return client.models.list().data[0].id
+
+
+def server_stats(url: str) -> dict:
+    return httpx.get(f"{url}/get_server_info", timeout=30).json()
+
+
+def wait_idle(url: str, timeout: float = 15.0) -> dict:
+    deadline = time.time() + timeout
+    while True:
+        stats = server_stats(url)
+        if stats["running_requests"] == 0 and stats["waiting_requests"] == 0:
+            return stats
+        if time.time() > deadline:
+            raise AssertionError(f"server not idle: {stats}")
+        time.sleep(0.1)
