@@ -87,6 +87,7 @@ def _serve(args: argparse.Namespace) -> int:
         engine=engine_config_from_args(args),
         served_model_name=args.served_model_name,
         api_key=args.api_key,
+        cors_allow_origins=tuple(args.cors_allow_origins),
     )
     url = f"http://{args.host}:{args.port}"
     holder = EngineHolder(
@@ -139,6 +140,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds in-flight requests get to finish on SIGTERM",
     )
     serve.add_argument("--log-level", default="info")
+    serve.add_argument(
+        "--cors-allow-origins",
+        nargs="*",
+        default=[],
+        help="origins allowed by CORS (default: CORS off)",
+    )
     add_engine_options(serve)
     serve.set_defaults(handler=_serve)
     return parser

@@ -17,7 +17,7 @@ import os
 import queue
 import random
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import torch
@@ -37,8 +37,19 @@ Prompt = str | list[str] | None
 InputIds = list[int] | list[list[int]] | None
 
 
+class EngineOverloadedError(RuntimeError):
+    """The waiting queue is full (`max_queued_requests`); retry later."""
+
+
 class Engine:
-    def __init__(self, config: EngineConfig | None = None, **options: Any):
+    def __init__(
+        self,
+        config: EngineConfig | None = None,
+        observer: Callable[[dict[str, Any]], None] | None = None,
+        **options: Any,
+    ):
+        """`observer`, if given, is called on the scheduler thread with a small record of
+        every finished request (outcome, token counts, latencies); keep it cheap."""
         self.config = config.replace(**options) if config else EngineConfig(**options)
         torch.set_num_threads(self.config.num_threads or os.cpu_count() or 1)
         self.source = resolve_model(self.config.model)
@@ -47,7 +58,7 @@ class Engine:
         self.tokenizer = load_tokenizer(self.source)
         self.eos_ids = eos_token_ids(self.tokenizer, self.model_config.eos_token_ids)
         runner = ModelRunner(self.source, self.model_config, self.config, self.context_len)
-        self.scheduler = Scheduler(self.config, runner, self.tokenizer, self.eos_ids)
+        self.scheduler = Scheduler(self.config, runner, self.tokenizer, self.eos_ids, observer)
         self._seeds = random.Random(self.config.random_seed)
         self.scheduler.start()
 
@@ -244,6 +255,12 @@ class Engine:
                 )
         if len({r.rid for r in reqs}) != len(reqs):
             raise InvalidRequestError("duplicate request ids in the batch", "rid")
+        queued = self.config.max_queued_requests
+        capacity = None if queued is None else self.config.max_running_requests + queued
+        if capacity is not None and self.scheduler.active_requests + len(reqs) > capacity:
+            raise EngineOverloadedError(
+                f"the request queue is full ({self.scheduler.active_requests} requests active)"
+            )
         return reqs, single and len(reqs) == 1
 
     def _validate(self, ids: list[int], params: SamplingParams) -> None:

@@ -19,11 +19,19 @@ from dataclasses import dataclass
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from radixgen.runtime.config import EngineConfig
 from radixgen.runtime.engine import Engine
-from radixgen.server.errors import APIError, error_response, install_error_handlers
+from radixgen.server.errors import (
+    APIError,
+    ClientDisconnected,
+    error_response,
+    install_error_handlers,
+)
+from radixgen.server.metrics import ServerMetrics
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +44,7 @@ class ServerSettings:
     served_model_name: str | None = None
     api_key: str | None = None
     max_body_bytes: int = 8 * 1024 * 1024
+    cors_allow_origins: tuple[str, ...] = ()  # CORS stays off unless origins are given
 
 
 class EngineHolder:
@@ -44,6 +53,7 @@ class EngineHolder:
     def __init__(self, config: EngineConfig, on_ready: Callable[[], None] | None = None):
         self.config = config
         self.on_ready = on_ready
+        self.observer: Callable[[dict[str, Any]], None] | None = None
         self.engine: Engine | None = None
         self.error: BaseException | None = None
         self.draining = False
@@ -54,7 +64,7 @@ class EngineHolder:
 
     def _load(self) -> None:
         try:
-            self.engine = Engine(self.config)
+            self.engine = Engine(self.config, observer=self.observer)
             logger.info("engine ready")
             if self.on_ready is not None:
                 self.on_ready()
@@ -93,10 +103,6 @@ def event_stream(events: AsyncIterator[bytes]) -> StreamingResponse:
     )
 
 
-class ClientDisconnected(Exception):
-    pass
-
-
 async def until_disconnect(request: Request, work: Awaitable[Any]) -> Any:
     """Await `work`, cancelling it if the client goes away (the engine then aborts the
     request and frees its KV)."""
@@ -104,7 +110,7 @@ async def until_disconnect(request: Request, work: Awaitable[Any]) -> Any:
 
     async def watch() -> None:
         while (await request.receive())["type"] != "http.disconnect":
-            pass
+            await asyncio.sleep(0.1)  # never spin, whatever the server's receive returns
 
     watcher = asyncio.ensure_future(watch())
     try:
@@ -123,6 +129,31 @@ def _key_digest(key: str) -> bytes:
     return hashlib.sha256(key.encode()).digest()
 
 
+class GuardMiddleware:
+    """API key and body-size checks, as plain ASGI: a `BaseHTTPMiddleware` would hand routes a
+    `receive` that returns at once after the body, defeating disconnect detection."""
+
+    def __init__(self, app, settings: ServerSettings):
+        self.app = app
+        self.max_body = settings.max_body_bytes
+        self.key_digest = _key_digest(settings.api_key) if settings.api_key else None
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = {k.decode().lower(): v.decode() for k, v in scope.get("headers", [])}
+        if self.key_digest is not None and scope["path"] != "/health":
+            given = headers.get("authorization", "")
+            token = given[7:] if given.lower().startswith("bearer ") else ""
+            if not secrets.compare_digest(_key_digest(token), self.key_digest):
+                return await error_response(401, "invalid or missing API key")(scope, receive, send)
+        length = headers.get("content-length", "")
+        if length.isdigit() and int(length) > self.max_body:
+            response = error_response(413, f"request body over {self.max_body} bytes")
+            return await response(scope, receive, send)
+        await self.app(scope, receive, send)
+
+
 def create_app(settings: ServerSettings, holder: EngineHolder | None = None) -> FastAPI:
     holder = holder or EngineHolder(settings.engine)
 
@@ -137,22 +168,16 @@ def create_app(settings: ServerSettings, holder: EngineHolder | None = None) -> 
     app.state.holder = holder
     app.state.settings = settings
     install_error_handlers(app)
-    api_key_digest = _key_digest(settings.api_key) if settings.api_key else None
-
-    @app.middleware("http")
-    async def guard(request: Request, call_next: Callable):
-        if api_key_digest is not None and request.url.path != "/health":
-            given = request.headers.get("authorization", "")
-            token = given[7:] if given.lower().startswith("bearer ") else ""
-            if not secrets.compare_digest(_key_digest(token), api_key_digest):
-                return error_response(401, "invalid or missing API key")
-        length = request.headers.get("content-length")
-        if length and length.isdigit() and int(length) > settings.max_body_bytes:
-            return error_response(413, f"request body over {settings.max_body_bytes} bytes")
-        try:
-            return await call_next(request)
-        except ClientDisconnected:
-            return JSONResponse({}, status_code=499)
+    app.add_middleware(GuardMiddleware, settings=settings)
+    metrics = ServerMetrics(lambda: holder.engine.stats() if holder.engine else None)
+    holder.observer = metrics.observe
+    if settings.cors_allow_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(settings.cors_allow_origins),
+            allow_methods=["*"],
+            allow_headers=["*"],
+        )
 
     @app.get("/health")
     async def health():
@@ -160,6 +185,11 @@ def create_app(settings: ServerSettings, holder: EngineHolder | None = None) -> 
             state = "draining" if holder.draining else ("failed" if holder.error else "loading")
             return JSONResponse({"status": state}, status_code=503)
         return {"status": "ok"}
+
+    @app.get("/metrics")
+    async def prometheus_metrics():
+        body = await asyncio.to_thread(metrics.render)
+        return Response(body, media_type=CONTENT_TYPE_LATEST)
 
     from radixgen.server import native, openai_api
 

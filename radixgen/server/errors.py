@@ -15,6 +15,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from radixgen.runtime.engine import EngineOverloadedError
 from radixgen.runtime.sampling_params import InvalidRequestError
 
 logger = logging.getLogger(__name__)
@@ -43,6 +44,10 @@ class APIError(Exception):
         super().__init__(message)
         self.status, self.message, self.param, self.code = status, message, param, code
         self.headers = headers
+
+
+class ClientDisconnected(Exception):
+    """The client went away before its response; the request was aborted."""
 
 
 def error_body(
@@ -97,6 +102,14 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(InvalidRequestError)
     async def _invalid(_: Request, exc: InvalidRequestError):
         return error_response(400, exc.message, exc.param, exc.code)
+
+    @app.exception_handler(ClientDisconnected)
+    async def _gone(_: Request, exc: ClientDisconnected):
+        return JSONResponse({}, status_code=499)  # nobody is listening
+
+    @app.exception_handler(EngineOverloadedError)
+    async def _overloaded(_: Request, exc: EngineOverloadedError):
+        return error_response(503, str(exc), headers={"Retry-After": "1"})
 
     @app.exception_handler(APIError)
     async def _api(_: Request, exc: APIError):

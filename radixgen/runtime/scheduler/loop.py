@@ -23,6 +23,7 @@ import logging
 import queue
 import random
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
@@ -46,6 +47,23 @@ from radixgen.runtime.scheduler.prefill import PrefillBatch, PrefillManager
 
 logger = logging.getLogger(__name__)
 
+
+def finished_record(req: Req) -> dict[str, Any]:
+    """What observers (metrics) learn of a finished request: outcome, token counts, latencies."""
+    now = time.perf_counter()
+    completion = len(req.output_ids)
+    first = req.first_token_at
+    return {
+        "outcome": req.finish_reason.kind.value,
+        "prompt_tokens": len(req.origin_input_ids),
+        "completion_tokens": completion,
+        "cached_tokens": req.cached_tokens,
+        "e2e_latency": now - req.created_at,
+        "ttft": None if first is None else first - req.created_at,
+        "itl": None if first is None or completion < 2 else (now - first) / (completion - 1),
+    }
+
+
 OutputSink = Callable[[dict[str, Any]], None]
 
 
@@ -56,8 +74,12 @@ class Scheduler:
         runner: ModelRunner,
         tokenizer,
         eos_ids: frozenset[int],
+        observer: Callable[[dict[str, Any]], None] | None = None,
     ):
         self.config = config
+        self.observer = observer
+        self._active = 0  # submitted and not yet finished (any thread reads it)
+        self._active_lock = threading.Lock()
         self.runner = runner
         allocator_size = runner.kv_pool.size
         from radixgen.runtime.cache.kv_pool import SlotAllocator
@@ -96,7 +118,14 @@ class Scheduler:
             self._thread.join(timeout=30)
 
     def submit(self, req: Req, sink: OutputSink) -> None:
+        with self._active_lock:
+            self._active += 1
         self.inbox.put(("add", req, sink))
+
+    @property
+    def active_requests(self) -> int:
+        """Requests submitted and not finished: waiting, running or still in the inbox."""
+        return self._active
 
     def abort(self, rid: str) -> None:
         self.inbox.put(("abort", rid))
@@ -289,6 +318,10 @@ class Scheduler:
             self.counters["aborted_requests"] += 1
         self._send(req)
         self.sinks.pop(req.rid, None)
+        with self._active_lock:
+            self._active -= 1
+        if self.observer is not None:
+            self.observer(finished_record(req))
 
     def _abort(self, rid: str, message: str) -> None:
         reason = FinishReason(FinishKind.ABORT, message=message)
