@@ -6,6 +6,7 @@ terminates the process (and waits for it) at the end of the session.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -52,13 +53,15 @@ def _wait_healthy(url: str, proc: subprocess.Popen, log) -> None:
     raise RuntimeError("server did not become healthy")
 
 
-@pytest.fixture(scope="session")
-def server_url():
+@contextlib.contextmanager
+def running_server(args: list[str]):
+    """A `radixgen serve` subprocess on a free loopback port; yields its base URL once
+    /health answers 200, and terminates (and reaps) it on exit."""
     port = _free_port()
     # Output goes to a file, not a pipe: an unread pipe would block the server once full.
     with tempfile.TemporaryFile() as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "radixgen.cli", "serve", "--port", str(port), *SERVER_ARGS],
+            [sys.executable, "-m", "radixgen.cli", "serve", "--port", str(port), *args],
             stdout=log,
             stderr=subprocess.STDOUT,
             env={**os.environ},
@@ -74,6 +77,12 @@ def server_url():
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+@pytest.fixture(scope="session")
+def server_url():
+    with running_server(SERVER_ARGS) as url:
+        yield url
 
 
 @pytest.fixture(scope="session")
