@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
+import signal
 import sys
 import time
 import typing
@@ -90,8 +92,15 @@ def _serve(args: argparse.Namespace) -> int:
         cors_allow_origins=tuple(args.cors_allow_origins),
     )
     url = f"http://{args.host}:{args.port}"
+
+    def fail(exc: BaseException) -> None:
+        print(f"[radixgen] the model failed to load: {exc}", file=sys.stderr, flush=True)
+        os.kill(os.getpid(), signal.SIGTERM)  # stop serving: a supervisor sees the exit
+
     holder = EngineHolder(
-        settings.engine, on_ready=lambda: print(f"[radixgen] ready: {url}", flush=True)
+        settings.engine,
+        on_ready=lambda: print(f"[radixgen] ready: {url}", flush=True),
+        on_failure=fail,
     )
     print(f"[radixgen] loading {args.model}; /health answers 503 until ready", flush=True)
     uvicorn.run(
@@ -102,7 +111,7 @@ def _serve(args: argparse.Namespace) -> int:
         timeout_graceful_shutdown=args.drain_timeout,
         access_log=False,  # request lines carry no prompt text, but keep logs quiet by default
     )
-    return 0
+    return 1 if holder.error is not None else 0
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -50,9 +50,15 @@ class ServerSettings:
 class EngineHolder:
     """Loads the engine off the event loop; `engine` is None until it is ready."""
 
-    def __init__(self, config: EngineConfig, on_ready: Callable[[], None] | None = None):
+    def __init__(
+        self,
+        config: EngineConfig,
+        on_ready: Callable[[], None] | None = None,
+        on_failure: Callable[[BaseException], None] | None = None,
+    ):
         self.config = config
         self.on_ready = on_ready
+        self.on_failure = on_failure
         self.observer: Callable[[dict[str, Any]], None] | None = None
         self.engine: Engine | None = None
         self.error: BaseException | None = None
@@ -71,6 +77,8 @@ class EngineHolder:
         except BaseException as exc:  # reported by /health and every route
             logger.exception("engine failed to load")
             self.error = exc
+            if self.on_failure is not None:
+                self.on_failure(exc)
 
     def shutdown(self) -> None:
         self._thread.join(timeout=600)

@@ -8,6 +8,7 @@ then `data: [DONE]`; an error after the headers goes in-band before `[DONE]`.
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -309,7 +310,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
         raise APIError(400, "tools are not supported yet", "tools")
     if body.top_logprobs is not None and not body.logprobs:
         raise APIError(400, "top_logprobs requires logprobs=true", "top_logprobs")
-    input_ids = _chat_input_ids(engine, body)
+    input_ids = await asyncio.to_thread(_chat_input_ids, engine, body)  # off the event loop
     max_tokens = body.max_completion_tokens or body.max_tokens
     if max_tokens is not None and max_tokens < 1:
         raise APIError(400, "max_tokens must be at least 1", "max_tokens")
