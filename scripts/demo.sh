@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The main job on the embedded default model: a streamed chat generation through the CLI.
+# The main job: serve the native and OpenAI APIs on the embedded default model
+# (http://127.0.0.1:30000; extra arguments go to `radixgen serve`, e.g. --port, --api-key).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh
-exec .venv/bin/radixgen generate "${@:-What is the capital of France?}"
+exec .venv/bin/radixgen serve "$@"

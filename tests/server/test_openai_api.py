@@ -244,6 +244,21 @@ def test_bad_completion_input_is_400_naming_the_field(client, model_id, kwargs, 
     assert err.value.body["param"] == param, err.value.body
 
 
+def test_prompt_one_below_the_context_length_is_served(client, model_id):
+    out = client.completions.create(model=model_id, prompt=[198] * 8191, max_tokens=1)
+    assert out.usage.prompt_tokens == 8191 and out.usage.completion_tokens == 1
+
+
+def test_oversized_body_is_413_and_server_stays_healthy(server_url):
+    resp = httpx.post(
+        f"{server_url}/v1/completions",
+        timeout=30,
+        json={"prompt": "x" * (9 * 1024 * 1024), "max_tokens": 1},
+    )
+    assert resp.status_code == 413 and "error" in resp.json()
+    assert httpx.get(f"{server_url}/health", timeout=10).status_code == 200
+
+
 def test_context_length_error(client, model_id):
     with pytest.raises(openai.BadRequestError) as err:
         client.completions.create(model=model_id, prompt=[1] * 8190, max_tokens=16)
