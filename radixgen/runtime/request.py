@@ -109,11 +109,6 @@ class Req:
         return self.finish_reason is not None
 
     @property
-    def is_prefilled(self) -> bool:
-        """All known tokens but the last sampled one have KV: the request is decoding."""
-        return self.pending_len <= 1 and bool(self.output_ids)
-
-    @property
     def max_new_remaining(self) -> int:
         return self.sampling_params.max_new_tokens - len(self.output_ids)
 

@@ -39,10 +39,6 @@ class KVPool:
         """K and V of one layer, each [size + 1, Hkv, D]."""
         return self.k[layer], self.v[layer]
 
-    @property
-    def bytes_per_token(self) -> int:
-        return 2 * self.k[:, 0].numel() * self.k.element_size()
-
 
 class SlotAllocator:
     """Free list of KV slots 1..size. `alloc` returns None rather than over-committing."""

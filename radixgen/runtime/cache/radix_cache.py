@@ -188,16 +188,3 @@ class RadixCache:
         """Every slot held by the tree (for consistency checks)."""
         values = [n.value for n in self._iter_nodes()]
         return torch.cat(values) if values else _EMPTY
-
-    def pretty(self) -> str:
-        lines = []
-
-        def walk(node: TreeNode, depth: int) -> None:
-            for child in node.children.values():
-                lines.append(
-                    f"{'  ' * depth}{child.key[:8]}... len={len(child.key)} lock={child.lock_ref}"
-                )
-                walk(child, depth + 1)
-
-        walk(self.root, 0)
-        return "\n".join(lines)
