@@ -71,6 +71,9 @@ class EngineConfig:
         choices=SCHEDULE_POLICIES,
     )
     disable_radix_cache: bool = _opt(False, "Run without prefix reuse (the benchmark baseline).")
+    disable_jump_forward: bool = _opt(
+        False, "Decode grammar-forced text token by token (the constrained-decoding baseline)."
+    )
     num_threads: int | None = _opt(None, "Torch intra-op threads (default: all cores).")
     random_seed: int = _opt(0, "Seed for requests that do not set their own sampling seed.")
     max_queued_requests: int | None = _opt(None, "Reject new requests beyond this many waiting.")

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from radixgen.runtime.config import EngineConfig
+from radixgen.runtime.constrained import GrammarCompiler
 from radixgen.runtime.detokenizer import IncrementalDetokenizer
 from radixgen.runtime.model.loader import resolve_model
 from radixgen.runtime.model.runner import ModelRunner
@@ -59,6 +60,7 @@ class Engine:
         self.eos_ids = eos_token_ids(self.tokenizer, self.model_config.eos_token_ids)
         runner = ModelRunner(self.source, self.model_config, self.config, self.context_len)
         self.scheduler = Scheduler(self.config, runner, self.tokenizer, self.eos_ids, observer)
+        self.grammars = GrammarCompiler(self.tokenizer, self.model_config.vocab_size)
         self._seeds = random.Random(self.config.random_seed)
         self.scheduler.start()
 
@@ -140,7 +142,11 @@ class Engine:
         logprob = _logprob_options(
             return_logprob, logprob_start_len, top_logprobs_num, return_text_in_logprobs
         )
-        reqs, single = self._make_requests(prompt, sampling_params, input_ids, logprob, stream, rid)
+        make = (prompt, sampling_params, input_ids, logprob, stream, rid)
+        if _has_constraint(sampling_params):  # grammar compilation stays off the event loop
+            reqs, single = await asyncio.to_thread(self._make_requests, *make)
+        else:
+            reqs, single = self._make_requests(*make)
         loop = asyncio.get_running_loop()
         inbox: asyncio.Queue = asyncio.Queue()
         for req in reqs:
@@ -188,11 +194,18 @@ class Engine:
     def stats(self) -> dict[str, Any]:
         return self.scheduler.call(self.scheduler.stats).result()
 
-    def apply_chat_template(self, messages: list[dict[str, Any]]) -> str:
-        """Render chat messages with the model's template, ready for the assistant's turn."""
+    def apply_chat_template(
+        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None
+    ) -> str:
+        """Render chat messages with the model's template, ready for the assistant's turn
+        (`tools` reach templates that render them)."""
         return self.tokenizer.apply_chat_template(
-            messages, tokenize=False, add_generation_prompt=True
+            messages, tools=tools, tokenize=False, add_generation_prompt=True
         )
+
+    @property
+    def chat_template_renders_tools(self) -> bool:
+        return "tools" in (self.tokenizer.chat_template or "")
 
     # --- request construction --------------------------------------------------------------
 
@@ -228,6 +241,7 @@ class Engine:
         for i, ids in enumerate(token_lists):
             params = SamplingParams.from_dict(params_list[i] if params_list else sampling_params)
             self._validate(ids, params)
+            grammar = self.grammars.compile(params)  # raises on an invalid constraint
             base = rids[i] if rids else (rid if isinstance(rid, str) and single else None)
             base = base or uuid.uuid4().hex
             for k in range(params.n):
@@ -251,6 +265,7 @@ class Engine:
                         ),
                         stream=stream,
                         seed=seed,
+                        grammar=grammar if grammar is None or k == 0 else grammar.fork(),
                     )
                 )
         if len({r.rid for r in reqs}) != len(reqs):
@@ -270,7 +285,7 @@ class Engine:
             raise InvalidRequestError("the prompt is empty", "prompt")
         if not all(isinstance(t, int) and 0 <= t < vocab for t in ids):
             raise InvalidRequestError(f"input_ids must be integers in [0, {vocab})", "input_ids")
-        for name in ("regex", "json_schema", "ebnf", "structural_tag", "stop_regex"):
+        for name in ("structural_tag", "stop_regex"):
             if getattr(params, name) is not None:
                 raise InvalidRequestError(f"{name} is not supported yet", name)
         total = len(ids) + params.max_new_tokens
@@ -304,6 +319,14 @@ def _logprob_options(
     if options.top_logprobs_num < 0:
         raise InvalidRequestError("top_logprobs_num must be >= 0", "top_logprobs_num")
     return options
+
+
+def _has_constraint(sampling_params: dict[str, Any] | list[dict[str, Any]] | None) -> bool:
+    params = sampling_params if isinstance(sampling_params, list) else [sampling_params or {}]
+    return any(
+        isinstance(p, dict) and any(p.get(k) is not None for k in ("regex", "json_schema", "ebnf"))
+        for p in params
+    )
 
 
 def _collect(results: dict[str, dict[str, Any]], out: dict[str, Any]) -> None:

@@ -15,13 +15,16 @@ from __future__ import annotations
 import enum
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from radixgen.runtime.cache.radix_cache import TreeNode
 from radixgen.runtime.detokenizer import IncrementalDetokenizer
 from radixgen.runtime.sampling_params import SamplingParams
+
+if TYPE_CHECKING:
+    from radixgen.runtime.constrained import Grammar
 
 
 class FinishKind(enum.Enum):
@@ -66,6 +69,7 @@ class Req:
     detokenizer: IncrementalDetokenizer
     stream: bool = False
     seed: int = 0  # the sampling RNG seed (sampling_seed, or drawn by the engine)
+    grammar: Grammar | None = None  # the output's regex / JSON schema / grammar constraint
 
     output_ids: list[int] = field(default_factory=list)
     finish_reason: FinishReason | None = None
@@ -86,6 +90,7 @@ class Req:
     created_at: float = field(default_factory=time.perf_counter)
     first_token_at: float | None = None
     retractions: int = 0
+    forced_tokens: int = 0  # output tokens appended by jump-forward, not sampled
     sampling_rng: Any = None  # random.Random, created by the scheduler on admission
 
     @property
@@ -111,6 +116,11 @@ class Req:
     @property
     def max_new_remaining(self) -> int:
         return self.sampling_params.max_new_tokens - len(self.output_ids)
+
+    @property
+    def can_jump_forward(self) -> bool:
+        """Constrained and not reporting logprobs (forced tokens have none)."""
+        return self.grammar is not None and not self.logprob.return_logprob
 
     @property
     def wants_input_logprobs(self) -> bool:

@@ -1,7 +1,8 @@
 """Batched sampling and logprobs.
 
 Order of operations (as in SGLang): logit bias and penalties on the raw logits, `min_new_tokens`
-masking of stop tokens, temperature, softmax, then top-k / top-p / min-p filtering and a draw.
+masking of stop tokens, grammar masks of constrained requests, temperature, softmax, then top-k /
+top-p / min-p filtering and a draw.
 
 Draws use inverse-CDF sampling with one uniform number per request from that request's own
 `random.Random` (seeded by `sampling_seed` or by the engine), so a request's samples do not
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
+from radixgen.runtime.constrained import TokenMasker
 from radixgen.runtime.request import Req
 
 
@@ -95,8 +97,9 @@ def top_logprobs(logprobs: torch.Tensor, k: int) -> list[list[tuple[float, int]]
 
 
 class Sampler:
-    def __init__(self, eos_ids: frozenset[int]):
+    def __init__(self, eos_ids: frozenset[int], masker: TokenMasker | None = None):
         self.eos_ids = eos_ids
+        self.masker = masker
 
     def sample(self, logits: torch.Tensor, reqs: Sequence[Req]) -> SampleOutput:
         """logits [B, V] float32 (one row per request, modified in place) -> next tokens."""
@@ -106,6 +109,8 @@ class Sampler:
             apply_penalties(logits, reqs)
         if any(len(r.output_ids) < r.sampling_params.min_new_tokens for r in reqs):
             mask_stop_tokens(logits, reqs, self.eos_ids)
+        if self.masker is not None and any(r.grammar is not None for r in reqs):
+            self.masker.apply(logits, [r.grammar for r in reqs])
 
         tokens = logits.argmax(dim=-1).tolist()  # greedy for everyone, replaced below
         sampled_rows = [i for i, r in enumerate(reqs) if not r.sampling_params.is_greedy]

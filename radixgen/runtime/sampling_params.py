@@ -8,6 +8,7 @@ naming the field.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -91,6 +92,8 @@ class SamplingParams:
             self.stop_token_ids = [self.stop_token_ids]
         self.stop = list(self.stop)
         self.stop_token_ids = list(self.stop_token_ids)
+        if isinstance(self.json_schema, dict | bool):  # SGLang takes a string; accept the object
+            self.json_schema = json.dumps(self.json_schema)
 
     def verify(self, vocab_size: int | None = None) -> None:
         """Raise `InvalidRequestError` naming the first field out of range."""

@@ -64,6 +64,9 @@ async def get_model_info(request: Request):
         "preferred_sampling_params": None,
         "weight_version": "default",
         "served_model_name": served_model_name(request),
+        # radixgen extension: the model's Jinja chat template, so a frontend can pick a
+        # matching role template when the model path matches none (SmolLM2 -> ChatML)
+        "chat_template": getattr(engine.tokenizer, "chat_template", None),
     }
 
 

@@ -29,6 +29,8 @@ from radixgen.server.app import (
 )
 from radixgen.server.errors import APIError, stream_error_event
 from radixgen.server.protocol import ChatCompletionRequest, CompletionRequest
+from radixgen.server.structured import constraint_params
+from radixgen.server.tools import ToolPlan, plan_tools, render_tool_history
 
 router = APIRouter()
 
@@ -214,7 +216,7 @@ async def completions(body: CompletionRequest, request: Request):
     want_logprobs = body.logprobs is not None
     kwargs = dict(
         **prompt_kwargs,
-        sampling_params=_sampling_params(body, max_tokens),
+        sampling_params={**_sampling_params(body, max_tokens), **constraint_params(body)},
         rid=batch.rids(),
         return_logprob=want_logprobs,
         top_logprobs_num=body.logprobs or 0,
@@ -280,16 +282,29 @@ async def completions(body: CompletionRequest, request: Request):
 # --- /v1/chat/completions --------------------------------------------------------------------
 
 
-def _chat_input_ids(engine: Engine, body: ChatCompletionRequest) -> list[int]:
+def _chat_input_ids(engine: Engine, body: ChatCompletionRequest, plan: ToolPlan | None):
     messages = []
     for message in body.messages:
         content = message.content
         if isinstance(content, list):
             content = "".join(part.text for part in content)
         role = "system" if message.role == "developer" else message.role
-        messages.append({"role": role, "content": content or ""})
+        rendered = {"role": role, "content": content or ""}
+        if message.tool_calls:
+            rendered["tool_calls"] = message.tool_calls
+        messages.append(rendered)
+    tools = None
+    if plan is not None and engine.chat_template_renders_tools:
+        tools = [{"type": "function", "function": f} for f in plan.tools.values()]
+    else:
+        messages = [render_tool_history(m) for m in messages]
+        if plan is not None:
+            if messages[0]["role"] == "system":
+                messages[0]["content"] += "\n" + plan.system_prompt()
+            else:
+                messages.insert(0, {"role": "system", "content": plan.system_prompt()})
     try:
-        text = engine.apply_chat_template(messages)
+        text = engine.apply_chat_template(messages, tools)
     except Exception as exc:  # jinja errors on message orders the template rejects
         raise APIError(
             400, f"messages cannot be rendered by the chat template: {exc}", "messages"
@@ -297,20 +312,40 @@ def _chat_input_ids(engine: Engine, body: ChatCompletionRequest) -> list[int]:
     return engine.tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
+def _tool_calls(plan: ToolPlan | None, out: dict[str, Any]) -> list[dict[str, Any]] | None:
+    """The calls a finished output makes (None: it is plain content)."""
+    if plan is None or fmt.finish_reason(out["meta_info"]) != "stop":
+        return None
+    return plan.parse(out["text"])
+
+
+def _chat_message(plan: ToolPlan | None, out: dict[str, Any]) -> tuple[dict[str, Any], str]:
+    """The assistant message of a finished choice and its finish_reason."""
+    calls = _tool_calls(plan, out)
+    if calls:
+        return {"role": "assistant", "content": None, "tool_calls": calls}, "tool_calls"
+    return {"role": "assistant", "content": out["text"]}, fmt.finish_reason(out["meta_info"])
+
+
 @router.post("/v1/chat/completions")
 async def chat_completions(body: ChatCompletionRequest, request: Request):
     engine = engine_of(request)
     _check_model(request, body.model)
     include_usage = _check_stream_options(body)
-    if body.response_format and body.response_format.get("type") not in (None, "text"):
-        raise APIError(
-            400, "response_format other than text is not supported yet", "response_format"
-        )
-    if body.tools or body.tool_choice not in (None, "none"):
-        raise APIError(400, "tools are not supported yet", "tools")
     if body.top_logprobs is not None and not body.logprobs:
         raise APIError(400, "top_logprobs requires logprobs=true", "top_logprobs")
-    input_ids = await asyncio.to_thread(_chat_input_ids, engine, body)  # off the event loop
+    plan = plan_tools(body.tools, body.tool_choice, body.parallel_tool_calls)
+    constraint = constraint_params(body)
+    if plan is not None and plan.constraint:
+        if constraint:
+            raise APIError(
+                400,
+                "a structured-output constraint cannot be combined with tool_choice "
+                f"{body.tool_choice!r}",
+                "tool_choice",
+            )
+        constraint = plan.constraint
+    input_ids = await asyncio.to_thread(_chat_input_ids, engine, body, plan)  # off the loop
     max_tokens = body.max_completion_tokens or body.max_tokens
     if max_tokens is not None and max_tokens < 1:
         raise APIError(400, "max_tokens must be at least 1", "max_tokens")
@@ -323,7 +358,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
     top = body.top_logprobs or 0
     kwargs = dict(
         input_ids=[input_ids],
-        sampling_params=_sampling_params(body, max_tokens),
+        sampling_params={**_sampling_params(body, max_tokens), **constraint},
         rid=batch.rids(),
         return_logprob=body.logprobs,
         top_logprobs_num=top,
@@ -347,28 +382,38 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
             finished = fmt.finish_reason(out["meta_info"])
             lps = logprobs_of(out, sent_tokens.get(index, 0))
             sent_tokens[index] = len(out["output_ids"])
+            if plan is not None:  # a call is only known complete: send it whole at the end
+                delta = out["text"] if finished else ""
+                calls = _tool_calls(plan, out) if finished else None
+                if calls:
+                    delta = ""
+                    finished = "tool_calls"
+            else:
+                calls = None
             if not (first or delta or finished):
                 return None
-            message = (
-                {"role": "assistant", "content": delta}
-                if first
-                else ({"content": delta} if delta else {})
-            )
+            message: dict[str, Any] = {"role": "assistant"} if first else {}
+            if delta or (first and not calls):
+                message["content"] = delta
+            if calls:
+                message["tool_calls"] = [{"index": i, **c} for i, c in enumerate(calls)]
             return {"index": index, "delta": message, "logprobs": lps, "finish_reason": finished}
 
         return event_stream(
             _stream_choices(outputs, batch, "chat.completion.chunk", make_choice, include_usage)
         )
     outputs = await until_disconnect(request, engine.async_generate(**kwargs))
-    choices = [
-        {
-            "index": index,
-            "message": {"role": "assistant", "content": out["text"]},
-            "logprobs": logprobs_of(out, 0),
-            "finish_reason": fmt.finish_reason(out["meta_info"]),
-        }
-        for index, out in enumerate(outputs)
-    ]
+    choices = []
+    for index, out in enumerate(outputs):
+        message, finish = _chat_message(plan, out)
+        choices.append(
+            {
+                "index": index,
+                "message": message,
+                "logprobs": logprobs_of(out, 0),
+                "finish_reason": finish,
+            }
+        )
     return {
         **batch.head("chat.completion"),
         "choices": choices,

@@ -45,6 +45,10 @@ class _SamplingFields(_Lenient):
     stop_token_ids: list[int] | None = None
     no_stop_trim: bool | None = None
     rid: str | None = None
+    # Structured-output extensions (at most one; chat also takes response_format).
+    regex: str | None = None
+    ebnf: str | None = None
+    choice: list[str] | None = None
 
 
 class CompletionRequest(_SamplingFields):
@@ -65,6 +69,8 @@ class ChatMessage(_Lenient):
     role: Literal["system", "user", "assistant", "tool", "developer"]
     content: str | list[TextPart] | None = None
     name: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None  # assistant turns that called tools
+    tool_call_id: str | None = None  # tool turns: which call this answers
 
 
 class ChatCompletionRequest(_SamplingFields):
@@ -76,6 +82,7 @@ class ChatCompletionRequest(_SamplingFields):
     response_format: dict[str, Any] | None = None
     tools: list[dict[str, Any]] | None = None
     tool_choice: Any = None
+    parallel_tool_calls: bool = True
 
 
 class GenerateRequest(_Lenient):

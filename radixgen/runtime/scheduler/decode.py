@@ -1,6 +1,7 @@
 """DecodeManager: the running set, its memory check and retraction.
 
-Before every decode step each running request needs one new KV slot. If free + evictable slots
+Before every decode step each running request needs a new KV slot per pending token (one, or
+more after a jump-forward). If free + evictable slots
 do not suffice, requests are *retracted*: their KV goes to the radix tree (evictable), their row
 is freed and they return to the front of the waiting queue keeping their generated tokens; they
 are re-prefilled later, normally hitting their own cached KV. The victims are the requests that
@@ -39,10 +40,12 @@ class DecodeManager:
         return done
 
     def ensure_memory(self) -> list[Req]:
-        """Make room for one new slot per running request; returns the retracted requests
+        """Make room for every running request's pending tokens; returns the retracted requests
         (already released), most recently retracted last."""
         retracted: list[Req] = []
-        while self.running and self.cache.available_tokens < len(self.running):
+        while self.running and self.cache.available_tokens < sum(
+            r.pending_len for r in self.running
+        ):
             if len(self.running) == 1:
                 break  # alone it cannot fit: the scheduler aborts it
             self.running.sort(key=lambda r: (len(r.output_ids), -len(r.origin_input_ids)))

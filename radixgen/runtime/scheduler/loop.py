@@ -6,7 +6,13 @@ every running request. The loop composes small managers:
 
     policy.order_waiting -> PrefillManager.build -> batch_builder -> ModelRunner.forward
     DecodeManager.ensure_memory (retraction) -> batch_builder -> ModelRunner.forward
-    Sampler -> OutputProcessor (logprobs, stop checks, outputs) -> CacheManager.release
+    Sampler (grammar masks) -> OutputProcessor (logprobs, grammar, stop checks, jump-forward,
+    outputs) -> CacheManager.release
+
+Jump-forward: after a constrained request's token is sampled, the tokens its grammar forces are
+appended at once. Its next step then has several pending tokens, so that step runs as one extend
+batch (every running request extends by its pending tokens: one for most, more for those that
+jumped) instead of a decode batch -- one forward pass for text that would take one per token.
 
 Why a thread, for now: torch releases the GIL inside every kernel, so the scheduler's Python time
 is the only contention with the caller, and a thread shares the tokenizer with no serialisation
@@ -31,6 +37,7 @@ from typing import Any
 import torch
 
 from radixgen.runtime.config import EngineConfig
+from radixgen.runtime.constrained import TokenMasker
 from radixgen.runtime.model.runner import ModelRunner
 from radixgen.runtime.request import FinishKind, FinishReason, Req
 from radixgen.runtime.sampler import Sampler
@@ -89,7 +96,9 @@ class Scheduler:
         )
         self.prefill = PrefillManager(config, self.cache)
         self.decode = DecodeManager(self.cache)
-        self.sampler = Sampler(eos_ids)
+        self.masker = TokenMasker(len(tokenizer))
+        self.sampler = Sampler(eos_ids, self.masker)
+        self.jump_forward = not config.disable_jump_forward
         self.outputs = OutputProcessor(tokenizer, eos_ids)
         self.waiting: list[Req] = []
         self.chunked: Req | None = None
@@ -101,6 +110,9 @@ class Scheduler:
             "generated_tokens": 0,
             "finished_requests": 0,
             "aborted_requests": 0,
+            "forced_tokens": 0,
+            "decode_steps": 0,
+            "decode_seconds": 0.0,
         }
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
@@ -173,6 +185,11 @@ class Scheduler:
             _, req, sink = message
             req.sampling_rng = random.Random(req.seed)
             self.sinks[req.rid] = sink
+            if self.jump_forward and req.can_jump_forward:
+                self._jump_forward(req)  # text the grammar forces before any sampling
+                if req.is_finished:
+                    self._finish(req)
+                    return
             self.waiting.append(req)
         elif kind == "abort":
             self._abort(message[1], "aborted by request")
@@ -268,22 +285,37 @@ class Scheduler:
     # --- decode ----------------------------------------------------------------------------
 
     def _run_decode(self) -> None:
+        started = time.perf_counter()
         retracted = self.decode.ensure_memory()
         self.waiting[:0] = reversed(retracted)
         reqs = self.decode.running
-        slots = self.cache.alloc_slots(len(reqs))
-        if slots is None:  # a lone request that outgrew the whole pool
-            for req in list(reqs):
-                self._finish(req, FinishReason(FinishKind.ABORT, message="KV cache exhausted"))
-            self.decode.remove_finished()
+        pending = [r.pending_len for r in reqs]
+        slots = self.cache.alloc_slots(sum(pending))
+        if slots is None:
+            self._abort_exhausted(reqs)
             return
-        logits = self.runner.forward(build_decode(reqs, slots, self.runner.req_table))
-        for req in reqs:
-            req.kv_len += 1
+        table = self.runner.req_table
+        if all(n == 1 for n in pending):
+            logits = self.runner.forward(build_decode(reqs, slots, table))
+        else:  # some requests jumped forward: extend everyone by their pending tokens
+            for req, part in zip(reqs, slots.split(pending), strict=True):
+                table.write(req.req_pool_row, req.kv_len, part)
+            batch, layout = build_extend(reqs, pending, table)
+            logits = self.runner.forward(batch)[torch.tensor([r.sample_row for r in layout])]
+        for req, n in zip(reqs, pending, strict=True):
+            req.kv_len += n
         self._sample_and_append(reqs, logits)
         self._emit(reqs)
         for req in self.decode.remove_finished():
             self._finish(req)
+        self.counters["decode_steps"] += 1
+        self.counters["decode_seconds"] += time.perf_counter() - started
+
+    def _abort_exhausted(self, reqs: list[Req]) -> None:
+        """A lone request outgrew the whole pool (ensure_memory retracts all others)."""
+        for req in list(reqs):
+            self._finish(req, FinishReason(FinishKind.ABORT, message="KV cache exhausted"))
+        self.decode.remove_finished()
 
     # --- shared steps ----------------------------------------------------------------------
 
@@ -297,6 +329,15 @@ class Scheduler:
                 None if sampled.top_logprobs is None else sampled.top_logprobs[i],
             )
         self.counters["generated_tokens"] += len(reqs)
+        if self.jump_forward:
+            for req in reqs:
+                if req.can_jump_forward and not req.is_finished:
+                    self._jump_forward(req)
+
+    def _jump_forward(self, req: Req) -> None:
+        forced = self.outputs.jump_forward(req)
+        self.counters["forced_tokens"] += forced
+        self.counters["generated_tokens"] += forced
 
     def _emit(self, reqs: list[Req]) -> None:
         for req in reqs:
@@ -372,5 +413,6 @@ class Scheduler:
             "retractions": self.decode.total_retractions,
             "cache_hit_rate": self.counters["cached_tokens"] / prompt if prompt else 0.0,
             "new_token_ratio": self.decode.new_token_ratio,
+            "grammar_mask_seconds": self.masker.seconds,
             **self.counters,
         }

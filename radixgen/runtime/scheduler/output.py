@@ -1,5 +1,6 @@
-"""After a forward pass: record logprobs, append sampled tokens, decide who finished, and build
-the output records (SGLang's `text` / `output_ids` / `meta_info` shape)."""
+"""After a forward pass: record logprobs, append sampled tokens (advancing constrained requests'
+grammars, and jumping over the text a grammar forces), decide who finished, and build the output
+records (SGLang's `text` / `output_ids` / `meta_info` shape)."""
 
 from __future__ import annotations
 
@@ -41,6 +42,8 @@ class OutputProcessor:
             req.input_top_logprobs.extend(top_logprobs(logprobs, k))
 
     def append_token(self, req: Req, token: int, logprob: float | None, top: list | None) -> None:
+        if req.grammar is not None and not self._advance_grammar(req, token):
+            return
         req.output_ids.append(token)
         if req.first_token_at is None:
             req.first_token_at = time.perf_counter()
@@ -49,6 +52,35 @@ class OutputProcessor:
             if req.logprob.top_logprobs_num > 0:
                 req.output_top_logprobs.append(top[: req.logprob.top_logprobs_num])
         self._check_finished(req, token)
+
+    def jump_forward(self, req: Req) -> int:
+        """Append the tokens `req`'s grammar forces from here (capped by `max_new_tokens`);
+        the next forward pass computes their KV together. Returns how many were appended."""
+        forced = req.grammar.forced_tokens()[: req.max_new_remaining]
+        appended = 0
+        for token in forced:
+            if req.is_finished:
+                break
+            self.append_token(req, token, None, None)
+            appended += 1
+        req.forced_tokens += appended
+        return appended
+
+    def _advance_grammar(self, req: Req, token: int) -> bool:
+        """Feed `token` to the grammar; False (request finished) when it must not be appended."""
+        grammar = req.grammar
+        if grammar.error is not None:  # failed while computing this step's mask
+            req.finish(FinishReason(FinishKind.ABORT, message=f"grammar error: {grammar.error}"))
+            return False
+        if token in self.eos_ids and grammar.is_accepting:
+            return True  # EOS ends a complete match; the stop check below handles it
+        if not grammar.accept(token):
+            message = grammar.error or f"token {token} is not allowed by the grammar"
+            req.finish(FinishReason(FinishKind.ABORT, message=f"grammar error: {message}"))
+            return False
+        if grammar.is_finished:
+            req.finish(FinishReason(FinishKind.STOP))  # the output is a complete match
+        return True
 
     def _check_finished(self, req: Req, token: int) -> None:
         p = req.sampling_params

@@ -92,7 +92,7 @@ class PrefillManager:
             if not self.cache.begin(req, prefix, node):
                 break
             if not req.retractions:  # report the prompt's first match, not a re-admission's
-                req.cached_tokens = cached
+                req.cached_tokens = min(cached, len(req.origin_input_ids))
             if not self._add(batch, req, size):
                 self.cache.release(req)
                 break
