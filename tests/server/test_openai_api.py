@@ -275,7 +275,8 @@ def test_context_length_error(client, model_id):
         {"messages": CHAT, "top_logprobs": 3},
         {"messages": CHAT, "logprobs": True, "top_logprobs": 21},
         {"messages": CHAT, "stream_options": {"include_usage": True}},
-        {"messages": CHAT, "response_format": {"type": "json_object"}},
+        {"messages": CHAT, "response_format": {"type": "xml"}},
+        {"messages": CHAT, "tool_choice": "required"},
     ],
 )
 def test_bad_chat_input_is_400(server_url, body):
