@@ -156,9 +156,9 @@ async def _stream_choices(
             finished = out["meta_info"]["finish_reason"] is not None
             if finished:
                 finals[index] = out
-                reason = out["meta_info"]["finish_reason"]
-                if reason["type"] == "abort" and "internal" in (reason.get("message") or ""):
-                    yield stream_error_event(reason["message"], 500)
+                status = _error_status(out["meta_info"]["finish_reason"])
+                if status is not None:
+                    yield stream_error_event(out["meta_info"]["finish_reason"]["message"], status)
                     break
             choice = make_choice(out, index, out["text"][previous:], first)
             if choice is None:
@@ -174,6 +174,25 @@ async def _stream_choices(
     except Exception as exc:
         yield stream_error_event(f"internal error: {exc}", 500)
     yield DONE_EVENT
+
+
+def _error_status(reason: dict[str, Any] | None) -> int | None:
+    """HTTP status of an output that ended in an error rather than a result: a grammar that
+    failed mid-generation (400) or an internal error (500); None for normal endings."""
+    if reason is None or reason["type"] != "abort":
+        return None
+    message = reason.get("message") or ""
+    if message.startswith("grammar error"):
+        return 400
+    return 500 if "internal" in message else None
+
+
+def _raise_on_errors(outputs: list[dict[str, Any]]) -> None:
+    for out in outputs:
+        reason = out["meta_info"]["finish_reason"]
+        status = _error_status(reason)
+        if status is not None:
+            raise APIError(status, reason["message"], None)
 
 
 # --- /v1/completions -------------------------------------------------------------------------
@@ -261,6 +280,7 @@ async def completions(body: CompletionRequest, request: Request):
             _stream_choices(outputs, batch, "text_completion", make_choice, include_usage)
         )
     outputs = await until_disconnect(request, engine.async_generate(**kwargs))
+    _raise_on_errors(outputs)
     choices = []
     for index, out in enumerate(outputs):
         prefix = texts[index // body.n] if body.echo else ""
@@ -403,6 +423,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
             _stream_choices(outputs, batch, "chat.completion.chunk", make_choice, include_usage)
         )
     outputs = await until_disconnect(request, engine.async_generate(**kwargs))
+    _raise_on_errors(outputs)
     choices = []
     for index, out in enumerate(outputs):
         message, finish = _chat_message(plan, out)

@@ -206,3 +206,29 @@ def test_bad_constraints_fail_alone(engine):
     assert results["out"]["meta_info"]["finish_reason"]["type"] == "length"
     assert results["out"]["meta_info"]["completion_tokens"] == 40
     assert_idle_invariant(engine)
+
+
+def test_grammar_failure_mid_generation_aborts_only_that_request(engine):
+    """A token the grammar rejects (a broken mask would produce one) ends that request with a
+    'grammar error' abort instead of corrupting its output."""
+    from radixgen.runtime.detokenizer import IncrementalDetokenizer
+    from radixgen.runtime.request import FinishKind, LogprobOptions, Req
+    from radixgen.runtime.scheduler.output import OutputProcessor
+
+    params = SamplingParams.from_dict({"regex": r"\d+"})
+    req = Req(
+        "r",
+        [1, 2, 3],
+        params,
+        LogprobOptions(),
+        IncrementalDetokenizer(engine.tokenizer, [1, 2, 3], [], True, False),
+        grammar=engine.grammars.compile(params),
+    )
+    outputs = OutputProcessor(engine.tokenizer, engine.eos_ids)
+    digit, letter = (engine.tokenizer.convert_tokens_to_ids(t) for t in ("7", "a"))
+    outputs.append_token(req, digit, None, None)
+    assert not req.is_finished and req.output_ids == [digit]
+    outputs.append_token(req, letter, None, None)
+    assert req.finish_reason.kind is FinishKind.ABORT
+    assert req.finish_reason.message.startswith("grammar error")
+    assert req.output_ids == [digit]
