@@ -6,23 +6,16 @@ terminates the process (and waits for it) at the end of the session.
 
 from __future__ import annotations
 
-import contextlib
-import os
-import socket
-import subprocess
-import sys
-import tempfile
 import time
 
 import httpx
 import pytest
 
+from tests.launcher import free_port as _free_port
+from tests.launcher import running_server
+from tests.launcher import wait_healthy as _wait_healthy
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
+__all__ = ["_free_port", "_wait_healthy", "running_server"]  # imported by server tests
 
 SERVER_ARGS = [
     "--dtype",
@@ -36,47 +29,6 @@ SERVER_ARGS = [
     "--max-queued-requests",
     "40",
 ]
-
-
-def _wait_healthy(url: str, proc: subprocess.Popen, log) -> None:
-    deadline = time.time() + 180
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            log.seek(0)
-            raise RuntimeError(f"server exited: {log.read().decode()[-2000:]}")
-        try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.5)
-    raise RuntimeError("server did not become healthy")
-
-
-@contextlib.contextmanager
-def running_server(args: list[str]):
-    """A `radixgen serve` subprocess on a free loopback port; yields its base URL once
-    /health answers 200, and terminates (and reaps) it on exit."""
-    port = _free_port()
-    # Output goes to a file, not a pipe: an unread pipe would block the server once full.
-    with tempfile.TemporaryFile() as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "radixgen.cli", "serve", "--port", str(port), *args],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env={**os.environ},
-        )
-        url = f"http://127.0.0.1:{port}"
-        try:
-            _wait_healthy(url, proc, log)
-            yield url
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
 
 
 @pytest.fixture(scope="session")

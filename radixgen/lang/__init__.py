@@ -1,0 +1,9 @@
+"""The frontend language: SGLang programs (`@function`, `gen`, `select`, `fork`, ...) on radixgen.
+
+Module map: `ir` (nodes, sampling parameters), `api` (primitives), `function` (`SglFunction`),
+`interpreter` (`StreamExecutor`: one worker thread per state), `state` (`ProgramState`, forks,
+streaming), `runner` (run / run_batch / prefix pre-caching), `speculative` (API speculative
+execution), `choices` (select scoring), `chat_template`, `tracer`, `compiler`, and `backend/`
+(`base`, `native` protocol, in-process `engine`, HTTP `runtime_endpoint`, `runtime` launcher,
+`openai`).
+"""
