@@ -49,6 +49,7 @@ class _SamplingFields(_Lenient):
     regex: str | None = None
     ebnf: str | None = None
     choice: list[str] | None = None
+    json_schema: str | dict[str, Any] | None = None  # SGLang's extension (a schema, not a format)
 
 
 class CompletionRequest(_SamplingFields):

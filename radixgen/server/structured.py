@@ -3,8 +3,8 @@
 - `response_format` (chat): `text`; `json_object` (any JSON object: the schema `{"type":
   "object"}`, as SGLang compiles it); `json_schema` (`{"json_schema": {"name", "schema",
   "strict"}}`; a missing schema is a 400, as in vLLM).
-- Extensions on both routes (SGLang / vLLM names): `regex`, `ebnf` (GBNF or Lark), `choice` (the
-  output is exactly one of the strings).
+- Extensions on both routes (SGLang / vLLM names): `regex`, `ebnf` (GBNF or Lark), `json_schema`
+  (a schema, as a string or an object), `choice` (the output is exactly one of the strings).
 
 At most one constraint per request. Whether the regex, schema or grammar is *valid* is decided
 by the engine's grammar compiler, which raises `InvalidRequestError` -> 400 naming the field.
@@ -30,6 +30,11 @@ def constraint_params(body: Any) -> dict[str, str]:
         found["regex"] = {"regex": body.regex}
     if body.ebnf is not None:
         found["ebnf"] = {"ebnf": body.ebnf}
+    if body.json_schema is not None:
+        schema = body.json_schema
+        found["json_schema"] = {
+            "json_schema": schema if isinstance(schema, str) else json.dumps(schema)
+        }
     if body.choice is not None:
         found["choice"] = {"ebnf": choice_grammar(body.choice)}
     if len(found) > 1:

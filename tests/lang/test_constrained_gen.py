@@ -62,3 +62,27 @@ def test_dtype_becomes_a_regex_and_stops():
         apply_dtype(SglSamplingParams(dtype=list))
     with pytest.raises(ValueError, match="invalid regex"):
         sgl.gen("x", regex="(")
+
+
+@sgl.function
+def constrained_completion(s):
+    s += "Is water wet? Answer: " + sgl.gen("yn", max_tokens=4, regex=r"(yes|no)")
+    s += "\nA person as JSON: " + sgl.gen("person", max_tokens=40, json_schema=PERSON)
+
+
+@sgl.function
+def constrained_chat(s):
+    s += sgl.user("Describe a person as JSON.")
+    s += sgl.assistant(sgl.gen("person", max_tokens=40, json_schema=PERSON))
+
+
+def test_openai_backend_sends_constraints(openai_backend, openai_chat_backend):
+    """Regex and schema reach an OpenAI-compatible server (extensions on completions, the
+    standard response_format on chat), so outputs are constrained there too."""
+    state = constrained_completion.run(backend=openai_backend, temperature=0)
+    assert state.error() is None
+    assert re.fullmatch(r"(yes|no)", state["yn"])
+    assert set(json.loads(state["person"])) == {"name", "age"}
+    state = constrained_chat.run(backend=openai_chat_backend, temperature=0)
+    assert state.error() is None
+    assert set(json.loads(state["person"])) == {"name", "age"}

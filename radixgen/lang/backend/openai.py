@@ -16,8 +16,8 @@ ids are not part of that answer, so the unconditional method re-sends each choic
 
 from __future__ import annotations
 
+import json
 import threading
-import warnings
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -111,9 +111,7 @@ class OpenAI(BaseBackend):
 
     def generate(self, s: StreamExecutor, sampling_params: SglSamplingParams):
         params = sampling_params
-        kwargs = params.to_openai_kwargs()
-        if params.regex is not None or params.json_schema is not None:
-            warnings.warn("the OpenAI backend ignores regex and json_schema", stacklevel=2)
+        kwargs = {**params.to_openai_kwargs(), **self._constraint_kwargs(params)}
         if params.dtype is not None and self.is_chat_model:
             raise NotImplementedError("typed gens (dtype) need a completion model")
         if self.is_chat_model:
@@ -131,8 +129,25 @@ class OpenAI(BaseBackend):
             texts = [f'"{t}"' for t in texts]
         return texts[0], _meta_info(ret)
 
+    def _constraint_kwargs(self, params: SglSamplingParams) -> dict[str, Any]:
+        """A gen's regex / JSON schema as request fields: chat models get the standard
+        `response_format` for a schema; the rest travel as the `regex` / `json_schema`
+        extensions that radixgen, SGLang and vLLM-style servers read. A server that knows
+        neither rejects the request rather than answering unconstrained."""
+        if params.json_schema is not None:
+            schema = params.json_schema
+            if self.is_chat_model:
+                parsed = json.loads(schema) if isinstance(schema, str) else schema
+                spec = {"name": "output", "schema": parsed}
+                return {"response_format": {"type": "json_schema", "json_schema": spec}}
+            text = schema if isinstance(schema, str) else json.dumps(schema)
+            return {"extra_body": {"json_schema": text}}
+        if params.regex is not None:
+            return {"extra_body": {"regex": params.regex}}
+        return {}
+
     def generate_stream(self, s: StreamExecutor, sampling_params: SglSamplingParams):
-        kwargs = sampling_params.to_openai_kwargs()
+        kwargs = {**sampling_params.to_openai_kwargs(), **self._constraint_kwargs(sampling_params)}
         if self.is_chat_model:
             if kwargs.get("stop") is None:
                 kwargs.pop("stop")

@@ -1,0 +1,1 @@
+"""Language backends: where a program's generations run (engine, HTTP endpoint, OpenAI)."""
