@@ -216,6 +216,7 @@ def test_bad_constraints_fail_alone(server_url, model_id):
             "model": model_id,
             "messages": [{"role": "user", "content": "Count to fifty."}],
             "max_tokens": 48,
+            "ignore_eos": True,
             "stream": True,
         }
         with httpx.stream("POST", f"{server_url}/v1/chat/completions", json=body, timeout=120) as r:
