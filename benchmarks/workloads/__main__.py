@@ -1,0 +1,169 @@
+"""The workload suite's command line.
+
+    python -m benchmarks.workloads [--workloads mmlu,tot|all] [--systems radixgen,no-cache|all]
+                                   [--size small|full] [--out results.json] [--chart out.png]
+
+All chosen systems are started (and warmed up) first and stay up; then each workload runs on
+every system in turn, so one workload's systems are measured minutes apart. Writes the results
+as JSON and the normalized-throughput chart (PNG, needs `pip install -e ".[bench]"`), prints
+the Markdown report to stdout (progress goes to stderr).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import datetime
+import importlib.metadata
+import json
+import os
+import platform
+import shlex
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks.servers import log
+from benchmarks.workloads import WORKLOADS
+from benchmarks.workloads.base import SIZES
+from benchmarks.workloads.metrics import RunResult
+from benchmarks.workloads.report import chart, markdown
+from benchmarks.workloads.runner import run_workload, warm_up
+from benchmarks.workloads.systems import SPECS, OpenSystem, open_system
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+
+def _choice_list(value: str, known: dict[str, Any], what: str) -> list[str]:
+    if value == "all":
+        return list(known)
+    names = [v.strip() for v in value.split(",") if v.strip()]
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown {what} {unknown}; choose from {list(known)}")
+    return names
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.workloads",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--workloads",
+        default="all",
+        type=lambda v: _choice_list(v, WORKLOADS, "workloads"),
+        help=f"comma-separated, or all: {','.join(WORKLOADS)}",
+    )
+    parser.add_argument(
+        "--systems",
+        default="all",
+        type=lambda v: _choice_list(v, SPECS, "systems"),
+        help=f"comma-separated, or all: {','.join(SPECS)}",
+    )
+    parser.add_argument("--size", choices=SIZES, default="full")
+    parser.add_argument("--out", type=Path, help="results JSON (default: results/<size>.json)")
+    parser.add_argument("--chart", type=Path, help="chart PNG (default: next to --out)")
+    return parser.parse_args(argv)
+
+
+def machine_info() -> dict[str, Any]:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info = {
+        "date": datetime.date.today().isoformat(),
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+    }
+    for name, dist in (("torch", "torch"), ("llama_cpp_python", "llama-cpp-python")):
+        try:
+            info[name] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            info[name] = "not installed"
+    return info
+
+
+def open_systems(
+    stack: contextlib.ExitStack, keys: list[str], log_dir: Path
+) -> dict[str, OpenSystem | str]:
+    """Start every system (warmed up), or the reason it could not start; `stack` stops them."""
+    opened: dict[str, OpenSystem | str] = {}
+    for key in keys:
+        try:
+            system = stack.enter_context(open_system(key, log_dir))
+            warm_up(system)
+            opened[key] = system
+        except Exception as exc:  # its rows say why; the other systems still run
+            log(f"{key} failed to start: {exc!r}")
+            opened[key] = f"failed: {exc!r}"[:300]
+    return opened
+
+
+def run_all(opened: dict[str, OpenSystem | str], names: list[str], size: str) -> list[RunResult]:
+    """Workload by workload, every system in turn: the systems of one workload run minutes
+    apart, so other load on a shared machine skews their ratios least."""
+    results = []
+    for name in names:
+        for key, system in opened.items():
+            if isinstance(system, str):
+                results.append(RunResult(name, key, status=system))
+                continue
+            try:
+                results.append(run_workload(WORKLOADS[name], system, size))
+            except Exception as exc:  # report it in the table, go on with the next one
+                log(f"{name} on {key} failed: {exc!r}")
+                results.append(RunResult(name, key, status=f"failed: {exc!r}"[:300]))
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    out = args.out or RESULTS_DIR / f"{args.size}.json"
+    chart_path = args.chart or out.with_suffix(".png")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    command = "python -m benchmarks.workloads " + shlex.join(sys.argv[1:] if argv is None else argv)
+    info = machine_info()
+    started = time.perf_counter()
+    with (
+        tempfile.TemporaryDirectory(prefix="radixgen-workloads-") as log_dir,
+        contextlib.ExitStack() as stack,
+    ):
+        opened = open_systems(stack, args.systems, Path(log_dir))
+        results = run_all(opened, args.workloads, args.size)
+    info["total_s"] = round(time.perf_counter() - started, 1)
+    workloads = [WORKLOADS[n] for n in args.workloads]
+    report = markdown(results, workloads, args.size, info, command)
+    payload = {
+        "command": command,
+        "size": args.size,
+        "machine": info,
+        "model": "SmolLM2-135M-Instruct Q4_1 GGUF",
+        "workloads": {
+            w.name: {"title": w.title, "shape": w.describe(args.size)} for w in workloads
+        },
+        "systems": {k: SPECS[k].label for k in args.systems},
+        "results": [{**dataclasses.asdict(r), "hit_vs_optimal": r.hit_vs_optimal} for r in results],
+    }
+    out.write_text(json.dumps(payload, indent=2) + "\n")
+    try:
+        chart(results, workloads, chart_path)
+    except ImportError:
+        log('no chart: matplotlib is missing (pip install -e ".[bench]")')
+    print(report)
+    log(f"done in {info['total_s']:.0f}s: {out}, {chart_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,185 @@
+"""Turn run results into a README-ready Markdown report, the targets check, and a chart."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from benchmarks.workloads.base import Workload
+from benchmarks.workloads.metrics import RunResult
+from benchmarks.workloads.systems import SPECS
+
+FIVE_X_WORKLOADS = ("mmlu", "tot", "judge")  # the ">= 5x cache off" target
+DASH = "—"
+
+
+def _fmt(x: float | None, spec: str, suffix: str = "") -> str:
+    return DASH if x is None else format(x, spec) + suffix
+
+
+def _pct(x: float | None) -> str:
+    return _fmt(None if x is None else 100 * x, ".1f", "%")
+
+
+def _cell(r: RunResult | None) -> str:
+    if r is None:
+        return DASH
+    if not r.ok:
+        return "n/a" if r.status.startswith("n/a") else "failed"
+    return _fmt(r.programs_per_s, ".2f")
+
+
+def _ratio(a: RunResult | None, b: RunResult | None) -> float | None:
+    if a is None or b is None or not (a.ok and b.ok) or not b.programs_per_s:
+        return None
+    return a.programs_per_s / b.programs_per_s
+
+
+def _index(results: Sequence[RunResult]) -> dict[tuple[str, str], RunResult]:
+    return {(r.workload, r.system): r for r in results}
+
+
+def summary_table(results: Sequence[RunResult], workloads: Sequence[Workload]) -> list[str]:
+    """Programs/s per workload and system, the two speedups, radixgen's hit rate vs optimal."""
+    by = _index(results)
+    systems = [k for k in SPECS if any(r.system == k for r in results)]
+    head = ["workload", *(f"{SPECS[k].label} (prog/s)" for k in systems)]
+    head += ["vs cache off", "vs llama.cpp", "hit rate / optimal"]
+    lines = ["| " + " | ".join(head) + " |", "|---" + "|---:" * (len(head) - 1) + "|"]
+    for w in workloads:
+        rg = by.get((w.name, "radixgen"))
+        cells = [w.title, *(_cell(by.get((w.name, k))) for k in systems)]
+        off, lc = _ratio(rg, by.get((w.name, "no-cache"))), _ratio(rg, by.get((w.name, "llamacpp")))
+        cells += [_fmt(off, ".1f", "x"), _fmt(lc, ".1f", "x")]
+        if rg is not None and rg.ok and rg.hit_rate is not None:
+            cells.append(f"{_pct(rg.hit_rate)} / {_pct(rg.optimal_hit_rate)}")
+        else:
+            cells.append(DASH)
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def detail_table(results: Sequence[RunResult], workloads: Sequence[Workload]) -> list[str]:
+    """Every metric of every run that produced numbers."""
+    lines = [
+        "| workload | system | programs/s | gen tok/s | latency p50 / p99 (s) | hit rate | "
+        "optimal | failed |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    order = {w.name: i for i, w in enumerate(workloads)}
+    keys = list(SPECS)
+    for r in sorted(results, key=lambda r: (order.get(r.workload, 99), keys.index(r.system))):
+        if not r.ok:
+            continue
+        title = next((w.title for w in workloads if w.name == r.workload), r.workload)
+        cells = [
+            title,
+            SPECS[r.system].label,
+            _fmt(r.programs_per_s, ".2f"),
+            _fmt(r.generated_tok_per_s, ".1f"),
+            f"{_fmt(r.latency_p50_s, '.2f')} / {_fmt(r.latency_p99_s, '.2f')}",
+            _pct(r.hit_rate),
+            _pct(r.optimal_hit_rate),
+            f"{r.failed_programs}/{r.programs}",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def targets(results: Sequence[RunResult], workloads: Sequence[Workload]) -> list[str]:
+    """The issue's targets, each with the measured figure and whether it holds."""
+    by = _index(results)
+    out = []
+
+    def verdict(name: str, value: float | None, goal: float, unit: str) -> str:
+        if value is None:
+            return f"- {name}: not measured"
+        ok = "holds" if value >= goal else f"MISSED by {goal - value:.2f}{unit}"
+        return f"- {name}: {value:.2f}{unit} (target >= {goal:g}{unit}): {ok}"
+
+    for w in workloads:
+        rg = by.get((w.name, "radixgen"))
+        if w.name in FIVE_X_WORKLOADS:
+            off = _ratio(rg, by.get((w.name, "no-cache")))
+            out.append(verdict(f"{w.title} vs cache off", off, 5, "x"))
+        if w.multi_call:
+            lc = by.get((w.name, "llamacpp"))
+            if lc is not None and lc.ok:
+                out.append(verdict(f"{w.title} vs llama.cpp", _ratio(rg, lc), 3, "x"))
+        if rg is not None and rg.ok and rg.hit_vs_optimal is not None:
+            out.append(verdict(f"{w.title} hit rate / optimal", rg.hit_vs_optimal, 0.95, ""))
+    return out
+
+
+def markdown(
+    results: Sequence[RunResult],
+    workloads: Sequence[Workload],
+    size: str,
+    info: dict[str, Any],
+    command: str,
+) -> str:
+    """The whole report: setup, summary, workload shapes, details, targets."""
+    lines = [
+        f"`{command}` ({info['date']}, size `{size}`). Hardware: {info['cpu']}, "
+        f"{info['cores']} cores, torch {info['torch']} CPU. Model: SmolLM2-135M-Instruct "
+        "Q4_1 GGUF (radixgen and transformers compute in bfloat16, llama.cpp on the Q4_1 "
+        f"weights; llama-cpp-python {info.get('llama_cpp_python', 'n/a')}, 2 threads). "
+        "All programs greedy (temperature 0).",
+        "",
+        *summary_table(results, workloads),
+        "",
+        "Workloads (seeded stand-ins for the paper's data, except ShareGPT):",
+        "",
+        "| workload | shape |",
+        "|---|---|",
+        *(f"| {w.title} | {w.describe(size)} |" for w in workloads),
+        "",
+        *detail_table(results, workloads),
+        "",
+        "Targets:",
+        "",
+        *targets(results, workloads),
+    ]
+    failed = [r for r in results if not r.ok and not r.status.startswith("n/a")]
+    if failed:
+        lines += ["", "Failed runs:", ""]
+        lines += [f"- {r.workload} on {r.system}: {r.status}" for r in failed]
+    return "\n".join(lines) + "\n"
+
+
+def chart(results: Sequence[RunResult], workloads: Sequence[Workload], path: Path) -> None:
+    """Grouped bars: each workload's programs/s divided by its best system's (the paper's
+    normalized-throughput figure); systems that did not run it are marked n/a."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    by = _index(results)
+    systems = [k for k in SPECS if any(r.system == k for r in results)]
+    width = 0.8 / max(1, len(systems))
+    fig, ax = plt.subplots(figsize=(max(8, 1.3 * len(workloads)), 4.2))
+    for j, key in enumerate(systems):
+        for i, w in enumerate(workloads):
+            r = by.get((w.name, key))
+            best = max(
+                (x.programs_per_s or 0 for k in systems if (x := by.get((w.name, k))) and x.ok),
+                default=0,
+            )
+            x = i + (j - (len(systems) - 1) / 2) * width
+            if r is not None and r.ok and best:
+                label = SPECS[key].label if i == 0 else None
+                ax.bar(x, r.programs_per_s / best, width, color=f"C{j}", label=label)
+            else:
+                ax.text(x, 0.02, "n/a", rotation=90, ha="center", va="bottom", fontsize=6)
+    ax.set_xticks(range(len(workloads)), [w.title for w in workloads], rotation=25, ha="right")
+    ax.set_ylabel("throughput (normalized to best)")
+    ax.set_ylim(0, 1.08)
+    ax.set_xlim(-0.6, len(workloads) - 0.4)
+    ax.legend(
+        fontsize=8, ncols=min(5, len(systems)), loc="upper center", bbox_to_anchor=(0.5, 1.16)
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
