@@ -88,6 +88,7 @@ from servers import (
     server_counters,
 )
 from sharegpt import PROMPT_BUDGET, ChatRequest, load_conversations, plan_conversation
+from stats import percentile
 
 REQUEST_TIMEOUT_S = 900.0
 LLAMA_SERVER_INSTALL = (
@@ -214,16 +215,6 @@ async def warm_up(base_url: str, model: str) -> RequestResult:
 
 
 # --- results ----------------------------------------------------------------------------------
-
-
-def percentile(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    xs = sorted(values)
-    pos = (len(xs) - 1) * q / 100
-    lo = int(pos)
-    hi = min(lo + 1, len(xs) - 1)
-    return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
 
 
 @dataclass

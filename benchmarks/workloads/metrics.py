@@ -15,21 +15,13 @@ for it: a later turn re-sends earlier answers). Two variants:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from benchmarks.stats import percentile
 from benchmarks.workloads.recording import TokenizedRequest
 
-
-def percentile(values: Sequence[float], q: float) -> float | None:
-    """The q-th percentile (0..100), linear between order statistics; None if empty."""
-    if not values:
-        return None
-    xs = sorted(values)
-    pos = (len(xs) - 1) * q / 100
-    lo = int(pos)
-    hi = min(lo + 1, len(xs) - 1)
-    return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
+__all__ = ["RunResult", "optimal_hit_rate", "percentile"]
 
 
 @dataclass(frozen=True)

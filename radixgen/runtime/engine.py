@@ -28,7 +28,11 @@ from radixgen.runtime.detokenizer import IncrementalDetokenizer
 from radixgen.runtime.model.loader import resolve_model
 from radixgen.runtime.model.runner import ModelRunner
 from radixgen.runtime.request import LogprobOptions, Req
-from radixgen.runtime.sampling_params import InvalidRequestError, SamplingParams
+from radixgen.runtime.sampling_params import (
+    CONSTRAINT_FIELDS,
+    InvalidRequestError,
+    SamplingParams,
+)
 from radixgen.runtime.scheduler.loop import Scheduler
 from radixgen.runtime.tokenizer import eos_token_ids, load_tokenizer
 
@@ -324,8 +328,7 @@ def _logprob_options(
 def _has_constraint(sampling_params: dict[str, Any] | list[dict[str, Any]] | None) -> bool:
     params = sampling_params if isinstance(sampling_params, list) else [sampling_params or {}]
     return any(
-        isinstance(p, dict) and any(p.get(k) is not None for k in ("regex", "json_schema", "ebnf"))
-        for p in params
+        isinstance(p, dict) and any(p.get(k) is not None for k in CONSTRAINT_FIELDS) for p in params
     )
 
 

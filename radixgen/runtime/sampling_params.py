@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 GREEDY_TEMPERATURE = 1e-6  # temperatures below this are greedy decoding
+CONSTRAINT_FIELDS = ("json_schema", "regex", "ebnf")  # output constraints; at most one is set
 
 
 class InvalidRequestError(ValueError):
@@ -151,7 +152,7 @@ class SamplingParams:
         )
         if self.sampling_seed is not None:
             check(is_int_value(self.sampling_seed), "sampling_seed", "must be an integer")
-        constraints = [n for n in ("json_schema", "regex", "ebnf") if getattr(self, n) is not None]
+        constraints = [n for n in CONSTRAINT_FIELDS if getattr(self, n) is not None]
         if len(constraints) > 1:
             raise InvalidRequestError(
                 f"at most one of json_schema, regex, ebnf may be set (got {constraints})",

@@ -25,11 +25,14 @@ from collections import OrderedDict
 from typing import Any
 
 from radixgen.runtime.constrained.grammar import Grammar
-from radixgen.runtime.sampling_params import InvalidRequestError, SamplingParams
+from radixgen.runtime.sampling_params import (
+    CONSTRAINT_FIELDS,
+    InvalidRequestError,
+    SamplingParams,
+)
 
 CACHE_SIZE = 256
 JSON_OPTIONS = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
-CONSTRAINT_FIELDS = ("json_schema", "regex", "ebnf")
 
 
 def constraint_of(params: SamplingParams) -> tuple[str, str] | None:
