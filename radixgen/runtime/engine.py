@@ -62,11 +62,13 @@ class Engine:
         self.context_len = self.config.context_length or self.model_config.max_position_embeddings
         self.tokenizer = load_tokenizer(self.source)
         self.eos_ids = eos_token_ids(self.tokenizer, self.model_config.eos_token_ids)
-        runner = ModelRunner(self.source, self.model_config, self.config, self.context_len)
-        self.scheduler = Scheduler(self.config, runner, self.tokenizer, self.eos_ids, observer)
         self.grammars = GrammarCompiler(self.tokenizer, self.model_config.vocab_size)
         self._seeds = random.Random(self.config.random_seed)
-        self.scheduler.start()
+        self.scheduler = Scheduler(self.config, self.tokenizer, self.eos_ids, observer)
+        # Loaded on the scheduler thread: it must be the only thread running parallel kernels.
+        self.scheduler.start(
+            lambda: ModelRunner(self.source, self.model_config, self.config, self.context_len)
+        )
 
     # --- lifecycle -------------------------------------------------------------------------
 

@@ -14,13 +14,17 @@ appended at once. Its next step then has several pending tokens, so that step ru
 batch (every running request extends by its pending tokens: one for most, more for those that
 jumped) instead of a decode batch -- one forward pass for text that would take one per token.
 
-Why a thread, for now: torch releases the GIL inside every kernel, so the scheduler's Python time
-is the only contention with the caller, and a thread shares the tokenizer with no serialisation
-of tokens, logprobs and outputs. Measured cost: the same batch-1 decode forward takes ~29 ms on
-the main thread and ~42 ms on any other thread (OpenMP/oneDNN on this CPU; no OMP_* or malloc
-setting changes it). A scheduler process running its loop on its own main thread would win that
-back and keep the HTTP server's GIL apart; the Engine API is the seam, so that move changes no
-caller.
+Why a thread: torch releases the GIL inside every kernel, so the scheduler's Python time is the
+only contention with the caller, and a thread shares the tokenizer with no serialisation of
+tokens, logprobs and outputs.
+
+The scheduler thread is the engine's only torch *compute* thread: it builds the model runner
+itself (`start(make_runner)`), so weight loading and prepacking run there too. GNU OpenMP keeps one
+worker pool per thread that ever opens a parallel region, and once the pools hold more threads than
+there are cores its workers stop spinning between regions (libgomp's "throttled" spin). A second
+pool -- say, the caller's thread loading the weights -- made every parallel kernel here ~2x slower
+(batch-1 decode 33 ms instead of 23 ms on 2 cores). Callers must keep parallel torch work off their
+own threads for the same reason.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from typing import Any
 
 import torch
 
+from radixgen.runtime.cache.kv_pool import SlotAllocator
 from radixgen.runtime.config import EngineConfig
 from radixgen.runtime.constrained import TokenMasker
 from radixgen.runtime.model.runner import ModelRunner
@@ -78,24 +83,19 @@ class Scheduler:
     def __init__(
         self,
         config: EngineConfig,
-        runner: ModelRunner,
         tokenizer,
         eos_ids: frozenset[int],
         observer: Callable[[dict[str, Any]], None] | None = None,
     ):
+        """The model runner and the KV managers exist only after `start()`."""
         self.config = config
         self.observer = observer
         self._active = 0  # submitted and not yet finished (any thread reads it)
         self._active_lock = threading.Lock()
-        self.runner = runner
-        allocator_size = runner.kv_pool.size
-        from radixgen.runtime.cache.kv_pool import SlotAllocator
-
-        self.cache = CacheManager(
-            SlotAllocator(allocator_size), runner.req_table, config.disable_radix_cache
-        )
-        self.prefill = PrefillManager(config, self.cache)
-        self.decode = DecodeManager(self.cache)
+        self.runner: ModelRunner | None = None
+        self.cache: CacheManager | None = None
+        self.prefill: PrefillManager | None = None
+        self.decode: DecodeManager | None = None
         self.masker = TokenMasker(len(tokenizer))
         self.sampler = Sampler(eos_ids, self.masker)
         self.jump_forward = not config.disable_jump_forward
@@ -119,9 +119,23 @@ class Scheduler:
 
     # --- thread-safe API -------------------------------------------------------------------
 
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="radixgen-scheduler", daemon=True)
+    def start(self, make_runner: Callable[[], ModelRunner]) -> None:
+        """Start the scheduler thread, which builds the runner with `make_runner` and then
+        serves; returns once the model is loaded, or raises what loading raised."""
+        ready: Future = Future()
+        self._thread = threading.Thread(
+            target=self._run, args=(make_runner, ready), name="radixgen-scheduler", daemon=True
+        )
         self._thread.start()
+        ready.result()
+
+    def _set_up(self, runner: ModelRunner) -> None:
+        self.runner = runner
+        self.cache = CacheManager(
+            SlotAllocator(runner.kv_pool.size), runner.req_table, self.config.disable_radix_cache
+        )
+        self.prefill = PrefillManager(self.config, self.cache)
+        self.decode = DecodeManager(self.cache)
 
     def shutdown(self) -> None:
         self._stop.set()
@@ -157,8 +171,17 @@ class Scheduler:
     def is_idle(self) -> bool:
         return not self.waiting and not self.decode.running and self.chunked is None
 
-    @torch.inference_mode()
-    def _run(self) -> None:
+    def _run(self, make_runner: Callable[[], ModelRunner], ready: Future) -> None:
+        try:
+            self._set_up(make_runner())
+        except BaseException as exc:
+            ready.set_exception(exc)
+            return
+        ready.set_result(None)
+        with torch.inference_mode():
+            self._loop()
+
+    def _loop(self) -> None:
         while not self._stop.is_set():
             self._drain_inbox(block=self.is_idle)
             try:
