@@ -126,25 +126,36 @@ def test_disabled_radix_cache_reuses_nothing_and_agrees():
 
 
 def test_batch_sharing_a_cached_prefix_matches_running_alone(engine, monkeypatch):
-    """Requests over one cached few-shot prefix take the shared-prefix (cascade) attention path
-    in prefill and decode; their outputs equal each request run alone on a cold cache."""
+    """Requests over cached few-shot prefixes take the shared-prefix (cascade) attention path in
+    prefill and decode: one prefix shared by all, then one per group (two instructions over the
+    same examples). Their outputs equal each request run alone on a cold cache."""
+    instructions = [  # each longer than MIN_SHARED_PREFIX tokens
+        "Now add the two numbers of the next question and write their sum as digits.\n\n",
+        "Next, answer with one number only, with no words before or after it.\n\n",
+    ]
     questions = [
-        _FEW_SHOT + f"Question: What is {a} plus {b}?\nAnswer:"
-        for a, b in [(3, 5), (17, 4), (60, 6), (2, 90), (33, 33), (8, 1)]
+        _FEW_SHOT + instruction + f"Question: What is {a} plus {b}?\nAnswer:"
+        for instruction in instructions
+        for a, b in [(3, 5), (17, 4), (60, 6), (2, 90)]
     ]
     alone = []
     for prompt in questions:
         assert engine.flush_cache()
         alone.append(engine.generate(prompt, GREEDY)["output_ids"])
     assert engine.flush_cache()
-    engine.generate(_FEW_SHOT, {"max_new_tokens": 0})  # cache the shared prefix
+    for instruction in instructions:  # cache both group prefixes
+        engine.generate(_FEW_SHOT + instruction, {"max_new_tokens": 0})
     attention = engine.scheduler.runner.attention
-    calls = []
-    original = attention._merge_shared
+    levels = []
+    original = attention._merge_level
     monkeypatch.setattr(
-        attention, "_merge_shared", lambda *args: calls.append(1) or original(*args)
+        attention,
+        "_merge_level",
+        lambda q, out, lse, k, v, level: (
+            levels.append(len(level)) or original(q, out, lse, k, v, level)
+        ),
     )
     batched = engine.generate(questions, GREEDY)
-    assert calls, "the shared-prefix attention path was not used"
+    assert 1 in levels and 2 in levels, "the shared and per-group prefix paths were not both used"
     assert [o["output_ids"] for o in batched] == alone
     assert_idle_invariant(engine)

@@ -4,18 +4,24 @@
 meta)` runs per layer: it writes the new K/V into the pool, then attends. A faster kernel can
 replace `TorchSDPABackend` without touching the model.
 
-Shared-prefix ("cascade") attention. Requests that reuse one radix-tree prefix point at the same KV
-slots, so the batch's common prefix is found once per batch by comparing the rows of the
-req-to-token table. Attention then splits in two parts merged by their log-sum-exp:
+Shared-prefix ("cascade") attention over a tree of prefixes. Requests that reuse a radix-tree
+prefix point at the same KV slots, so `prepare` finds, by comparing rows of the req-to-token table,
+the prefixes that groups of the batch share: the system prompt every request starts with, the
+article six forks of one program judge, the few-shot block of one subject. Each request's KV then
+splits into segments, merged by their log-sum-exp:
 
-    shared part: every query of the batch against the common prefix, as ONE attention problem
-                 (the prefix K/V is gathered and read once, not once per request);
-    own part:    each request's queries against the rest of its own KV (padded, masked).
+    shared segments: every query of a group against the group's common prefix, as ONE attention
+                     problem (the prefix K/V is gathered and read once, not once per request);
+                     groups nest (all requests > one program's forks), at most one per depth;
+    own part:        each request's queries against the rest of its own KV: for decode and
+                     short extends all requests as one padded, masked problem; for long extends
+                     one problem per request (causal over its new tokens, none of the padding).
 
-With 64 requests decoding over a 1,000-token few-shot prefix this reads ~64x less KV per step.
+With 60 forks of 10 programs decoding over 400-token articles, a decode step reads one copy of
+each article instead of six and runs 10 wide attention problems instead of 60 narrow ones.
 
 Grouped-query attention folds the query heads that share a KV head into the query-length axis
-(`[B, Hkv, G*E, D]`), avoiding repeated K/V. Both parts use PyTorch's CPU flash-attention kernel,
+(`[B, Hkv, G*E, D]`), avoiding repeated K/V. Every part uses PyTorch's CPU flash-attention kernel,
 which accumulates in float32 and returns the log-sum-exp needed for the merge.
 """
 
@@ -24,20 +30,28 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from radixgen.runtime.cache.kv_pool import KVPool
 from radixgen.runtime.cache.req_table import ReqToTokenTable
 from radixgen.runtime.model.batch import ForwardBatch, ForwardMode
 
 MIN_SHARED_PREFIX = 16  # shorter common prefixes are not worth a second attention call
+# Per-request own parts cost ~this many padded (query, key) pairs of overhead each; they are used
+# when padding a batch to its longest extend and longest KV would waste more.
+RAGGED_OVERHEAD_PAIRS = 2048
 
 
-def _flash_with_lse(q, k, v, mask=None):
-    """(out [N, H, L, D], logsumexp [N, H, L] float32); mask is additive, q's dtype."""
+def _flash_with_lse(q, k, v, mask=None, is_causal=False):
+    """(out [N, H, L, D], logsumexp [N, H, L] float32); mask is additive, q's dtype; is_causal
+    aligns query i with key i (square problems)."""
     if q.device.type == "cpu":
-        return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, attn_mask=mask)
+        return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+            q, k, v, is_causal=is_causal, attn_mask=mask
+        )
     scores = (q.float() @ k.float().transpose(-1, -2)) * q.shape[-1] ** -0.5
+    if is_causal:
+        L, S = scores.shape[-2:]
+        scores = scores.masked_fill(torch.ones(L, S, dtype=torch.bool).triu(1), float("-inf"))
     if mask is not None:
         scores = scores + mask.float()
     lse = torch.logsumexp(scores, dim=-1)
@@ -45,17 +59,94 @@ def _flash_with_lse(q, k, v, mask=None):
 
 
 @dataclass(frozen=True)
-class AttentionMetadata:
-    out_cache_loc: torch.Tensor  # [T] slots receiving the new K/V
-    # Fast path: one request with no cached prefix -> plain causal attention on q/k/v.
-    causal_only: bool
-    shared_slots: torch.Tensor | None  # [P] KV slots of the prefix common to all requests
-    own_slots: torch.Tensor | None  # [B * Lo] KV slots after the shared prefix, padded
+class SharedSegment:
+    """KV slots that a group of the batch's requests all hold at the same positions."""
+
+    rows: torch.Tensor | None  # [Bg] batch rows of the group (None: every row)
+    slots: torch.Tensor  # [P] the common KV slots
+
+
+@dataclass(frozen=True)
+class TokenSegment:
+    """A shared segment as the attention reads it: which flat tokens attend to which slots."""
+
+    tokens: torch.Tensor | None  # [Tg] flat token rows of the group's requests (None: all)
+    slots: torch.Tensor  # [P]
+
+
+@dataclass(frozen=True)
+class PaddedOwn:
+    """Every request's own part as one problem, padded to [B, E] queries and [B, Lo] keys."""
+
+    slots: torch.Tensor  # [B * Lo] KV slots after each request's shared segments, 0 = pad
     own_len: int  # Lo
-    own_mask: torch.Tensor | None  # [B, 1, G*E, Lo] additive (0 or -inf), q's dtype
+    mask: torch.Tensor  # [B, 1, G*E, Lo] additive (0 or -inf), q's dtype
     q_dest: torch.Tensor | None  # [T] row of each flat token in the padded [B*E] layout
     batch_size: int  # B
     max_extend: int  # E
+
+
+@dataclass(frozen=True)
+class RaggedOwn:
+    """One problem per request: its new tokens (causal) and its cached own KV (all visible)."""
+
+    extend_lens: tuple[int, ...]  # E_b, in flat token order
+    cached_slots: tuple[torch.Tensor | None, ...]  # [C_b] slots between segments and new tokens
+
+
+@dataclass(frozen=True)
+class AttentionMetadata:
+    out_cache_loc: torch.Tensor  # [T] slots receiving the new K/V
+    # Shared segments by nesting depth; the segments of one depth have disjoint tokens.
+    shared_levels: tuple[tuple[TokenSegment, ...], ...]
+    own: PaddedOwn | RaggedOwn
+
+
+def find_shared_segments(
+    kv_indices: torch.Tensor,  # [B, L] KV slots of each request (padded past its length)
+    prefix_lens: torch.Tensor,  # [B] cached tokens of each request
+    min_len: int = MIN_SHARED_PREFIX,
+) -> tuple[tuple[tuple[SharedSegment, ...], ...], torch.Tensor]:
+    """The prefix tree the batch's requests share: (segments by depth, own_start [B]).
+
+    Contract: each segment lies inside the cached prefix of every row of its group, and the
+    segments along one request's path tile its KV contiguously from position 0 to
+    `own_start[b]`; the own part covers the rest. A segment is at least `min_len` tokens long
+    (shorter ones are not worth an attention call and stay in the own parts).
+    """
+    B = kv_indices.shape[0]
+    own_start = torch.zeros(B, dtype=torch.int64)
+    levels: list[list[SharedSegment]] = []
+
+    def split(rows: torch.Tensor, begin: int, depth: int) -> None:
+        # Invariant: every row in `rows` holds the same slots at [0, begin), already covered.
+        limit = int(prefix_lens[rows].min())
+        block = kv_indices[rows, begin:limit]  # [Bg, limit - begin]
+        same = (block == block[:1]).all(dim=0)
+        common = int(torch.cumprod(same.to(torch.int32), dim=0).sum()) if limit > begin else 0
+        diverge = begin + common
+        if common >= min_len:
+            segment = SharedSegment(
+                None if rows.shape[0] == B else rows, kv_indices[rows[0], begin:diverge]
+            )
+            if len(levels) <= depth:
+                levels.append([])
+            levels[depth].append(segment)
+            own_start[rows] = diverge
+            begin, depth = diverge, depth + 1
+        # Rows whose cached prefix goes on past the divergence, grouped by their next slot.
+        # Each subgroup is strictly smaller than `rows`, so the recursion ends.
+        longer = rows[prefix_lens[rows] >= diverge + min_len]
+        if longer.shape[0] < 2:
+            return
+        next_slots = kv_indices[longer, diverge]
+        values, counts = torch.unique(next_slots, return_counts=True)
+        for value in values[counts >= 2].tolist():
+            split(longer[next_slots == value], begin, depth)
+
+    if B >= 2:
+        split(torch.arange(B), 0, 0)
+    return tuple(tuple(level) for level in levels), own_start
 
 
 class TorchSDPABackend:
@@ -72,21 +163,50 @@ class TorchSDPABackend:
 
     def prepare(self, batch: ForwardBatch) -> AttentionMetadata:
         seq_lens, extend_lens = batch.seq_lens, batch.extend_lens
-        B, T = batch.batch_size, batch.num_tokens
-        if B == 1 and int(seq_lens[0]) == int(extend_lens[0]):
-            return AttentionMetadata(batch.out_cache_loc, True, None, None, 0, None, None, 1, T)
-        max_len = int(seq_lens.max())
-        E = 1 if batch.mode is ForwardMode.DECODE else int(extend_lens.max())
-        kv_indices = self.req_table.table[batch.req_pool_indices, :max_len]  # [B, L]
+        B = batch.batch_size
         prefix_lens = seq_lens - extend_lens  # [B]
-        shared = self._shared_prefix_len(kv_indices, prefix_lens)
-        own = kv_indices[:, shared:]  # [B, Lo]
-        own_len = max_len - shared
-        key_pos = shared + torch.arange(own_len)  # [Lo]
-        query_pos = prefix_lens[:, None] + torch.arange(E)[None, :]  # [B, E]
+        if B == 1 and int(prefix_lens[0]) == 0:  # a fresh prompt: plain causal attention
+            own = RaggedOwn((batch.num_tokens,), (None,))
+            return AttentionMetadata(batch.out_cache_loc, (), own)
+        kv_indices = self.req_table.table[batch.req_pool_indices, : int(seq_lens.max())]  # [B, L]
+        levels, own_start = find_shared_segments(kv_indices, prefix_lens)
+        E = 1 if batch.mode is ForwardMode.DECODE else int(extend_lens.max())
+        own_lens = seq_lens - own_start  # [B]
+        padded_pairs = B * E * int(own_lens.max())
+        exact_pairs = float((extend_lens * (own_lens - extend_lens / 2)).sum())
+        if padded_pairs - exact_pairs > RAGGED_OVERHEAD_PAIRS * B:
+            own = RaggedOwn(
+                tuple(extend_lens.tolist()),
+                tuple(
+                    kv_indices[b, start:end] if end > start else None
+                    for b, (start, end) in enumerate(
+                        zip(own_start.tolist(), prefix_lens.tolist(), strict=True)
+                    )
+                ),
+            )
+        else:
+            own = self._padded_own(batch, kv_indices, own_start, own_lens, E)
+        token_req = None
+        if batch.mode is ForwardMode.EXTEND:
+            token_req = torch.repeat_interleave(torch.arange(B), extend_lens)  # [T]
+        token_levels = tuple(
+            tuple(_token_segment(segment, token_req) for segment in level) for level in levels
+        )
+        return AttentionMetadata(batch.out_cache_loc, token_levels, own)
+
+    def _padded_own(self, batch, kv_indices, own_start, own_lens, E) -> PaddedOwn:
+        B, T = batch.batch_size, batch.num_tokens
+        seq_lens, extend_lens = batch.seq_lens, batch.extend_lens
+        own_len = int(own_lens.max())
+        offsets = torch.arange(own_len)  # [Lo]
+        in_range = offsets[None, :] < own_lens[:, None]  # [B, Lo]
+        columns = torch.where(in_range, own_start[:, None] + offsets[None, :], 0)
+        own = torch.where(in_range, kv_indices.gather(1, columns), 0)  # [B, Lo]
+        key_pos = own_start[:, None] + offsets[None, :]  # [B, Lo]
+        query_pos = (seq_lens - extend_lens)[:, None] + torch.arange(E)[None, :]  # [B, E]
         # Padded query rows (e >= extend_len) see keys up to their fake position; their outputs
-        # are discarded. Every row allows at least one key, so no row is all -inf.
-        allowed = key_pos[None, None, :] <= query_pos[:, :, None]  # [B, E, Lo]
+        # are discarded. Every row allows at least its first own key, so no row is all -inf.
+        allowed = (key_pos[:, None, :] <= query_pos[:, :, None]) & in_range[:, None, :]
         G = self.group
         allowed = allowed[:, None, None].expand(B, 1, G, E, own_len).reshape(B, 1, G * E, own_len)
         mask = torch.zeros(allowed.shape, dtype=self.kv_pool.k.dtype)
@@ -98,21 +218,7 @@ class TorchSDPABackend:
                 torch.cumsum(extend_lens, 0) - extend_lens, extend_lens
             )  # [T] flat index of each row's first
             q_dest = starts + torch.arange(T) - firsts
-        shared_slots = kv_indices[0, :shared] if shared else None
-        return AttentionMetadata(
-            batch.out_cache_loc, False, shared_slots, own.reshape(-1), own_len, mask, q_dest, B, E
-        )
-
-    @staticmethod
-    def _shared_prefix_len(kv_indices: torch.Tensor, prefix_lens: torch.Tensor) -> int:
-        """Length of the KV prefix whose slots are identical in every row (within every
-        request's cached prefix, so it never covers a token computed in this batch)."""
-        if kv_indices.shape[0] < 2:
-            return 0
-        limit = int(prefix_lens.min())
-        same = (kv_indices[:, :limit] == kv_indices[:1, :limit]).all(dim=0)  # [limit]
-        shared = int(torch.cumprod(same.to(torch.int32), dim=0).sum()) if limit else 0
-        return shared if shared >= MIN_SHARED_PREFIX else 0
+        return PaddedOwn(own.reshape(-1), own_len, mask, q_dest, B, E)
 
     def forward(
         self,
@@ -123,52 +229,120 @@ class TorchSDPABackend:
         meta: AttentionMetadata,
     ) -> torch.Tensor:  # [T, H*D]
         T = q.shape[0]
-        H, Hkv, G = self.num_heads, self.num_kv_heads, self.group
-        D = q.shape[1] // H
+        Hkv, G = self.num_kv_heads, self.group
+        D = q.shape[1] // self.num_heads
         k = k.view(T, Hkv, D)
         v = v.view(T, Hkv, D)
         self.kv_pool.write(layer, meta.out_cache_loc, k, v)
-        if meta.causal_only:
-            # 4-D inputs with K/V repeated per query head reach the CPU flash kernel; 3-D or
-            # enable_gqa inputs fall back to the math kernel, 4x slower at 512 tokens.
-            out = F.scaled_dot_product_attention(
-                q.view(1, T, H, D).transpose(1, 2),  # [1, H, T, D]
-                k.repeat_interleave(G, dim=1).view(1, T, H, D).transpose(1, 2),
-                v.repeat_interleave(G, dim=1).view(1, T, H, D).transpose(1, 2),
-                is_causal=True,
-            )  # [1, H, T, D]
-            return out.transpose(1, 2).reshape(T, H * D)
-        B, E = meta.batch_size, meta.max_extend
-        if meta.q_dest is not None:
-            padded = q.new_zeros(B * E, H * D)
-            padded[meta.q_dest] = q
+        k_buf, v_buf = self.kv_pool.buffers(layer)  # [S, Hkv, D] each
+        if isinstance(meta.own, RaggedOwn):
+            out, lse = self._ragged_own(q.view(T, Hkv, G, D), k, v, k_buf, v_buf, meta.own)
+        else:
+            out, lse = self._padded_own_attention(q, k_buf, v_buf, meta.own)
+        if meta.shared_levels:  # out: [T, Hkv, G, D], lse: [T, Hkv, G]
+            q_tokens = q.view(T, Hkv, G, D)
+            out = out.float()
+            for level in meta.shared_levels:
+                out, lse = self._merge_level(q_tokens, out, lse, k_buf, v_buf, level)
+        return out.to(q.dtype).reshape(T, Hkv * G * D)
+
+    def _padded_own_attention(self, q, k_buf, v_buf, own: PaddedOwn):
+        """Flat (out [T, Hkv, G, D], lse [T, Hkv, G]) of every request's own part at once."""
+        Hkv, G = self.num_kv_heads, self.group
+        B, E, Lo = own.batch_size, own.max_extend, own.own_len
+        D = q.shape[1] // self.num_heads
+        if own.q_dest is not None:
+            padded = q.new_zeros(B * E, q.shape[1])
+            padded[own.q_dest] = q
             q = padded
         # [B*E, H*D] -> [B, E, Hkv, G, D] -> [B, Hkv, G, E, D] -> [B, Hkv, G*E, D]
         q = q.view(B, E, Hkv, G, D).permute(0, 2, 3, 1, 4).reshape(B, Hkv, G * E, D)
-        k_buf, v_buf = self.kv_pool.buffers(layer)  # [S, Hkv, D] each
-        own_k = k_buf.index_select(0, meta.own_slots).view(B, meta.own_len, Hkv, D)
-        own_v = v_buf.index_select(0, meta.own_slots).view(B, meta.own_len, Hkv, D)
-        out, lse = _flash_with_lse(q, own_k.transpose(1, 2), own_v.transpose(1, 2), meta.own_mask)
-        if meta.shared_slots is not None:
-            out = self._merge_shared(q, out, lse, k_buf, v_buf, meta.shared_slots)
-        # [B, Hkv, G*E, D] -> [B, E, Hkv, G, D] -> [B*E, H*D]
-        out = out.view(B, Hkv, G, E, D).permute(0, 3, 1, 2, 4).reshape(B * E, H * D)
-        return out if meta.q_dest is None else out[meta.q_dest]
+        own_k = k_buf.index_select(0, own.slots).view(B, Lo, Hkv, D).transpose(1, 2)
+        own_v = v_buf.index_select(0, own.slots).view(B, Lo, Hkv, D).transpose(1, 2)
+        out, lse = _flash_with_lse(q, own_k, own_v, own.mask)  # [B, Hkv, G*E, D], [B, Hkv, G*E]
+        # [B, Hkv, G, E, *] -> [B, E, Hkv, G, *] -> [B*E, Hkv, G, *]
+        out = out.reshape(B, Hkv, G, E, D).permute(0, 3, 1, 2, 4).reshape(B * E, Hkv, G, D)
+        lse = lse.reshape(B, Hkv, G, E).permute(0, 3, 1, 2).reshape(B * E, Hkv, G)
+        if own.q_dest is not None:
+            out, lse = out[own.q_dest], lse[own.q_dest]
+        return out, lse
+
+    def _ragged_own(self, q, k, v, k_buf, v_buf, own: RaggedOwn):
+        """Flat (out [T, Hkv, G, D], lse [T, Hkv, G]), one attention problem per request.
+
+        q: [T, Hkv, G, D]; k, v: [T, Hkv, D] of this batch's tokens.
+        """
+        Hkv, G = self.num_kv_heads, self.group
+        D = q.shape[-1]
+        outs, lses, first = [], [], 0
+        for n, cached in zip(own.extend_lens, own.cached_slots, strict=True):
+            # [n, Hkv, G, D] -> [1, Hkv*G, n, D]: query heads, and folded [1, Hkv, G*n, D]
+            q_req = q[first : first + n].permute(1, 2, 0, 3).reshape(1, Hkv * G, n, D)
+            k_new = k[first : first + n].repeat_interleave(G, dim=1).transpose(0, 1)[None]
+            v_new = v[first : first + n].repeat_interleave(G, dim=1).transpose(0, 1)[None]
+            out, lse = _flash_with_lse(q_req, k_new, v_new, is_causal=True)  # [1, H, n, *]
+            if cached is not None:
+                C = cached.shape[0]
+                cached_k = k_buf.index_select(0, cached).view(1, C, Hkv, D).transpose(1, 2)
+                cached_v = v_buf.index_select(0, cached).view(1, C, Hkv, D).transpose(1, 2)
+                old_out, old_lse = _flash_with_lse(
+                    q_req.reshape(1, Hkv, G * n, D), cached_k, cached_v
+                )  # [1, Hkv, G*n, *]: the same rows as [1, H, n, *]
+                old_out, old_lse = old_out.reshape(out.shape), old_lse.reshape(lse.shape)
+                out, lse = _merge(out, lse, old_out, old_lse)
+            # [1, Hkv*G, n, *] -> [n, Hkv, G, *]
+            outs.append(out.reshape(Hkv, G, n, D).permute(2, 0, 1, 3))
+            lses.append(lse.reshape(Hkv, G, n).permute(2, 0, 1))
+            first += n
+        if len(outs) == 1:
+            return outs[0], lses[0]
+        return torch.cat(outs), torch.cat(lses)
 
     @staticmethod
-    def _merge_shared(q, own_out, own_lse, k_buf, v_buf, shared_slots):
-        """Attend every query to the shared prefix at once and merge with the own part."""
-        B, Hkv, R, D = q.shape  # R = G*E query rows per request and KV head
-        P = shared_slots.shape[0]
-        shared_k = k_buf.index_select(0, shared_slots).view(1, P, Hkv, D).transpose(1, 2)
-        shared_v = v_buf.index_select(0, shared_slots).view(1, P, Hkv, D).transpose(1, 2)
-        all_q = q.transpose(0, 1).reshape(1, Hkv, B * R, D)  # one problem for the whole batch
-        out, lse = _flash_with_lse(all_q, shared_k, shared_v)  # [1, Hkv, B*R, D], [1, Hkv, B*R]
-        out = out.view(Hkv, B, R, D).transpose(0, 1)  # [B, Hkv, R, D]
-        lse = lse.view(Hkv, B, R).transpose(0, 1)  # [B, Hkv, R]
-        total = torch.logaddexp(lse, own_lse)
-        merged = (
-            out.float() * torch.exp(lse - total)[..., None]
-            + own_out.float() * torch.exp(own_lse - total)[..., None]
+    def _merge_level(q, out, lse, k_buf, v_buf, level: tuple[TokenSegment, ...]):
+        """Attend each segment's tokens to its prefix at once; merge into (out, lse).
+
+        q: [T, Hkv, G, D]; out: [T, Hkv, G, D] float32; lse: [T, Hkv, G] float32. The segments
+        of one level have disjoint tokens.
+        """
+        Hkv, G, D = q.shape[1:]
+        parts_out, parts_lse, parts_tokens = [], [], []
+        for segment in level:
+            group_q = q if segment.tokens is None else q.index_select(0, segment.tokens)
+            Tg, P = group_q.shape[0], segment.slots.shape[0]
+            shared_k = k_buf.index_select(0, segment.slots).view(1, P, Hkv, D).transpose(1, 2)
+            shared_v = v_buf.index_select(0, segment.slots).view(1, P, Hkv, D).transpose(1, 2)
+            # [Tg, Hkv, G, D] -> [1, Hkv, Tg*G, D]: one problem for the whole group
+            all_q = group_q.transpose(0, 1).reshape(1, Hkv, Tg * G, D)
+            seg_out, seg_lse = _flash_with_lse(all_q, shared_k, shared_v)
+            parts_out.append(seg_out.reshape(Hkv, Tg, G, D).transpose(0, 1))  # [Tg, Hkv, G, D]
+            parts_lse.append(seg_lse.reshape(Hkv, Tg, G).transpose(0, 1))  # [Tg, Hkv, G]
+            parts_tokens.append(segment.tokens)
+        if len(level) == 1 and parts_tokens[0] is None:  # one segment over the whole batch
+            return _merge(out, lse, parts_out[0], parts_lse[0])
+        tokens = torch.cat(parts_tokens)  # [Tl]
+        merged_out, merged_lse = _merge(
+            out.index_select(0, tokens),
+            lse.index_select(0, tokens),
+            torch.cat(parts_out),
+            torch.cat(parts_lse),
         )
-        return merged.to(q.dtype)
+        return out.index_copy(0, tokens, merged_out), lse.index_copy(0, tokens, merged_lse)
+
+
+def _token_segment(segment: SharedSegment, token_req: torch.Tensor | None) -> TokenSegment:
+    """The flat tokens of a segment's requests (decode: one token per request, same rows)."""
+    if segment.rows is None or token_req is None:
+        return TokenSegment(segment.rows, segment.slots)
+    tokens = torch.isin(token_req, segment.rows).nonzero().squeeze(1)
+    return TokenSegment(tokens, segment.slots)
+
+
+def _merge(out_a, lse_a, out_b, lse_b):
+    """Combine two attention results over disjoint key sets by their log-sum-exp (float32)."""
+    total = torch.logaddexp(lse_a, lse_b)
+    out = (
+        out_a.float() * torch.exp(lse_a - total)[..., None]
+        + out_b.float() * torch.exp(lse_b - total)[..., None]
+    )
+    return out, total
