@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from radixgen import Engine
+from radixgen.runtime.model import attention as attention_module
 from tests.helpers import assert_idle_invariant
 
 GREEDY = {"max_new_tokens": 12, "temperature": 0, "ignore_eos": True}
@@ -145,6 +146,7 @@ def test_batch_sharing_a_cached_prefix_matches_running_alone(engine, monkeypatch
     assert engine.flush_cache()
     for instruction in instructions:  # cache both group prefixes
         engine.generate(_FEW_SHOT + instruction, {"max_new_tokens": 0})
+    monkeypatch.setattr(attention_module, "MIN_SEGMENT_SAVING", 0)  # even 4-request groups
     attention = engine.scheduler.runner.attention
     levels = []
     original = attention._merge_level

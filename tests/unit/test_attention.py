@@ -112,7 +112,7 @@ def reference(requests, q, pool):
 
 
 # The backend picks padded or per-request own parts by a cost estimate; force each in turn.
-OWN_LAYOUTS = {"padded": (10**12, PaddedOwn), "ragged": (-(10**12), RaggedOwn)}
+OWN_LAYOUTS = {"padded": (float("inf"), PaddedOwn), "ragged": (0.0, RaggedOwn)}
 
 
 @pytest.mark.parametrize("seed", range(10))
@@ -120,7 +120,8 @@ OWN_LAYOUTS = {"padded": (10**12, PaddedOwn), "ragged": (-(10**12), RaggedOwn)}
 @pytest.mark.parametrize("layout", OWN_LAYOUTS)
 def test_cascade_attention_matches_per_request_attention(seed, decode, layout, monkeypatch):
     threshold, own_type = OWN_LAYOUTS[layout]
-    monkeypatch.setattr(attention, "RAGGED_OVERHEAD_PAIRS", threshold)
+    monkeypatch.setattr(attention, "RAGGED_WASTE_RATIO", threshold)
+    monkeypatch.setattr(attention, "MIN_SEGMENT_SAVING", 0)  # every shared prefix >= 16 tokens
     rng = random.Random(seed)
     requests = tree_batch(rng, decode)
     out, q, pool, meta = run_backend(requests, torch.float32)
@@ -151,7 +152,7 @@ def test_segments_follow_the_prefix_tree():
     width = max(map(len, rows))
     kv = torch.tensor([r + [0] * (width - len(r)) for r in rows])
     prefix_lens = torch.tensor([len(r) - 1 for r in rows])
-    levels, own_start = find_shared_segments(kv, prefix_lens, min_len=16)
+    levels, own_start = find_shared_segments(kv, prefix_lens, min_len=16, min_saving=0)
     assert [[s.rows.tolist() for s in level] for level in levels] == [[[0, 1, 2]], [[0, 1]]]
     assert [[s.slots.tolist() for s in level] for level in levels] == [
         [common],
@@ -159,5 +160,16 @@ def test_segments_follow_the_prefix_tree():
     ]
     assert own_start.tolist() == [36, 36, 20, 0]
     # Segments never reach into tokens computed in the batch (beyond the cached prefix).
-    levels, own_start = find_shared_segments(kv, torch.tensor([10, 10, 10, 10]), min_len=4)
+    short = torch.tensor([10, 10, 10, 10])
+    levels, own_start = find_shared_segments(kv, short, min_len=4, min_saving=0)
     assert own_start.tolist() == [10, 10, 10, 0]
+
+
+def test_small_groups_stay_in_the_own_parts():
+    # Two requests sharing 300 tokens re-read 300 tokens fewer as a segment: not worth it.
+    # Eight sharing them re-read 2,100 fewer: a segment.
+    prefix = list(range(1, 301))
+    for n, expected in [(2, 0), (8, 1)]:
+        kv = torch.tensor([prefix + [1000 + i] for i in range(n)])
+        levels, _ = find_shared_segments(kv, torch.full((n,), 300), min_saving=1024)
+        assert len(levels) == expected

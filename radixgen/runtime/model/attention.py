@@ -36,9 +36,13 @@ from radixgen.runtime.cache.req_table import ReqToTokenTable
 from radixgen.runtime.model.batch import ForwardBatch, ForwardMode
 
 MIN_SHARED_PREFIX = 16  # shorter common prefixes are not worth a second attention call
-# Per-request own parts cost ~this many padded (query, key) pairs of overhead each; they are used
-# when padding a batch to its longest extend and longest KV would waste more.
-RAGGED_OVERHEAD_PAIRS = 2048
+# A segment costs a few kernel calls per layer; it pays off once the KV it stops re-reading,
+# (requests - 1) * prefix tokens, is at least this large.
+MIN_SEGMENT_SAVING = 1024
+# Own parts run one problem per request when padding the batch to its longest extend and longest
+# KV would multiply the (query, key) pairs by more than this; the per-request calls and merges
+# cost more than a moderately padded batch (measured on 2 cores).
+RAGGED_WASTE_RATIO = 2.0
 
 
 def _flash_with_lse(q, k, v, mask=None, is_causal=False):
@@ -106,14 +110,18 @@ def find_shared_segments(
     kv_indices: torch.Tensor,  # [B, L] KV slots of each request (padded past its length)
     prefix_lens: torch.Tensor,  # [B] cached tokens of each request
     min_len: int = MIN_SHARED_PREFIX,
+    min_saving: int | None = None,
 ) -> tuple[tuple[tuple[SharedSegment, ...], ...], torch.Tensor]:
     """The prefix tree the batch's requests share: (segments by depth, own_start [B]).
 
     Contract: each segment lies inside the cached prefix of every row of its group, and the
     segments along one request's path tile its KV contiguously from position 0 to
     `own_start[b]`; the own part covers the rest. A segment is at least `min_len` tokens long
-    (shorter ones are not worth an attention call and stay in the own parts).
+    and re-reads at least `min_saving` tokens fewer than the own parts would (default
+    `MIN_SEGMENT_SAVING`); other common prefixes stay in the own parts.
     """
+    if min_saving is None:
+        min_saving = MIN_SEGMENT_SAVING
     B = kv_indices.shape[0]
     own_start = torch.zeros(B, dtype=torch.int64)
     levels: list[list[SharedSegment]] = []
@@ -125,7 +133,7 @@ def find_shared_segments(
         same = (block == block[:1]).all(dim=0)
         common = int(torch.cumprod(same.to(torch.int32), dim=0).sum()) if limit > begin else 0
         diverge = begin + common
-        if common >= min_len:
+        if common >= min_len and (rows.shape[0] - 1) * common >= min_saving:
             segment = SharedSegment(
                 None if rows.shape[0] == B else rows, kv_indices[rows[0], begin:diverge]
             )
@@ -174,7 +182,7 @@ class TorchSDPABackend:
         own_lens = seq_lens - own_start  # [B]
         padded_pairs = B * E * int(own_lens.max())
         exact_pairs = float((extend_lens * (own_lens - extend_lens / 2)).sum())
-        if padded_pairs - exact_pairs > RAGGED_OVERHEAD_PAIRS * B:
+        if padded_pairs > RAGGED_WASTE_RATIO * exact_pairs:
             own = RaggedOwn(
                 tuple(extend_lens.tolist()),
                 tuple(
