@@ -3,16 +3,15 @@
     python -m benchmarks.workloads [--workloads mmlu,tot|all] [--systems radixgen,no-cache|all]
                                    [--size small|full] [--out results.json] [--chart out.png]
 
-All chosen systems are started (and warmed up) first and stay up; then each workload runs on
-every system in turn, so one workload's systems are measured minutes apart. Writes the results
-as JSON and the normalized-throughput chart (PNG, needs `pip install -e ".[bench]"`), prints
-the Markdown report to stdout (progress goes to stderr).
+Systems run one at a time: each is started (and warmed up), runs every chosen workload, and is
+stopped before the next starts (in-process systems slow each other down while both are up).
+Writes the results as JSON and the normalized-throughput chart (PNG, needs
+`pip install -e ".[bench]"`), prints the Markdown report to stdout (progress goes to stderr).
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import datetime
 import importlib.metadata
@@ -94,37 +93,36 @@ def machine_info() -> dict[str, Any]:
     return info
 
 
-def open_systems(
-    stack: contextlib.ExitStack, keys: list[str], log_dir: Path
-) -> dict[str, OpenSystem | str]:
-    """Start every system (warmed up), or the reason it could not start; `stack` stops them."""
-    opened: dict[str, OpenSystem | str] = {}
+def run_all(keys: list[str], names: list[str], size: str, log_dir: Path) -> list[RunResult]:
+    """System by system: start one (warmed up), run every workload on it, stop it.
+
+    One system at a time, because in-process systems interfere: GNU OpenMP keeps a worker pool
+    per thread that runs parallel kernels, and while two pools live on this 2-core machine idle
+    workers stop spinning, which slows every kernel of both ~2x. A stopped engine's scheduler
+    thread exits and takes its pool with it. Results come back workload by workload.
+    """
+    results = []
     for key in keys:
         try:
-            system = stack.enter_context(open_system(key, log_dir))
-            warm_up(system)
-            opened[key] = system
+            with open_system(key, log_dir) as system:
+                warm_up(system)
+                for name in names:
+                    results.append(_run_guarded(name, key, system, size))
         except Exception as exc:  # its rows say why; the other systems still run
-            log(f"{key} failed to start: {exc!r}")
-            opened[key] = f"failed: {exc!r}"[:300]
-    return opened
+            log(f"{key} failed: {exc!r}")
+            done = {r.workload for r in results if r.system == key}
+            status = f"failed: {exc!r}"[:300]
+            results += [RunResult(n, key, status=status) for n in names if n not in done]
+    order = {(n, k): i for i, (n, k) in enumerate((n, k) for n in names for k in keys)}
+    return sorted(results, key=lambda r: order[(r.workload, r.system)])
 
 
-def run_all(opened: dict[str, OpenSystem | str], names: list[str], size: str) -> list[RunResult]:
-    """Workload by workload, every system in turn: the systems of one workload run minutes
-    apart, so other load on a shared machine skews their ratios least."""
-    results = []
-    for name in names:
-        for key, system in opened.items():
-            if isinstance(system, str):
-                results.append(RunResult(name, key, status=system))
-                continue
-            try:
-                results.append(run_workload(WORKLOADS[name], system, size))
-            except Exception as exc:  # report it in the table, go on with the next one
-                log(f"{name} on {key} failed: {exc!r}")
-                results.append(RunResult(name, key, status=f"failed: {exc!r}"[:300]))
-    return results
+def _run_guarded(name: str, key: str, system: OpenSystem, size: str) -> RunResult:
+    try:
+        return run_workload(WORKLOADS[name], system, size)
+    except Exception as exc:  # report it in the table, go on with the next one
+        log(f"{name} on {key} failed: {exc!r}")
+        return RunResult(name, key, status=f"failed: {exc!r}"[:300])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -135,12 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     command = "python -m benchmarks.workloads " + shlex.join(sys.argv[1:] if argv is None else argv)
     info = machine_info()
     started = time.perf_counter()
-    with (
-        tempfile.TemporaryDirectory(prefix="radixgen-workloads-") as log_dir,
-        contextlib.ExitStack() as stack,
-    ):
-        opened = open_systems(stack, args.systems, Path(log_dir))
-        results = run_all(opened, args.workloads, args.size)
+    with tempfile.TemporaryDirectory(prefix="radixgen-workloads-") as log_dir:
+        results = run_all(args.systems, args.workloads, args.size, Path(log_dir))
     info["total_s"] = round(time.perf_counter() - started, 1)
     workloads = [WORKLOADS[n] for n in args.workloads]
     report = markdown(results, workloads, args.size, info, command)

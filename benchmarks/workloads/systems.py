@@ -24,6 +24,7 @@ import dataclasses
 import os
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -172,10 +173,17 @@ def _hf(spec: SystemSpec) -> Iterator[OpenSystem]:
     transformers.logging.set_verbosity_error()
     transformers.logging.disable_progress_bar()
     path = default_model_path()
-    with _no_tqdm():  # the GGUF conversion's progress bar
-        model = AutoModelForCausalLM.from_pretrained(
-            str(path.parent), gguf_file=path.name, dtype=torch.bfloat16
-        ).eval()
+
+    def load() -> Any:
+        with _no_tqdm():  # the GGUF conversion's progress bar
+            return AutoModelForCausalLM.from_pretrained(
+                str(path.parent), gguf_file=path.name, dtype=torch.bfloat16
+            ).eval()
+
+    # Loaded on a thread that then exits: an OpenMP pool left on the main thread would slow
+    # every system measured after this one (see `run_all`).
+    with ThreadPoolExecutor(1) as loader:
+        model = loader.submit(load).result()
     tokenizer = _radixgen_tokenizer()
     log_ = RequestLog()
     backend = HFBackend(model, tokenizer, log_, "chatml")
