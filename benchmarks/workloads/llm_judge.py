@@ -2,7 +2,8 @@
 
 Paper shape: an article judged along 6 dimensions, one `fork` branch per dimension (all branches
 share the article's KV), then a merge call that reads every judgment and gives a score. Here:
-seeded articles of ~340 tokens, a judgment of <= 16 tokens per dimension, a 2-token score.
+seeded articles of ~620 tokens (the essays of SGLang's llm_judge benchmark average ~3,000
+characters), a judgment of <= 16 tokens per dimension (SGLang allows 256), a 2-token score.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import radixgen as sgl
 from benchmarks.workloads import data
 from benchmarks.workloads.base import Args, Workload, expect_list, expect_text
 
-SIZES = {"small": (2, 2, 60), "full": (10, 6, 300)}  # (articles, dimensions, article words)
+SIZES = {"small": (2, 2, 60), "full": (10, 6, 550)}  # (articles, dimensions, article words)
 DIMENSIONS = [
     ("Clarity", "is the article easy to follow?"),
     ("Accuracy", "are the statements consistent with each other?"),
