@@ -2,9 +2,9 @@
 
 Paper shape: 5-shot MMLU, one `gen` with `max_new_tokens=1`, few-shot prefix up to 1,536
 tokens, all questions of a subject share it. Here: seeded multiple-choice reading questions
-(~80 tokens each, 4 options) in 2 subjects whose 5-shot prefixes are ~410 tokens, 32 questions
+(~80 tokens each, 4 options) in 2 subjects whose 5-shot prefixes are ~410 tokens, 64 questions
 each, submitted subject by subject (as SGLang's MMLU benchmark does). Real MMLU averages ~250
-test questions per subject; 32 keeps the cache-off run under a minute.
+test questions per subject; 64 keeps the cache-off run near a minute.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from benchmarks.workloads import data
 from benchmarks.workloads.base import Args, Workload, expect_text
 
 SUBJECTS = ["geography", "economics", "history", "engineering"]
-SIZES = {"small": (1, 3), "full": (2, 32)}  # (subjects, questions per subject)
+SIZES = {"small": (1, 3), "full": (2, 64)}  # (subjects, questions per subject)
 SHOTS = 5
 LETTERS = "ABCD"
 
