@@ -9,6 +9,7 @@ matches transformers bit for bit in float32.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -42,9 +43,18 @@ _LAYER_NAME = re.compile(r"blk\.(\d+)\.(\w+)\.(weight|bias)")
 
 
 def _reader(path: Path):
+    """The file's GGUFReader, shared by every load of the same unchanged file: parsing the
+    metadata (49k vocabulary strings for SmolLM2) takes ~4 s, and an engine reads the file
+    twice (config, then weights). The reader only memory-maps the file and is read-only."""
+    stat = path.stat()
+    return _cached_reader(str(path.resolve()), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_reader(path: str, mtime_ns: int, size: int):
     from gguf import GGUFReader
 
-    return GGUFReader(str(path))
+    return GGUFReader(path)
 
 
 def _field(reader, key: str, default=None):
