@@ -83,7 +83,6 @@ class PaddedOwn:
     """Every request's own part as one problem, padded to [B, E] queries and [B, Lo] keys."""
 
     slots: torch.Tensor  # [B * Lo] KV slots after each request's shared segments, 0 = pad
-    own_len: int  # Lo
     mask: torch.Tensor  # [B, 1, G*E, Lo] additive (0 or -inf), q's dtype
     q_dest: torch.Tensor | None  # [T] row of each flat token in the padded [B*E] layout
     batch_size: int  # B
@@ -193,7 +192,7 @@ class TorchSDPABackend:
                 ),
             )
         else:
-            own = self._padded_own(batch, kv_indices, own_start, own_lens, E)
+            own = self._padded_own(batch, kv_indices, prefix_lens, own_start, own_lens, E)
         token_req = None
         if batch.mode is ForwardMode.EXTEND:
             token_req = torch.repeat_interleave(torch.arange(B), extend_lens)  # [T]
@@ -202,16 +201,16 @@ class TorchSDPABackend:
         )
         return AttentionMetadata(batch.out_cache_loc, token_levels, own)
 
-    def _padded_own(self, batch, kv_indices, own_start, own_lens, E) -> PaddedOwn:
+    def _padded_own(self, batch, kv_indices, prefix_lens, own_start, own_lens, E) -> PaddedOwn:
         B, T = batch.batch_size, batch.num_tokens
-        seq_lens, extend_lens = batch.seq_lens, batch.extend_lens
+        extend_lens = batch.extend_lens
         own_len = int(own_lens.max())
         offsets = torch.arange(own_len)  # [Lo]
         in_range = offsets[None, :] < own_lens[:, None]  # [B, Lo]
         columns = torch.where(in_range, own_start[:, None] + offsets[None, :], 0)
         own = torch.where(in_range, kv_indices.gather(1, columns), 0)  # [B, Lo]
         key_pos = own_start[:, None] + offsets[None, :]  # [B, Lo]
-        query_pos = (seq_lens - extend_lens)[:, None] + torch.arange(E)[None, :]  # [B, E]
+        query_pos = prefix_lens[:, None] + torch.arange(E)[None, :]  # [B, E]
         # Padded query rows (e >= extend_len) see keys up to their fake position; their outputs
         # are discarded. Every row allows at least its first own key, so no row is all -inf.
         allowed = (key_pos[:, None, :] <= query_pos[:, :, None]) & in_range[:, None, :]
@@ -226,7 +225,7 @@ class TorchSDPABackend:
                 torch.cumsum(extend_lens, 0) - extend_lens, extend_lens
             )  # [T] flat index of each row's first
             q_dest = starts + torch.arange(T) - firsts
-        return PaddedOwn(own.reshape(-1), own_len, mask, q_dest, B, E)
+        return PaddedOwn(own.reshape(-1), mask, q_dest, B, E)
 
     def forward(
         self,
@@ -257,7 +256,7 @@ class TorchSDPABackend:
     def _padded_own_attention(self, q, k_buf, v_buf, own: PaddedOwn):
         """Flat (out [T, Hkv, G, D], lse [T, Hkv, G]) of every request's own part at once."""
         Hkv, G = self.num_kv_heads, self.group
-        B, E, Lo = own.batch_size, own.max_extend, own.own_len
+        B, E = own.batch_size, own.max_extend
         D = q.shape[1] // self.num_heads
         if own.q_dest is not None:
             padded = q.new_zeros(B * E, q.shape[1])
@@ -265,8 +264,7 @@ class TorchSDPABackend:
             q = padded
         # [B*E, H*D] -> [B, E, Hkv, G, D] -> [B, Hkv, G, E, D] -> [B, Hkv, G*E, D]
         q = q.view(B, E, Hkv, G, D).permute(0, 2, 3, 1, 4).reshape(B, Hkv, G * E, D)
-        own_k = k_buf.index_select(0, own.slots).view(B, Lo, Hkv, D).transpose(1, 2)
-        own_v = v_buf.index_select(0, own.slots).view(B, Lo, Hkv, D).transpose(1, 2)
+        own_k, own_v = _gather_kv(k_buf, v_buf, own.slots, B)  # [B, Hkv, Lo, D] each
         out, lse = _flash_with_lse(q, own_k, own_v, own.mask)  # [B, Hkv, G*E, D], [B, Hkv, G*E]
         # [B, Hkv, G, E, *] -> [B, E, Hkv, G, *] -> [B*E, Hkv, G, *]
         out = out.reshape(B, Hkv, G, E, D).permute(0, 3, 1, 2, 4).reshape(B * E, Hkv, G, D)
@@ -290,9 +288,7 @@ class TorchSDPABackend:
             v_new = v[first : first + n].repeat_interleave(G, dim=1).transpose(0, 1)[None]
             out, lse = _flash_with_lse(q_req, k_new, v_new, is_causal=True)  # [1, H, n, *]
             if cached is not None:
-                C = cached.shape[0]
-                cached_k = k_buf.index_select(0, cached).view(1, C, Hkv, D).transpose(1, 2)
-                cached_v = v_buf.index_select(0, cached).view(1, C, Hkv, D).transpose(1, 2)
+                cached_k, cached_v = _gather_kv(k_buf, v_buf, cached, 1)  # [1, Hkv, C, D]
                 old_out, old_lse = _flash_with_lse(
                     q_req.reshape(1, Hkv, G * n, D), cached_k, cached_v
                 )  # [1, Hkv, G*n, *]: the same rows as [1, H, n, *]
@@ -317,9 +313,8 @@ class TorchSDPABackend:
         parts_out, parts_lse, parts_tokens = [], [], []
         for segment in level:
             group_q = q if segment.tokens is None else q.index_select(0, segment.tokens)
-            Tg, P = group_q.shape[0], segment.slots.shape[0]
-            shared_k = k_buf.index_select(0, segment.slots).view(1, P, Hkv, D).transpose(1, 2)
-            shared_v = v_buf.index_select(0, segment.slots).view(1, P, Hkv, D).transpose(1, 2)
+            Tg = group_q.shape[0]
+            shared_k, shared_v = _gather_kv(k_buf, v_buf, segment.slots, 1)  # [1, Hkv, P, D]
             # [Tg, Hkv, G, D] -> [1, Hkv, Tg*G, D]: one problem for the whole group
             all_q = group_q.transpose(0, 1).reshape(1, Hkv, Tg * G, D)
             seg_out, seg_lse = _flash_with_lse(all_q, shared_k, shared_v)
@@ -336,6 +331,14 @@ class TorchSDPABackend:
             torch.cat(parts_lse),
         )
         return out.index_copy(0, tokens, merged_out), lse.index_copy(0, tokens, merged_lse)
+
+
+def _gather_kv(k_buf, v_buf, slots: torch.Tensor, rows: int):
+    """K and V of `slots` ([rows * L]) from one layer's pool buffers, each [rows, Hkv, L, D]."""
+    Hkv, D = k_buf.shape[1:]
+    k = k_buf.index_select(0, slots).view(rows, -1, Hkv, D).transpose(1, 2)
+    v = v_buf.index_select(0, slots).view(rows, -1, Hkv, D).transpose(1, 2)
+    return k, v
 
 
 def _token_segment(segment: SharedSegment, token_req: torch.Tensor | None) -> TokenSegment:
