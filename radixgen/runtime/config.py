@@ -74,6 +74,12 @@ class EngineConfig:
     disable_jump_forward: bool = _opt(
         False, "Decode grammar-forced text token by token (the constrained-decoding baseline)."
     )
+    int4_max_tokens: int = _opt(
+        16,
+        "Forward passes of at most this many tokens multiply by the GGUF file's own 4-bit "
+        "weights (Q4_0/Q4_1 blocks, as stored; bfloat16 on CPU only), reading a quarter of the "
+        "bytes; wider ones use the bfloat16 weights. 0: always bfloat16.",
+    )
     num_threads: int | None = _opt(None, "Torch intra-op threads (default: all cores).")
     random_seed: int = _opt(0, "Seed for requests that do not set their own sampling seed.")
     max_queued_requests: int | None = _opt(None, "Reject new requests beyond this many waiting.")
@@ -85,6 +91,8 @@ class EngineConfig:
             raise ValueError(
                 f"schedule_policy must be one of {SCHEDULE_POLICIES}, got {self.schedule_policy!r}"
             )
+        if self.int4_max_tokens < 0:
+            raise ValueError(f"int4_max_tokens must be >= 0, got {self.int4_max_tokens}")
         for name in ("kv_cache_tokens", "max_running_requests", "max_prefill_tokens"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")

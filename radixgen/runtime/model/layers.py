@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from radixgen.runtime.config import ModelConfig
+from radixgen.runtime.model.int4 import Int4Groups, PackedInt4, int4_linear, pack_int4
 
 
 class RMSNorm(nn.Module):
@@ -97,21 +98,41 @@ def packed_linear(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | No
 
 
 class Linear(nn.Linear):
-    """nn.Linear that can switch to oneDNN's prepacked bfloat16 kernel (`prepack()`).
+    """nn.Linear that can switch to faster CPU kernels.
 
-    Without bias results are bit-identical to `F.linear` (with bias, the fused kernel rounds once
-    instead of twice); one-row matmuls (decoding) run about 2x faster.
-    Prepacking replaces the dense weight, so weights are not held twice.
+    `prepack()`: oneDNN's prepacked bfloat16 kernel. Without bias results are bit-identical to
+    `F.linear` (with bias, the fused kernel rounds once instead of twice); one-row matmuls
+    (decoding) run about 2x faster. Prepacking replaces the dense weight, so weights are not
+    held twice.
+
+    `use_int4(parts, max_tokens, dtype)`: inputs of at most `max_tokens` rows multiply by the
+    checkpoint's 4-bit groups instead (`parts`: one `Int4Groups` per shard, in output order),
+    reading a quarter of the bytes; wider inputs keep the bfloat16 weight.
     """
 
     packed: torch.Tensor | None = None
+    int4: PackedInt4 | None = None
+    int4_max_tokens: int = 0
 
     def prepack(self) -> None:
         if self.packed is None and can_prepack(self.weight):
             self.packed = prepack_weight(self.weight)
             self.weight = nn.Parameter(torch.empty(0, dtype=self.weight.dtype), requires_grad=False)
 
+    def use_int4(self, parts: list[Int4Groups], max_tokens: int, dtype: torch.dtype) -> None:
+        groups = Int4Groups.cat(parts)
+        if tuple(groups.codes.shape) != (self.out_features, self.in_features):
+            raise ValueError(
+                f"4-bit weight {tuple(groups.codes.shape)} does not fit a "
+                f"{self.out_features}x{self.in_features} projection"
+            )
+        self.int4 = pack_int4(groups, dtype)
+        self.int4_max_tokens = max_tokens
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.int4 is not None and x.shape[0] <= self.int4_max_tokens:
+            out = int4_linear(x, self.int4)
+            return out if self.bias is None else out + self.bias
         if self.packed is None:
             return super().forward(x)
         return packed_linear(x, self.packed, self.bias)

@@ -6,6 +6,7 @@ no batch or padding axis; attention finds each request's KV through the attentio
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Iterable
 
 import torch
@@ -14,6 +15,7 @@ from torch import nn
 
 from radixgen.runtime.config import ModelConfig
 from radixgen.runtime.model.attention import AttentionMetadata, TorchSDPABackend
+from radixgen.runtime.model.int4 import Int4Groups
 from radixgen.runtime.model.layers import (
     Linear,
     MergedLinear,
@@ -142,14 +144,11 @@ class LlamaForCausalLM(nn.Module):
             if name.startswith("lm_head") and self.lm_head is None:
                 continue  # tied embeddings: the head is the embedding matrix
             is_bias = name.endswith(".bias")
-            module_path = name.rsplit(".", 1)[0]
-            merged = next((m for m in _MERGED if module_path.endswith(m)), None)
-            if merged is None:
+            module_name, shard = _module_of(name)
+            if shard is None:
                 params[name].data.copy_(tensor)
                 loaded.add(name)
                 continue
-            target, shard = _MERGED[merged]
-            module_name = module_path[: -len(merged)] + target
             self.get_submodule(module_name).load_shard(shard, tensor, is_bias)
             loaded.add(f"{module_name}.{'bias' if is_bias else 'weight'}")
         missing = set(params) - loaded
@@ -157,3 +156,37 @@ class LlamaForCausalLM(nn.Module):
             raise ValueError(f"checkpoint is missing weights: {sorted(missing)[:5]} ...")
         if rope_freqs is not None:  # llama3-style per-frequency factors stored in GGUF
             self.rotary.set_inv_freq(rope_inv_freq(self.config) / rope_freqs.float())
+
+    def use_int4(
+        self, weights: Iterable[tuple[str, Int4Groups]], max_tokens: int, dtype: torch.dtype
+    ) -> int:
+        """Give every projection whose whole weight is among `weights` (HF names, 4-bit groups)
+        the int4 kernel for inputs of at most `max_tokens` rows; returns how many switched."""
+        shards: dict[str, dict[int, Int4Groups]] = defaultdict(dict)
+        for name, groups in weights:
+            module_name, shard = _module_of(name.removeprefix("model."))
+            shards[module_name][shard or 0] = groups
+        switched = 0
+        for module_name, parts in shards.items():
+            try:
+                module = self.get_submodule(module_name)
+            except AttributeError:
+                continue  # the head of a model with tied embeddings
+            if not isinstance(module, Linear):
+                continue  # the embedding
+            count = len(module.shard_sizes) if isinstance(module, MergedLinear) else 1
+            if len(parts) == count:
+                module.use_int4([parts[i] for i in range(count)], max_tokens, dtype)
+                switched += 1
+        return switched
+
+
+def _module_of(name: str) -> tuple[str, int | None]:
+    """(module path, shard index or None) of an HF parameter name without its "model." prefix:
+    q/k/v and gate/up land in shards of our merged projections."""
+    module_path = name.rsplit(".", 1)[0]
+    merged = next((m for m in _MERGED if module_path.endswith(m)), None)
+    if merged is None:
+        return module_path, None
+    target, shard = _MERGED[merged]
+    return module_path[: -len(merged)] + target, shard

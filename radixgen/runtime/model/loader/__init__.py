@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from radixgen.runtime.config import ModelConfig
+from radixgen.runtime.model.int4 import Int4Groups
 
 DEFAULT_MODEL_ALIASES = ("smollm2", "default", "SmolLM2-135M-Instruct")
 _SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -44,6 +45,15 @@ class ModelSource:
         from radixgen.runtime.model.loader.hf_loader import iter_hf_weights
 
         return iter_hf_weights(self.path)
+
+    def iter_int4_weights(self, config: ModelConfig) -> Iterator[tuple[str, Int4Groups]]:
+        """The weights stored as 4-bit groups (GGUF Q4_0 / Q4_1), undequantized; none for
+        other files."""
+        if self.format != "gguf":
+            return iter(())
+        from radixgen.runtime.model.loader.gguf_loader import iter_gguf_int4
+
+        return iter_gguf_int4(self.path, config)
 
 
 def default_model_path() -> Path:

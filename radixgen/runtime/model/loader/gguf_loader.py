@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from radixgen.runtime.config import ModelConfig
+from radixgen.runtime.model.int4 import Int4Groups
 
 # llama.cpp architectures we can run, and whether their q/k rows are permuted in GGUF.
 _ARCHS = {"llama": True, "mistral": True, "qwen2": False}
@@ -104,25 +105,72 @@ def _unpermute_rows(weight: np.ndarray, num_heads: int) -> np.ndarray:
     return weight.reshape(num_heads, head_dim // 2, 2, *rest).swapaxes(1, 2).reshape(rows, *rest)
 
 
+def _hf_name(tensor_name: str, config: ModelConfig) -> tuple[str | None, int | None]:
+    """(Hugging Face name or None to skip, heads whose rows to unpermute or None)."""
+    match = _LAYER_NAME.fullmatch(tensor_name)
+    if match is None:
+        return _GLOBAL_TENSORS.get(tensor_name), None
+    layer, kind, suffix = match.groups()
+    if kind not in _LAYER_TENSORS:
+        return None, None
+    heads = None
+    if _ARCHS[config.architecture] and kind in ("attn_q", "attn_k"):
+        heads = config.num_heads if kind == "attn_q" else config.num_kv_heads
+    return f"model.layers.{layer}.{_LAYER_TENSORS[kind]}.{suffix}", heads
+
+
 def iter_gguf_weights(path: Path, config: ModelConfig) -> Iterator[tuple[str, torch.Tensor]]:
     """Yield (hf_name, float32 tensor) for every tensor in the file, dequantized."""
     from gguf.quants import dequantize
 
-    reader = _reader(path)
-    permuted = _ARCHS[config.architecture]
-    for tensor in reader.tensors:
-        array = dequantize(tensor.data, tensor.tensor_type).astype(np.float32, copy=False)
-        match = _LAYER_NAME.fullmatch(tensor.name)
-        if match:
-            layer, kind, suffix = match.groups()
-            if kind not in _LAYER_TENSORS:
-                continue
-            if permuted and kind in ("attn_q", "attn_k"):
-                heads = config.num_heads if kind == "attn_q" else config.num_kv_heads
-                array = _unpermute_rows(array, heads)
-            name = f"model.layers.{layer}.{_LAYER_TENSORS[kind]}.{suffix}"
-        elif tensor.name in _GLOBAL_TENSORS:
-            name = _GLOBAL_TENSORS[tensor.name]
-        else:
+    for tensor in _reader(path).tensors:
+        name, heads = _hf_name(tensor.name, config)
+        if name is None:
             continue
+        array = dequantize(tensor.data, tensor.tensor_type).astype(np.float32, copy=False)
+        if heads is not None:
+            array = _unpermute_rows(array, heads)
         yield name, torch.from_numpy(np.array(array, dtype=np.float32, order="C"))
+
+
+def iter_gguf_int4(path: Path, config: ModelConfig) -> Iterator[tuple[str, Int4Groups]]:
+    """Yield (hf_name, codes/scales/zeros) for every Q4_0 / Q4_1 tensor, as stored (no
+    dequantization): the blocks of 32 inputs are exactly `Int4Groups`' groups."""
+    from gguf import GGMLQuantizationType
+
+    for tensor in _reader(path).tensors:
+        kind = tensor.tensor_type
+        if kind not in (GGMLQuantizationType.Q4_0, GGMLQuantizationType.Q4_1):
+            continue
+        name, heads = _hf_name(tensor.name, config)
+        if name is None:
+            continue
+        has_min = kind is GGMLQuantizationType.Q4_1
+        codes, scales, zeros = _q4_blocks(np.asarray(tensor.data), has_min)
+        if heads is not None:
+            codes, scales, zeros = (_unpermute_rows(a, heads) for a in (codes, scales, zeros))
+        yield name, Int4Groups(
+            torch.from_numpy(np.ascontiguousarray(codes)),
+            torch.from_numpy(np.ascontiguousarray(scales)),
+            torch.from_numpy(np.ascontiguousarray(zeros)),
+        )
+
+
+def _q4_blocks(raw: np.ndarray, has_min: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Split Q4 rows ([N, blocks * bytes] uint8) into codes [N, K] uint8 and per-block scales and
+    zeros [N, blocks] float32 with w = (code - 8) * scale + zero.
+
+    Block layout (ggml): Q4_0 = d (f16), 16 bytes of codes, w = d * (code - 8);
+    Q4_1 = d (f16), m (f16), 16 bytes of codes, w = d * code + m. Byte j of a block holds code j
+    in its low nibble and code j + 16 in its high nibble.
+    """
+    header = 4 if has_min else 2
+    rows = raw.shape[0]
+    blocks = raw.reshape(rows, -1, header + 16)  # [N, B, bytes]
+    d = blocks[..., 0:2].copy().view(np.float16)[..., 0].astype(np.float32)  # [N, B]
+    packed = blocks[..., header:]  # [N, B, 16]
+    codes = np.concatenate((packed & 0x0F, packed >> 4), axis=-1).reshape(rows, -1)  # [N, K]
+    if has_min:
+        m = blocks[..., 2:4].copy().view(np.float16)[..., 0].astype(np.float32)
+        return codes, d, m + 8 * d
+    return codes, d, np.zeros_like(d)

@@ -1,0 +1,69 @@
+"""4-bit grouped weights for small batches: the checkpoint's own Q4 blocks, multiplied directly.
+
+Decoding a few tokens is bound by reading the weights. A GGUF file in Q4_0 or Q4_1 stores each
+run of 32 inputs of an output row as 4-bit codes with a scale (and, Q4_1, an offset), so keeping
+those codes instead of the dequantized bfloat16 matrix reads a quarter of the bytes. PyTorch's
+CPU kernel `_weight_int4pack_mm_for_cpu` multiplies by exactly this form,
+
+    w[n, k] = (codes[n, k] - 8) * scales[n, k // 32] + zeros[n, k // 32]
+
+so the weights are the file's own values (scales and zeros rounded to the activation dtype), not
+a second quantization. Wide batches (prefill) stay on the bfloat16 GEMM, which is faster there.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+GROUP_SIZE = 32  # inputs per scale/zero: the block size of GGUF's Q4_0 and Q4_1
+
+
+@dataclass(frozen=True)
+class Int4Groups:
+    """One weight [N, K] as 4-bit codes with a scale and a zero per group of 32 inputs."""
+
+    codes: torch.Tensor  # [N, K] uint8 in 0..15
+    scales: torch.Tensor  # [N, K / 32] float32
+    zeros: torch.Tensor  # [N, K / 32] float32: the value of code 8
+
+    def dequantize(self) -> torch.Tensor:  # [N, K] float32
+        scales = self.scales.repeat_interleave(GROUP_SIZE, dim=1)
+        zeros = self.zeros.repeat_interleave(GROUP_SIZE, dim=1)
+        return (self.codes.float() - 8) * scales + zeros
+
+    @staticmethod
+    def cat(parts: list[Int4Groups]) -> Int4Groups:
+        """Stack weights along the output axis (q|k|v, gate|up)."""
+        return Int4Groups(
+            torch.cat([p.codes for p in parts]),
+            torch.cat([p.scales for p in parts]),
+            torch.cat([p.zeros for p in parts]),
+        )
+
+
+@dataclass(frozen=True)
+class PackedInt4:
+    """`Int4Groups` in the CPU kernel's layout, ready to multiply."""
+
+    weight: torch.Tensor  # [N, K / 2] uint8, the kernel's tiling
+    scales_and_zeros: torch.Tensor  # [K / 32, N, 2] in the activation dtype
+
+
+def can_use_int4(device: torch.device, dtype: torch.dtype) -> bool:
+    """The CPU kernel is fast for bfloat16 activations (float32 ones take a slow path)."""
+    return device.type == "cpu" and dtype == torch.bfloat16
+
+
+def pack_int4(groups: Int4Groups, dtype: torch.dtype) -> PackedInt4:
+    weight = torch.ops.aten._convert_weight_to_int4pack_for_cpu(groups.codes.to(torch.int32), 1)
+    scales_and_zeros = torch.stack((groups.scales.t(), groups.zeros.t()), dim=-1)  # [K/32, N, 2]
+    return PackedInt4(weight, scales_and_zeros.to(dtype).contiguous())
+
+
+def int4_linear(x: torch.Tensor, packed: PackedInt4) -> torch.Tensor:
+    """x [M, K] @ w.T -> [M, N]."""
+    return torch.ops.aten._weight_int4pack_mm_for_cpu(
+        x, packed.weight, GROUP_SIZE, packed.scales_and_zeros
+    )
