@@ -36,8 +36,9 @@ class LlamaAttention(nn.Module):
         self.num_heads, self.num_kv_heads = config.num_heads, config.num_kv_heads
         self.head_dim = config.head_dim
         q_size, kv_size = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
-        self.split_sizes = [q_size, kv_size, kv_size]
-        self.qkv_proj = MergedLinear(config.hidden_size, self.split_sizes, config.attention_bias)
+        self.qkv_proj = MergedLinear(
+            config.hidden_size, [q_size, kv_size, kv_size], config.attention_bias
+        )
         self.o_proj = Linear(q_size, config.hidden_size, bias=False)
 
     def forward(
@@ -48,10 +49,13 @@ class LlamaAttention(nn.Module):
         meta: AttentionMetadata,
     ) -> torch.Tensor:
         T = x.shape[0]
-        q, k, v = self.qkv_proj(x).split(self.split_sizes, dim=-1)
-        q = apply_rotary(q.view(T, self.num_heads, self.head_dim), *rope)
-        k = apply_rotary(k.view(T, self.num_kv_heads, self.head_dim), *rope)
-        out = attn.forward(self.layer_id, q.reshape(T, -1), k.reshape(T, -1), v, meta)
+        H, Hkv, D = self.num_heads, self.num_kv_heads, self.head_dim
+        qkv = self.qkv_proj(x)  # [T, (H + 2*Hkv) * D]
+        # q and k are adjacent columns: rotate them as one [T, H + Hkv, D] tensor
+        qk = apply_rotary(qkv[:, : (H + Hkv) * D].view(T, H + Hkv, D), *rope)
+        q, k = qk[:, :H].reshape(T, H * D), qk[:, H:].reshape(T, Hkv * D)
+        v = qkv[:, (H + Hkv) * D :]  # [T, Hkv * D]
+        out = attn.forward(self.layer_id, q, k, v, meta)
         return self.o_proj(out)
 
 
