@@ -173,3 +173,22 @@ def test_small_groups_stay_in_the_own_parts():
         kv = torch.tensor([prefix + [1000 + i] for i in range(n)])
         levels, _ = find_shared_segments(kv, torch.full((n,), 300), min_saving=1024)
         assert len(levels) == expected
+
+
+def test_even_compute_bound_extend_runs_as_one_padded_problem():
+    """Questions of uneven length over one shared few-shot prefix: the causal own parts alone
+    would go one call per request, whole sequences pad well, so no segment is split off."""
+    rng = random.Random(5)
+    slots = SlotSource()
+    prefix = slots.take(300)
+    requests = []
+    for _ in range(6):
+        new = rng.randint(16, 30)
+        requests.append((prefix + slots.take(new), new))
+    out, q, pool, meta = run_backend(requests, torch.float32)
+    assert meta.shared_levels == () and isinstance(meta.own, PaddedOwn)
+    torch.testing.assert_close(out, reference(requests, q, pool), rtol=1e-4, atol=1e-5)
+    # Decode-sized extends over the same prefix keep the segment (it saves K/V reads).
+    short = [(prefix + slots.take(4), 4) for _ in range(6)]
+    _, _, _, meta = run_backend(short, torch.float32)
+    assert len(meta.shared_levels) == 1
