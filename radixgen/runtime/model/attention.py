@@ -110,9 +110,7 @@ class AttentionMetadata:
     own: PaddedOwn | RaggedOwn
 
 
-def _pads_wastefully(
-    B: int, E: int, kv_lens: torch.Tensor, extend_lens: torch.Tensor
-) -> bool:
+def _pads_wastefully(B: int, E: int, kv_lens: torch.Tensor, extend_lens: torch.Tensor) -> bool:
     """Would padding every request to E queries and the longest KV (`kv_lens`, [B]) multiply the
     (query, key) pairs of causal attention by more than `RAGGED_WASTE_RATIO`?"""
     padded_pairs = B * E * int(kv_lens.max())

@@ -149,10 +149,13 @@ def iter_gguf_int4(path: Path, config: ModelConfig) -> Iterator[tuple[str, Int4G
         codes, scales, zeros = _q4_blocks(np.asarray(tensor.data), has_min)
         if heads is not None:
             codes, scales, zeros = (_unpermute_rows(a, heads) for a in (codes, scales, zeros))
-        yield name, Int4Groups(
-            torch.from_numpy(np.ascontiguousarray(codes)),
-            torch.from_numpy(np.ascontiguousarray(scales)),
-            torch.from_numpy(np.ascontiguousarray(zeros)),
+        yield (
+            name,
+            Int4Groups(
+                torch.from_numpy(np.ascontiguousarray(codes)),
+                torch.from_numpy(np.ascontiguousarray(scales)),
+                torch.from_numpy(np.ascontiguousarray(zeros)),
+            ),
         )
 
 
