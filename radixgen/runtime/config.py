@@ -75,7 +75,7 @@ class EngineConfig:
         False, "Decode grammar-forced text token by token (the constrained-decoding baseline)."
     )
     int4_max_tokens: int = _opt(
-        16,
+        8,
         "Forward passes of at most this many tokens multiply by the GGUF file's own 4-bit "
         "weights (Q4_0/Q4_1 blocks, as stored; bfloat16 on CPU only), reading a quarter of the "
         "bytes; wider ones use the bfloat16 weights. 0: always bfloat16.",

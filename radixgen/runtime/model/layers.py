@@ -88,9 +88,14 @@ def can_prepack(weight: torch.Tensor) -> bool:
     )
 
 
+# oneDNN picks the packed layout for this many input rows; the packed weight serves every batch
+# size. Measured over SmolLM2's 30 layers on 2 cores (Xeon, 2026-12-01), 64 beats 1 at every
+# width: 22 vs 29 ms at 1 row, 32 vs 39 ms at 12, 202 vs 245 ms at 1,024.
+PREPACK_ROWS_HINT = 64
+
+
 def prepack_weight(weight: torch.Tensor) -> torch.Tensor:
-    # The batch-size hint 1 suits decoding; the packed weight serves every batch size.
-    return torch.ops.mkldnn._reorder_linear_weight(weight.detach(), 1)
+    return torch.ops.mkldnn._reorder_linear_weight(weight.detach(), PREPACK_ROWS_HINT)
 
 
 def packed_linear(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None):
