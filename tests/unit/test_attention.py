@@ -17,12 +17,14 @@ from radixgen.runtime.cache.kv_pool import KVPool
 from radixgen.runtime.cache.req_table import ReqToTokenTable
 from radixgen.runtime.model import attention
 from radixgen.runtime.model.attention import (
+    InPlaceOwn,
     PaddedOwn,
     RaggedOwn,
     TorchSDPABackend,
     find_shared_segments,
 )
 from radixgen.runtime.model.batch import ForwardBatch, ForwardMode
+from radixgen.runtime.model.decode_kernel import load_decode_attention
 
 H, HKV, D = 6, 2, 16
 
@@ -60,12 +62,12 @@ def tree_batch(rng: random.Random, decode: bool) -> list[tuple[list[int], int]]:
     return requests
 
 
-def run_backend(requests, dtype):
+def run_backend(requests, dtype, decode_kernel=None):
     max_len = max(len(s) for s, _ in requests)
     size = max(max(s) for s, _ in requests)
     pool = KVPool(size, 1, HKV, D, dtype)
     table = ReqToTokenTable(len(requests) + 1, max_len + 1)
-    backend = TorchSDPABackend(pool, table, H, HKV)
+    backend = TorchSDPABackend(pool, table, H, HKV, decode_kernel)
     gen = torch.Generator().manual_seed(0)
     pool.k[0].copy_(torch.randn(pool.k[0].shape, generator=gen))
     pool.v[0].copy_(torch.randn(pool.v[0].shape, generator=gen))
@@ -142,6 +144,21 @@ def test_bfloat16_cascade_attention_is_close():
     requests = tree_batch(random.Random(99), decode=True)
     out, q, pool, _ = run_backend(requests, torch.bfloat16)
     torch.testing.assert_close(out.float(), reference(requests, q, pool), rtol=0.02, atol=0.02)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_native_decode_reads_own_parts_in_place(seed, monkeypatch):
+    """With the native kernel, decode own parts skip the gather; segments still merge in."""
+    kernel = load_decode_attention(torch.device("cpu"), torch.bfloat16)
+    if kernel is None:
+        pytest.skip("no C compiler for the native kernel")
+    monkeypatch.setattr(attention, "MIN_SEGMENT_SAVING", 0)
+    requests = tree_batch(random.Random(seed), decode=True)
+    out, q, pool, meta = run_backend(requests, torch.bfloat16, kernel)
+    assert isinstance(meta.own, InPlaceOwn)
+    torch.testing.assert_close(out.float(), reference(requests, q, pool), rtol=0.02, atol=0.02)
+    torch_out, *_ = run_backend(requests, torch.bfloat16)
+    torch.testing.assert_close(out.float(), torch_out.float(), rtol=0.02, atol=0.02)
 
 
 def test_segments_follow_the_prefix_tree():

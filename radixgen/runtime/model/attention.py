@@ -17,6 +17,9 @@ splits into segments, merged by their log-sum-exp:
                      short extends all requests as one padded, masked problem; for long extends
                      one problem per request (causal over its new tokens, none of the padding).
 
+Decode steps with a native kernel (`decode_kernel.py`, bfloat16 on the CPU) read each request's
+own part in place from the pool instead of gathering and padding it.
+
 With 60 forks of 10 programs decoding over 400-token articles, a decode step reads one copy of
 each article instead of six and runs 10 wide attention problems instead of 60 narrow ones.
 
@@ -34,6 +37,7 @@ import torch
 from radixgen.runtime.cache.kv_pool import KVPool
 from radixgen.runtime.cache.req_table import ReqToTokenTable
 from radixgen.runtime.model.batch import ForwardBatch, ForwardMode
+from radixgen.runtime.model.decode_kernel import DecodeAttentionKernel
 
 MIN_SHARED_PREFIX = 16  # shorter common prefixes are not worth a second attention call
 # A segment costs a few kernel calls per layer; it pays off once the KV it stops re-reading,
@@ -103,11 +107,19 @@ class RaggedOwn:
 
 
 @dataclass(frozen=True)
+class InPlaceOwn:
+    """Decode with the native kernel: each request's own KV read where it lies in the pool."""
+
+    slots: torch.Tensor  # [B, Lo] slots after each request's shared segments; row b: lens[b]
+    lens: torch.Tensor  # [B] own KV length of each request
+
+
+@dataclass(frozen=True)
 class AttentionMetadata:
     out_cache_loc: torch.Tensor  # [T] slots receiving the new K/V
     # Shared segments by nesting depth; the segments of one depth have disjoint tokens.
     shared_levels: tuple[tuple[TokenSegment, ...], ...]
-    own: PaddedOwn | RaggedOwn
+    own: PaddedOwn | RaggedOwn | InPlaceOwn
 
 
 def _pads_wastefully(B: int, E: int, kv_lens: torch.Tensor, extend_lens: torch.Tensor) -> bool:
@@ -173,13 +185,21 @@ class TorchSDPABackend:
     """Attention built on PyTorch's scaled-dot-product / flash-attention kernels."""
 
     def __init__(
-        self, kv_pool: KVPool, req_table: ReqToTokenTable, num_heads: int, num_kv_heads: int
+        self,
+        kv_pool: KVPool,
+        req_table: ReqToTokenTable,
+        num_heads: int,
+        num_kv_heads: int,
+        decode_kernel: DecodeAttentionKernel | None = None,
     ):
+        """`decode_kernel`: decode steps' own parts read the pool in place through it (no
+        gather, no padding); None keeps every step on the torch kernels."""
         self.kv_pool = kv_pool
         self.req_table = req_table
         self.num_heads = num_heads
         self.num_kv_heads = num_kv_heads
         self.group = num_heads // num_kv_heads
+        self.decode_kernel = decode_kernel
 
     def prepare(self, batch: ForwardBatch) -> AttentionMetadata:
         seq_lens, extend_lens = batch.seq_lens, batch.extend_lens
@@ -202,7 +222,9 @@ class TorchSDPABackend:
             # The own parts alone are short and causal, so they pad badly, but whole sequences
             # pad well: one padded problem beats a call per request plus a merge per level.
             levels, own_start, own_lens, ragged = (), torch.zeros_like(own_start), seq_lens, False
-        if ragged:
+        if batch.mode is ForwardMode.DECODE and self.decode_kernel is not None:
+            own = InPlaceOwn(_own_slots(kv_indices, own_start, own_lens), own_lens)
+        elif ragged:
             own = RaggedOwn(
                 tuple(extend_lens.tolist()),
                 tuple(
@@ -228,8 +250,7 @@ class TorchSDPABackend:
         own_len = int(own_lens.max())
         offsets = torch.arange(own_len)  # [Lo]
         in_range = offsets[None, :] < own_lens[:, None]  # [B, Lo]
-        columns = torch.where(in_range, own_start[:, None] + offsets[None, :], 0)
-        own = torch.where(in_range, kv_indices.gather(1, columns), 0)  # [B, Lo]
+        own = torch.where(in_range, _own_slots(kv_indices, own_start, own_lens), 0)  # [B, Lo]
         key_pos = own_start[:, None] + offsets[None, :]  # [B, Lo]
         query_pos = prefix_lens[:, None] + torch.arange(E)[None, :]  # [B, E]
         # Padded query rows (e >= extend_len) see keys up to their fake position; their outputs
@@ -263,7 +284,9 @@ class TorchSDPABackend:
         v = v.view(T, Hkv, D)
         self.kv_pool.write(layer, meta.out_cache_loc, k, v)
         k_buf, v_buf = self.kv_pool.buffers(layer)  # [S, Hkv, D] each
-        if isinstance(meta.own, RaggedOwn):
+        if isinstance(meta.own, InPlaceOwn):
+            out, lse = self.decode_kernel(q, k_buf, v_buf, meta.own.slots, meta.own.lens)
+        elif isinstance(meta.own, RaggedOwn):
             out, lse = self._ragged_own(q.view(T, Hkv, G, D), k, v, k_buf, v_buf, meta.own)
         else:
             out, lse = self._padded_own_attention(q, k_buf, v_buf, meta.own)
@@ -352,6 +375,16 @@ class TorchSDPABackend:
             torch.cat(parts_lse),
         )
         return out.index_copy(0, tokens, merged_out), lse.index_copy(0, tokens, merged_lse)
+
+
+def _own_slots(kv_indices: torch.Tensor, own_start: torch.Tensor, own_lens: torch.Tensor):
+    """[B, Lo] KV slots of each request's own part, from column own_start[b] of `kv_indices`
+    ([B, L]); entries past own_lens[b] are arbitrary slots of the row (mask or ignore them)."""
+    if not bool(own_start.any()):
+        return kv_indices[:, : int(own_lens.max())]
+    offsets = torch.arange(int(own_lens.max()))  # [Lo]
+    columns = (own_start[:, None] + offsets[None, :]).clamp(max=kv_indices.shape[1] - 1)
+    return kv_indices.gather(1, columns)
 
 
 def _gather_kv(k_buf, v_buf, slots: torch.Tensor, rows: int):

@@ -16,6 +16,7 @@ from radixgen.runtime.cache.req_table import ReqToTokenTable
 from radixgen.runtime.config import EngineConfig, ModelConfig
 from radixgen.runtime.model.attention import TorchSDPABackend
 from radixgen.runtime.model.batch import ForwardBatch
+from radixgen.runtime.model.decode_kernel import load_decode_attention
 from radixgen.runtime.model.int4 import can_use_int4
 from radixgen.runtime.model.layers import rope_inv_freq
 from radixgen.runtime.model.llama import LlamaForCausalLM
@@ -63,7 +64,11 @@ class ModelRunner:
             engine_config.max_running_requests + 1, context_len, self.device
         )
         self.attention = TorchSDPABackend(
-            self.kv_pool, self.req_table, model_config.num_heads, model_config.num_kv_heads
+            self.kv_pool,
+            self.req_table,
+            model_config.num_heads,
+            model_config.num_kv_heads,
+            load_decode_attention(self.device, self.dtype),
         )
 
     def forward(self, batch: ForwardBatch) -> torch.Tensor:

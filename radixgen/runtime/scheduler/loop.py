@@ -111,6 +111,9 @@ class Scheduler:
             "finished_requests": 0,
             "aborted_requests": 0,
             "forced_tokens": 0,
+            "prefill_batches": 0,
+            "prefill_tokens": 0,
+            "prefill_seconds": 0.0,
             "decode_steps": 0,
             "decode_seconds": 0.0,
         }
@@ -264,6 +267,7 @@ class Scheduler:
         )
 
     def _run_prefill(self, batch: PrefillBatch) -> None:
+        started = time.perf_counter()
         forward_batch, layout = build_extend(batch.reqs, batch.extend_lens, self.runner.req_table)
         logits = self.runner.forward(forward_batch)  # [R, V]
         to_sample: list[Req] = []
@@ -304,6 +308,9 @@ class Scheduler:
         if self.chunked is not None and self.chunked.is_finished:
             chunked, self.chunked = self.chunked, None
             self._finish(chunked)
+        self.counters["prefill_batches"] += 1
+        self.counters["prefill_tokens"] += sum(batch.extend_lens)
+        self.counters["prefill_seconds"] += time.perf_counter() - started
 
     # --- decode ----------------------------------------------------------------------------
 

@@ -1,0 +1,77 @@
+"""Decode attention that reads the KV pool in place (native kernel `kernels/decode_attention.c`).
+
+The torch path of a decode step gathers every request's K/V into a padded [B, Hkv, L, D] copy
+and runs flash attention over it: the cache is read twice and written once, plus the padding to
+the longest request. This kernel reads each request's slots where they lie, once. It serves
+bfloat16 pools on the CPU; `load_decode_attention` returns None elsewhere or when native kernels
+are unavailable (see `native.py`), and the caller keeps the torch path.
+"""
+
+from __future__ import annotations
+
+import ctypes
+
+import torch
+
+from radixgen.runtime.model.native import load_kernel
+
+_i64, _ptr = ctypes.c_int64, ctypes.c_void_p
+
+
+class DecodeAttentionKernel:
+    def __init__(self, library: ctypes.PyDLL):
+        self._run = library.decode_attention_bf16
+        self._run.restype = ctypes.c_int
+        self._run.argtypes = [_ptr, _ptr, _ptr, _ptr, _ptr, _i64, _i64, _i64, _i64, _i64]
+        self._run.argtypes += [ctypes.c_float, ctypes.c_int, _ptr, _ptr]
+
+    def __call__(
+        self,
+        q: torch.Tensor,  # [B, H*D] bfloat16, one query token per request
+        k_buf: torch.Tensor,  # [S, Hkv, D] bfloat16, one layer of the pool
+        v_buf: torch.Tensor,  # [S, Hkv, D]
+        slots: torch.Tensor,  # [B, L] int64; row b's first lens[b] entries are its own KV
+        lens: torch.Tensor,  # [B] int64
+    ) -> tuple[torch.Tensor, torch.Tensor]:  # out [B, Hkv, G, D], lse [B, Hkv, G] float32
+        """Each request's query against its own slots: softmax(q k^T / sqrt(D)) v, with the
+        log-sum-exp for merging with other key segments. A request with no slots gets lse
+        -1e30 (its weight vanishes in a merge) and zero output."""
+        Hkv, D = k_buf.shape[1:]
+        B, L = slots.shape
+        G = q.shape[1] // (Hkv * D)
+        tensors = (q, k_buf, v_buf)
+        if any(t.dtype != torch.bfloat16 or t.device.type != "cpu" for t in tensors):
+            raise ValueError("the native decode kernel takes bfloat16 CPU tensors")
+        q = q.contiguous()
+        slots, lens = slots.contiguous(), lens.contiguous()
+        if not (k_buf.is_contiguous() and v_buf.is_contiguous()):
+            raise ValueError("the KV pool buffers must be contiguous")
+        out = torch.empty(B, Hkv, G, D, dtype=torch.float32)
+        lse = torch.empty(B, Hkv, G, dtype=torch.float32)
+        status = self._run(
+            q.data_ptr(),
+            k_buf.data_ptr(),
+            v_buf.data_ptr(),
+            slots.data_ptr(),
+            lens.data_ptr(),
+            B,
+            L,
+            Hkv,
+            G,
+            D,
+            D**-0.5,
+            torch.get_num_threads(),
+            out.data_ptr(),
+            lse.data_ptr(),
+        )
+        if status != 0:
+            raise ValueError(f"native decode kernel: group {G} or head_dim {D} over its limits")
+        return out, lse
+
+
+def load_decode_attention(device: torch.device, dtype: torch.dtype) -> DecodeAttentionKernel | None:
+    """The kernel for a pool of `dtype` on `device`, or None (use torch)."""
+    if device.type != "cpu" or dtype != torch.bfloat16:
+        return None
+    library = load_kernel("decode_attention")
+    return None if library is None else DecodeAttentionKernel(library)

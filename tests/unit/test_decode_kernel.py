@@ -1,0 +1,93 @@
+"""The native decode kernel (kernels/decode_attention.c) against float32 attention in torch."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from radixgen.runtime.model import native
+from radixgen.runtime.model.decode_kernel import load_decode_attention
+
+
+@pytest.fixture(scope="module")
+def kernel():
+    found = load_decode_attention(torch.device("cpu"), torch.bfloat16)
+    if found is None:
+        pytest.skip("no C compiler for the native kernel")
+    return found
+
+
+def reference(q, k_buf, v_buf, slots, lens, kv_heads):
+    """Per request: softmax(q k^T / sqrt(D)) v over its slots, float32; (out, lse) per head."""
+    B, D = slots.shape[0], k_buf.shape[-1]
+    group = q.shape[1] // (kv_heads * D)
+    outs, lses = [], []
+    for b in range(B):
+        rows = slots[b, : int(lens[b])]
+        k = k_buf[rows].float().transpose(0, 1)  # [Hkv, n, D]
+        v = v_buf[rows].float().transpose(0, 1)
+        query = q[b].float().view(kv_heads, group, D)
+        scores = query @ k.transpose(1, 2) * D**-0.5  # [Hkv, G, n]
+        outs.append(torch.softmax(scores, -1) @ v)
+        lses.append(torch.logsumexp(scores, -1))
+    return torch.stack(outs), torch.stack(lses)
+
+
+@pytest.mark.parametrize(
+    ("kv_heads", "group", "head_dim"),
+    [(3, 3, 64), (2, 4, 128), (1, 1, 48), (4, 2, 16)],  # 64 and 128 have unrolled variants
+)
+def test_matches_float32_attention_over_scattered_slots(kernel, kv_heads, group, head_dim):
+    gen = torch.Generator().manual_seed(head_dim)
+    pool_size, batch = 3000, 7
+    k_buf = torch.randn(pool_size, kv_heads, head_dim, generator=gen).bfloat16()
+    v_buf = torch.randn(pool_size, kv_heads, head_dim, generator=gen).bfloat16()
+    # Lengths straddle the 64-key blocks; slots are scattered and may repeat across requests.
+    lens = torch.tensor([1, 63, 64, 65, 200, 7, 129])
+    slots = torch.randint(0, pool_size, (batch, int(lens.max())), generator=gen)
+    q = torch.randn(batch, kv_heads * group * head_dim, generator=gen).bfloat16()
+    out, lse = kernel(q, k_buf, v_buf, slots, lens)
+    ref_out, ref_lse = reference(q, k_buf, v_buf, slots, lens, kv_heads)
+    assert out.shape == (batch, kv_heads, group, head_dim) and lse.shape == (batch, kv_heads, group)
+    torch.testing.assert_close(out, ref_out, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(lse, ref_lse, rtol=1e-5, atol=1e-5)
+
+
+def test_a_request_without_keys_gets_no_weight(kernel):
+    k_buf = torch.randn(10, 1, 64).bfloat16()
+    q = torch.randn(2, 64).bfloat16()
+    slots = torch.tensor([[3, 4], [0, 0]])
+    out, lse = kernel(q, k_buf, k_buf, slots, torch.tensor([2, 0]))
+    assert bool((out[1] == 0).all()) and float(lse[1].max()) < -1e29
+    assert bool(torch.isfinite(out).all())
+
+
+def test_rejects_what_it_cannot_read(kernel):
+    k_buf = torch.randn(10, 1, 64)
+    with pytest.raises(ValueError, match="bfloat16"):
+        kernel(
+            torch.randn(1, 64), k_buf, k_buf, torch.zeros(1, 1, dtype=torch.int64), torch.ones(1)
+        )
+    big_group = torch.randn(1, 17 * 64).bfloat16()
+    k16 = k_buf.bfloat16()
+    with pytest.raises(ValueError, match="limits"):
+        kernel(
+            big_group,
+            k16,
+            k16,
+            torch.zeros(1, 1, dtype=torch.int64),
+            torch.ones(1, dtype=torch.int64),
+        )
+
+
+def test_disabled_or_without_a_compiler_the_torch_path_stays(monkeypatch):
+    native.load_kernel.cache_clear()
+    try:
+        monkeypatch.setenv("RADIXGEN_NATIVE_KERNELS", "0")
+        assert load_decode_attention(torch.device("cpu"), torch.bfloat16) is None
+        monkeypatch.delenv("RADIXGEN_NATIVE_KERNELS")
+        monkeypatch.setenv("CC", "no-such-compiler-radixgen")
+        assert load_decode_attention(torch.device("cpu"), torch.bfloat16) is None
+        assert load_decode_attention(torch.device("cpu"), torch.float32) is None
+    finally:
+        native.load_kernel.cache_clear()
