@@ -192,9 +192,10 @@ def test_small_groups_stay_in_the_own_parts():
         assert len(levels) == expected
 
 
-def test_even_compute_bound_extend_runs_as_one_padded_problem():
-    """Questions of uneven length over one shared few-shot prefix: the causal own parts alone
-    would go one call per request, whole sequences pad well, so no segment is split off."""
+def test_few_shot_extend_keeps_the_segment_and_pads_the_short_own_parts():
+    """Questions of uneven length over one shared few-shot prefix: their causal own parts pad
+    badly alone but cost little next to the prefix, so they run as one padded problem beside
+    one shared segment (no call per request)."""
     rng = random.Random(5)
     slots = SlotSource()
     prefix = slots.take(300)
@@ -203,9 +204,18 @@ def test_even_compute_bound_extend_runs_as_one_padded_problem():
         new = rng.randint(16, 30)
         requests.append((prefix + slots.take(new), new))
     out, q, pool, meta = run_backend(requests, torch.float32)
+    assert len(meta.shared_levels) == 1 and isinstance(meta.own, PaddedOwn)
+    torch.testing.assert_close(out, reference(requests, q, pool), rtol=1e-4, atol=1e-5)
+
+
+def test_uneven_own_parts_of_even_sequences_run_as_one_padded_problem(monkeypatch):
+    """Three requests share a 300-token prefix, a fourth has 600 cached tokens of its own: the
+    own parts (20 / 620 keys) pad badly even next to the segment, whole sequences pad well."""
+    monkeypatch.setattr(attention, "MIN_SEGMENT_SAVING", 0)
+    slots = SlotSource()
+    prefix = slots.take(300)
+    requests = [(prefix + slots.take(20), 20) for _ in range(3)]
+    requests.append((slots.take(620), 20))
+    out, q, pool, meta = run_backend(requests, torch.float32)
     assert meta.shared_levels == () and isinstance(meta.own, PaddedOwn)
     torch.testing.assert_close(out, reference(requests, q, pool), rtol=1e-4, atol=1e-5)
-    # Decode-sized extends over the same prefix keep the segment (it saves K/V reads).
-    short = [(prefix + slots.take(4), 4) for _ in range(6)]
-    _, _, _, meta = run_backend(short, torch.float32)
-    assert len(meta.shared_levels) == 1

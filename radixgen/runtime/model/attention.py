@@ -49,18 +49,23 @@ MIN_SEGMENT_SAVING = 1024
 RAGGED_WASTE_RATIO = 2.0
 # Shared segments save re-reading K/V, which bounds decode-like steps (a few queries per request).
 # From this many new tokens per request an extend is compute-bound, and when segments would leave
-# own parts that go one call per request, one padded problem over whole sequences is faster
-# (MMLU-style batches of questions over one few-shot prefix: 1.4x faster prefill on 2 cores).
+# own parts that go one call per request, one padded problem over whole sequences is faster.
+# (Few-shot batches, MMLU-style questions over one prefix, keep the segment: their short own
+# parts pad well next to it, and segment + padded own parts beat one padded problem by ~15%.)
 MIN_COMPUTE_BOUND_EXTEND = 16
 
 
 def _flash_with_lse(q, k, v, mask=None, is_causal=False):
     """(out [N, H, L, D], logsumexp [N, H, L] float32); mask is additive, q's dtype; is_causal
-    aligns query i with key i (square problems)."""
+    aligns query i with key i (square problems). k and v may have fewer heads than q (grouped
+    query attention: query head h reads KV head h // (H / Hkv))."""
     if q.device.type == "cpu":
         return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
             q, k, v, is_causal=is_causal, attn_mask=mask
         )
+    if k.shape[1] != q.shape[1]:
+        k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
+        v = v.repeat_interleave(q.shape[1] // v.shape[1], dim=1)
     scores = (q.float() @ k.float().transpose(-1, -2)) * q.shape[-1] ** -0.5
     if is_causal:
         L, S = scores.shape[-2:]
@@ -92,7 +97,7 @@ class PaddedOwn:
     """Every request's own part as one problem, padded to [B, E] queries and [B, Lo] keys."""
 
     slots: torch.Tensor  # [B * Lo] KV slots after each request's shared segments, 0 = pad
-    mask: torch.Tensor  # [B, 1, G*E, Lo] additive (0 or -inf), q's dtype
+    mask: torch.Tensor  # [B, 1, E, Lo] additive (0 or -inf), q's dtype
     q_dest: torch.Tensor | None  # [T] row of each flat token in the padded [B*E] layout
     batch_size: int  # B
     max_extend: int  # E
@@ -122,12 +127,26 @@ class AttentionMetadata:
     own: PaddedOwn | RaggedOwn | InPlaceOwn
 
 
-def _pads_wastefully(B: int, E: int, kv_lens: torch.Tensor, extend_lens: torch.Tensor) -> bool:
+def _pads_wastefully(
+    B: int, E: int, kv_lens: torch.Tensor, extend_lens: torch.Tensor, shared_pairs: int = 0
+) -> bool:
     """Would padding every request to E queries and the longest KV (`kv_lens`, [B]) multiply the
-    (query, key) pairs of causal attention by more than `RAGGED_WASTE_RATIO`?"""
-    padded_pairs = B * E * int(kv_lens.max())
-    exact_pairs = float((extend_lens * (kv_lens - extend_lens / 2)).sum())
+    (query, key) pairs of the batch's attention by more than `RAGGED_WASTE_RATIO`? The shared
+    segments' `shared_pairs` count on both sides: short own parts behind a long shared prefix
+    may pad badly on their own and still cost little next to the prefix."""
+    padded_pairs = B * E * int(kv_lens.max()) + shared_pairs
+    exact_pairs = float((extend_lens * (kv_lens - extend_lens / 2)).sum()) + shared_pairs
     return padded_pairs > RAGGED_WASTE_RATIO * exact_pairs
+
+
+def _shared_pairs(levels, extend_lens: torch.Tensor) -> int:
+    """(query, key) pairs of the shared segments: each group's new tokens x its prefix."""
+    return sum(
+        int(extend_lens.sum() if segment.rows is None else extend_lens[segment.rows].sum())
+        * len(segment.slots)
+        for level in levels
+        for segment in level
+    )
 
 
 def find_shared_segments(
@@ -212,15 +231,16 @@ class TorchSDPABackend:
         E = 1 if batch.mode is ForwardMode.DECODE else int(extend_lens.max())
         levels, own_start = find_shared_segments(kv_indices, prefix_lens)
         own_lens = seq_lens - own_start  # [B]
-        ragged = _pads_wastefully(B, E, own_lens, extend_lens)
+        shared_pairs = _shared_pairs(levels, extend_lens)
+        ragged = _pads_wastefully(B, E, own_lens, extend_lens, shared_pairs)
         if (
             ragged
             and levels
             and E >= MIN_COMPUTE_BOUND_EXTEND
             and not _pads_wastefully(B, E, seq_lens, extend_lens)
         ):
-            # The own parts alone are short and causal, so they pad badly, but whole sequences
-            # pad well: one padded problem beats a call per request plus a merge per level.
+            # The own parts pad badly even next to the segments, but whole sequences pad well:
+            # one padded problem beats a call per request plus a merge per level.
             levels, own_start, own_lens, ragged = (), torch.zeros_like(own_start), seq_lens, False
         if batch.mode is ForwardMode.DECODE and self.decode_kernel is not None:
             own = InPlaceOwn(_own_slots(kv_indices, own_start, own_lens), own_lens)
@@ -256,8 +276,7 @@ class TorchSDPABackend:
         # Padded query rows (e >= extend_len) see keys up to their fake position; their outputs
         # are discarded. Every row allows at least its first own key, so no row is all -inf.
         allowed = (key_pos[:, None, :] <= query_pos[:, :, None]) & in_range[:, None, :]
-        G = self.group
-        allowed = allowed[:, None, None].expand(B, 1, G, E, own_len).reshape(B, 1, G * E, own_len)
+        allowed = allowed[:, None]  # [B, 1, E, Lo]: the same for every head
         mask = torch.zeros(allowed.shape, dtype=self.kv_pool.k.dtype)
         mask.masked_fill_(~allowed, float("-inf"))
         q_dest = None
@@ -306,13 +325,12 @@ class TorchSDPABackend:
             padded = q.new_zeros(B * E, q.shape[1])
             padded[own.q_dest] = q
             q = padded
-        # [B*E, H*D] -> [B, E, Hkv, G, D] -> [B, Hkv, G, E, D] -> [B, Hkv, G*E, D]
-        q = q.view(B, E, Hkv, G, D).permute(0, 2, 3, 1, 4).reshape(B, Hkv, G * E, D)
+        q = q.view(B, E, Hkv * G, D).transpose(1, 2)  # [B, H, E, D]
         own_k, own_v = _gather_kv(k_buf, v_buf, own.slots, B)  # [B, Hkv, Lo, D] each
-        out, lse = _flash_with_lse(q, own_k, own_v, own.mask)  # [B, Hkv, G*E, D], [B, Hkv, G*E]
-        # [B, Hkv, G, E, *] -> [B, E, Hkv, G, *] -> [B*E, Hkv, G, *]
-        out = out.reshape(B, Hkv, G, E, D).permute(0, 3, 1, 2, 4).reshape(B * E, Hkv, G, D)
-        lse = lse.reshape(B, Hkv, G, E).permute(0, 3, 1, 2).reshape(B * E, Hkv, G)
+        # Grouped-query attention in the kernel: query head h reads KV head h // G.
+        out, lse = _flash_with_lse(q, own_k, own_v, own.mask)  # [B, H, E, D], [B, H, E]
+        out = out.transpose(1, 2).reshape(B * E, Hkv, G, D)
+        lse = lse.transpose(1, 2).reshape(B * E, Hkv, G)
         if own.q_dest is not None:
             out, lse = out[own.q_dest], lse[own.q_dest]
         return out, lse
