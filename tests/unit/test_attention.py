@@ -152,13 +152,30 @@ def test_native_decode_reads_own_parts_in_place(seed, monkeypatch):
     kernel = load_decode_attention(torch.device("cpu"), torch.bfloat16)
     if kernel is None:
         pytest.skip("no C compiler for the native kernel")
-    monkeypatch.setattr(attention, "MIN_SEGMENT_SAVING", 0)
+    monkeypatch.setattr(attention, "MIN_IN_PLACE_SEGMENT_SAVING", 0)
     requests = tree_batch(random.Random(seed), decode=True)
     out, q, pool, meta = run_backend(requests, torch.bfloat16, kernel)
     assert isinstance(meta.own, InPlaceOwn)
+    if len(requests) > 1:
+        assert meta.shared_levels, "a batch with shared prefixes found none"
     torch.testing.assert_close(out.float(), reference(requests, q, pool), rtol=0.02, atol=0.02)
     torch_out, *_ = run_backend(requests, torch.bfloat16)
     torch.testing.assert_close(out.float(), torch_out.float(), rtol=0.02, atol=0.02)
+
+
+def test_in_place_decode_splits_off_only_widely_shared_prefixes():
+    """Six forks over a 650-token article re-read it cheaply in place: no segment. Without the
+    kernel the same batch splits the article off (it saves 3,250 gathered tokens)."""
+    kernel = load_decode_attention(torch.device("cpu"), torch.bfloat16)
+    if kernel is None:
+        pytest.skip("no C compiler for the native kernel")
+    slots = SlotSource()
+    article = slots.take(650)
+    requests = [(article + slots.take(5), 1) for _ in range(6)]
+    _, _, _, meta = run_backend(requests, torch.bfloat16, kernel)
+    assert meta.shared_levels == () and isinstance(meta.own, InPlaceOwn)
+    _, _, _, meta = run_backend(requests, torch.bfloat16)
+    assert len(meta.shared_levels) == 1
 
 
 def test_segments_follow_the_prefix_tree():
