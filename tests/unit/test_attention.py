@@ -146,12 +146,17 @@ def test_bfloat16_cascade_attention_is_close():
     torch.testing.assert_close(out.float(), reference(requests, q, pool), rtol=0.02, atol=0.02)
 
 
-@pytest.mark.parametrize("seed", range(4))
-def test_native_decode_reads_own_parts_in_place(seed, monkeypatch):
-    """With the native kernel, decode own parts skip the gather; segments still merge in."""
-    kernel = load_decode_attention(torch.device("cpu"), torch.bfloat16)
-    if kernel is None:
+@pytest.fixture(scope="module")
+def kernel():
+    found = load_decode_attention(torch.device("cpu"), torch.bfloat16)
+    if found is None:
         pytest.skip("no C compiler for the native kernel")
+    return found
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_native_decode_reads_own_parts_in_place(seed, monkeypatch, kernel):
+    """With the native kernel, decode own parts skip the gather; segments still merge in."""
     monkeypatch.setattr(attention, "MIN_IN_PLACE_SEGMENT_SAVING", 0)
     requests = tree_batch(random.Random(seed), decode=True)
     out, q, pool, meta = run_backend(requests, torch.bfloat16, kernel)
@@ -163,12 +168,9 @@ def test_native_decode_reads_own_parts_in_place(seed, monkeypatch):
     torch.testing.assert_close(out.float(), torch_out.float(), rtol=0.02, atol=0.02)
 
 
-def test_in_place_decode_splits_off_only_widely_shared_prefixes():
+def test_in_place_decode_splits_off_only_widely_shared_prefixes(kernel):
     """Six forks over a 650-token article re-read it cheaply in place: no segment. Without the
     kernel the same batch splits the article off (it saves 3,250 gathered tokens)."""
-    kernel = load_decode_attention(torch.device("cpu"), torch.bfloat16)
-    if kernel is None:
-        pytest.skip("no C compiler for the native kernel")
     slots = SlotSource()
     article = slots.take(650)
     requests = [(article + slots.take(5), 1) for _ in range(6)]

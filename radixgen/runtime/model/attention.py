@@ -238,6 +238,9 @@ class TorchSDPABackend:
         min_saving = MIN_IN_PLACE_SEGMENT_SAVING if in_place else None
         levels, own_start = find_shared_segments(kv_indices, prefix_lens, min_saving=min_saving)
         own_lens = seq_lens - own_start  # [B]
+        if in_place:
+            own = InPlaceOwn(_own_slots(kv_indices, own_start, own_lens), own_lens)
+            return AttentionMetadata(batch.out_cache_loc, _token_levels(levels, None), own)
         shared_pairs = _shared_pairs(levels, extend_lens)
         ragged = _pads_wastefully(B, E, own_lens, extend_lens, shared_pairs)
         if (
@@ -249,9 +252,7 @@ class TorchSDPABackend:
             # The own parts pad badly even next to the segments, but whole sequences pad well:
             # one padded problem beats a call per request plus a merge per level.
             levels, own_start, own_lens, ragged = (), torch.zeros_like(own_start), seq_lens, False
-        if in_place:
-            own = InPlaceOwn(_own_slots(kv_indices, own_start, own_lens), own_lens)
-        elif ragged:
+        if ragged:
             own = RaggedOwn(
                 tuple(extend_lens.tolist()),
                 tuple(
@@ -266,10 +267,7 @@ class TorchSDPABackend:
         token_req = None
         if batch.mode is ForwardMode.EXTEND:
             token_req = torch.repeat_interleave(torch.arange(B), extend_lens)  # [T]
-        token_levels = tuple(
-            tuple(_token_segment(segment, token_req) for segment in level) for level in levels
-        )
-        return AttentionMetadata(batch.out_cache_loc, token_levels, own)
+        return AttentionMetadata(batch.out_cache_loc, _token_levels(levels, token_req), own)
 
     def _padded_own(self, batch, kv_indices, prefix_lens, own_start, own_lens, E) -> PaddedOwn:
         B, T = batch.batch_size, batch.num_tokens
@@ -418,6 +416,12 @@ def _gather_kv(k_buf, v_buf, slots: torch.Tensor, rows: int):
     k = k_buf.index_select(0, slots).view(rows, -1, Hkv, D).transpose(1, 2)
     v = v_buf.index_select(0, slots).view(rows, -1, Hkv, D).transpose(1, 2)
     return k, v
+
+
+def _token_levels(levels, token_req: torch.Tensor | None) -> tuple[tuple[TokenSegment, ...], ...]:
+    """Every level's segments as flat token rows (`token_req`: request of each token, [T];
+    None in decode, where token b is request b)."""
+    return tuple(tuple(_token_segment(segment, token_req) for segment in level) for level in levels)
 
 
 def _token_segment(segment: SharedSegment, token_req: torch.Tensor | None) -> TokenSegment:

@@ -41,66 +41,64 @@ static inline __attribute__((always_inline)) void attend_item(
     const int64_t *lens, int64_t max_len, int64_t kv_heads, int64_t group, int64_t head_dim,
     float scale, float *out, float *lse) {
     const int64_t row_stride = kv_heads * head_dim; /* elements between pool slots */
-    {
-        const int64_t b = item / kv_heads, h = item % kv_heads;
-        const int64_t len = lens[b];
-        const int64_t *row_slots = slots + b * max_len;
-        float query[MAX_GROUP][MAX_HEAD_DIM], acc[MAX_GROUP][MAX_HEAD_DIM];
-        float scores[MAX_GROUP][KEY_BLOCK], running_max[MAX_GROUP], running_sum[MAX_GROUP];
-        float row[MAX_HEAD_DIM];
+    const int64_t b = item / kv_heads, h = item % kv_heads;
+    const int64_t len = lens[b];
+    const int64_t *row_slots = slots + b * max_len;
+    float query[MAX_GROUP][MAX_HEAD_DIM], acc[MAX_GROUP][MAX_HEAD_DIM];
+    float scores[MAX_GROUP][KEY_BLOCK], running_max[MAX_GROUP], running_sum[MAX_GROUP];
+    float row[MAX_HEAD_DIM];
 
-        const uint16_t *q_item = q + item * group * head_dim;
-        for (int64_t g = 0; g < group; ++g) {
-            for (int64_t d = 0; d < head_dim; ++d) {
-                query[g][d] = bf16_to_float(q_item[g * head_dim + d]) * scale;
-                acc[g][d] = 0.0f;
-            }
-            running_max[g] = NO_MAX;
-            running_sum[g] = 0.0f;
+    const uint16_t *q_item = q + item * group * head_dim;
+    for (int64_t g = 0; g < group; ++g) {
+        for (int64_t d = 0; d < head_dim; ++d) {
+            query[g][d] = bf16_to_float(q_item[g * head_dim + d]) * scale;
+            acc[g][d] = 0.0f;
         }
+        running_max[g] = NO_MAX;
+        running_sum[g] = 0.0f;
+    }
 
-        for (int64_t start = 0; start < len; start += KEY_BLOCK) {
-            const int64_t n = len - start < KEY_BLOCK ? len - start : KEY_BLOCK;
-            for (int64_t j = 0; j < n; ++j) { /* scores = q . k for the block */
-                const uint16_t *k_row = k + row_slots[start + j] * row_stride + h * head_dim;
-                for (int64_t d = 0; d < head_dim; ++d) row[d] = bf16_to_float(k_row[d]);
-                for (int64_t g = 0; g < group; ++g) {
-                    float dot = 0.0f;
-                    for (int64_t d = 0; d < head_dim; ++d) dot += query[g][d] * row[d];
-                    scores[g][j] = dot;
-                }
-            }
-            for (int64_t g = 0; g < group; ++g) { /* online softmax: rescale, exponentiate */
-                float block_max = scores[g][0];
-                for (int64_t j = 1; j < n; ++j) block_max = fmaxf(block_max, scores[g][j]);
-                const float new_max = fmaxf(running_max[g], block_max);
-                const float rescale = expf(running_max[g] - new_max);
-                float block_sum = 0.0f;
-                for (int64_t j = 0; j < n; ++j) {
-                    scores[g][j] = expf(scores[g][j] - new_max);
-                    block_sum += scores[g][j];
-                }
-                running_sum[g] = running_sum[g] * rescale + block_sum;
-                running_max[g] = new_max;
-                for (int64_t d = 0; d < head_dim; ++d) acc[g][d] *= rescale;
-            }
-            for (int64_t j = 0; j < n; ++j) { /* acc += p . v */
-                const uint16_t *v_row = v + row_slots[start + j] * row_stride + h * head_dim;
-                for (int64_t d = 0; d < head_dim; ++d) row[d] = bf16_to_float(v_row[d]);
-                for (int64_t g = 0; g < group; ++g) {
-                    const float p = scores[g][j];
-                    for (int64_t d = 0; d < head_dim; ++d) acc[g][d] += p * row[d];
-                }
+    for (int64_t start = 0; start < len; start += KEY_BLOCK) {
+        const int64_t n = len - start < KEY_BLOCK ? len - start : KEY_BLOCK;
+        for (int64_t j = 0; j < n; ++j) { /* scores = q . k for the block */
+            const uint16_t *k_row = k + row_slots[start + j] * row_stride + h * head_dim;
+            for (int64_t d = 0; d < head_dim; ++d) row[d] = bf16_to_float(k_row[d]);
+            for (int64_t g = 0; g < group; ++g) {
+                float dot = 0.0f;
+                for (int64_t d = 0; d < head_dim; ++d) dot += query[g][d] * row[d];
+                scores[g][j] = dot;
             }
         }
-
-        float *out_item = out + item * group * head_dim;
-        float *lse_item = lse + item * group;
-        for (int64_t g = 0; g < group; ++g) {
-            const float inverse = len > 0 ? 1.0f / running_sum[g] : 0.0f;
-            for (int64_t d = 0; d < head_dim; ++d) out_item[g * head_dim + d] = acc[g][d] * inverse;
-            lse_item[g] = len > 0 ? running_max[g] + logf(running_sum[g]) : EMPTY_LSE;
+        for (int64_t g = 0; g < group; ++g) { /* online softmax: rescale, exponentiate */
+            float block_max = scores[g][0];
+            for (int64_t j = 1; j < n; ++j) block_max = fmaxf(block_max, scores[g][j]);
+            const float new_max = fmaxf(running_max[g], block_max);
+            const float rescale = expf(running_max[g] - new_max);
+            float block_sum = 0.0f;
+            for (int64_t j = 0; j < n; ++j) {
+                scores[g][j] = expf(scores[g][j] - new_max);
+                block_sum += scores[g][j];
+            }
+            running_sum[g] = running_sum[g] * rescale + block_sum;
+            running_max[g] = new_max;
+            for (int64_t d = 0; d < head_dim; ++d) acc[g][d] *= rescale;
         }
+        for (int64_t j = 0; j < n; ++j) { /* acc += p . v */
+            const uint16_t *v_row = v + row_slots[start + j] * row_stride + h * head_dim;
+            for (int64_t d = 0; d < head_dim; ++d) row[d] = bf16_to_float(v_row[d]);
+            for (int64_t g = 0; g < group; ++g) {
+                const float p = scores[g][j];
+                for (int64_t d = 0; d < head_dim; ++d) acc[g][d] += p * row[d];
+            }
+        }
+    }
+
+    float *out_item = out + item * group * head_dim;
+    float *lse_item = lse + item * group;
+    for (int64_t g = 0; g < group; ++g) {
+        const float inverse = len > 0 ? 1.0f / running_sum[g] : 0.0f;
+        for (int64_t d = 0; d < head_dim; ++d) out_item[g * head_dim + d] = acc[g][d] * inverse;
+        lse_item[g] = len > 0 ? running_max[g] + logf(running_sum[g]) : EMPTY_LSE;
     }
 }
 
