@@ -1,10 +1,13 @@
 """The workload suite's command line.
 
     python -m benchmarks.workloads [--workloads mmlu,tot|all] [--systems radixgen,no-cache|all]
-                                   [--size small|full] [--out results.json] [--chart out.png]
+                                   [--size small|full] [--repeat N] [--out results.json]
+                                   [--chart out.png]
 
 Systems run one at a time: each is started (and warmed up), runs every chosen workload, and is
 stopped before the next starts (in-process systems slow each other down while both are up).
+With `--repeat N` the whole pass runs N times and each (workload, system) reports its fastest
+round (see `metrics.best_of_rounds`), with every round's throughput beside it.
 Writes the results as JSON and the normalized-throughput chart (PNG, needs
 `pip install -e ".[bench]"`), prints the Markdown report to stdout (progress goes to stderr).
 """
@@ -28,7 +31,7 @@ from typing import Any
 from benchmarks.servers import log
 from benchmarks.workloads import WORKLOADS
 from benchmarks.workloads.base import SIZES
-from benchmarks.workloads.metrics import RunResult
+from benchmarks.workloads.metrics import RunResult, best_of_rounds
 from benchmarks.workloads.report import chart, markdown
 from benchmarks.workloads.runner import run_workload, warm_up
 from benchmarks.workloads.systems import SPECS, OpenSystem, open_system
@@ -44,6 +47,13 @@ def _choice_list(value: str, known: dict[str, Any], what: str) -> list[str]:
     if unknown:
         raise argparse.ArgumentTypeError(f"unknown {what} {unknown}; choose from {list(known)}")
     return names
+
+
+def _positive_int(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"--repeat must be >= 1, got {number}")
+    return number
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -65,6 +75,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help=f"comma-separated, or all: {','.join(SPECS)}",
     )
     parser.add_argument("--size", choices=SIZES, default="full")
+    parser.add_argument(
+        "--repeat",
+        type=_positive_int,
+        default=1,
+        help="run every system through the workloads this many times; report the best round",
+    )
     parser.add_argument("--out", type=Path, help="results JSON (default: results/<size>.json)")
     parser.add_argument("--chart", type=Path, help="chart PNG (default: next to --out)")
     return parser.parse_args(argv)
@@ -91,6 +107,19 @@ def machine_info() -> dict[str, Any]:
         except importlib.metadata.PackageNotFoundError:
             info[name] = "not installed"
     return info
+
+
+def run_rounds(
+    keys: list[str], names: list[str], size: str, log_dir: Path, repeat: int
+) -> list[RunResult]:
+    """`run_all` `repeat` times; each (workload, system) keeps its best round."""
+    rounds: dict[tuple[str, str], list[RunResult]] = {}
+    for number in range(repeat):
+        if repeat > 1:
+            log(f"round {number + 1} of {repeat}")
+        for result in run_all(keys, names, size, log_dir):
+            rounds.setdefault((result.workload, result.system), []).append(result)
+    return [best_of_rounds(runs) for runs in rounds.values()]
 
 
 def run_all(keys: list[str], names: list[str], size: str, log_dir: Path) -> list[RunResult]:
@@ -134,13 +163,14 @@ def main(argv: list[str] | None = None) -> int:
     info = machine_info()
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="radixgen-workloads-") as log_dir:
-        results = run_all(args.systems, args.workloads, args.size, Path(log_dir))
+        results = run_rounds(args.systems, args.workloads, args.size, Path(log_dir), args.repeat)
     info["total_s"] = round(time.perf_counter() - started, 1)
     workloads = [WORKLOADS[n] for n in args.workloads]
-    report = markdown(results, workloads, args.size, info, command)
+    report = markdown(results, workloads, args.size, info, command, args.repeat)
     payload = {
         "command": command,
         "size": args.size,
+        "repeat": args.repeat,
         "machine": info,
         "model": "SmolLM2-135M-Instruct Q4_1 GGUF",
         "workloads": {

@@ -30,6 +30,10 @@ def _cell(r: RunResult | None) -> str:
     return _fmt(r.programs_per_s, ".2f")
 
 
+def _rounds(r: RunResult) -> str:
+    return ", ".join(f"{x:.2f}" for x in r.round_programs_per_s) or DASH
+
+
 def _ratio(a: RunResult | None, b: RunResult | None) -> float | None:
     if a is None or b is None or not (a.ok and b.ok) or not b.programs_per_s:
         return None
@@ -62,11 +66,11 @@ def summary_table(results: Sequence[RunResult], workloads: Sequence[Workload]) -
 
 def detail_table(results: Sequence[RunResult], workloads: Sequence[Workload]) -> list[str]:
     """Every metric of every run that produced numbers."""
-    lines = [
-        "| workload | system | programs/s | gen tok/s | latency p50 / p99 (s) | hit rate | "
-        "optimal | failed |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
-    ]
+    repeated = any(len(r.round_programs_per_s) > 1 for r in results)
+    head = "| workload | system | programs/s | "
+    head += "rounds (prog/s) | " if repeated else ""
+    head += "gen tok/s | latency p50 / p99 (s) | hit rate | optimal | failed |"
+    lines = [head, "|---|---|---:|" + ("---:|" if repeated else "") + "---:|---:|---:|---:|---:|"]
     order = {w.name: i for i, w in enumerate(workloads)}
     keys = list(SPECS)
     for r in sorted(results, key=lambda r: (order.get(r.workload, 99), keys.index(r.system))):
@@ -77,6 +81,7 @@ def detail_table(results: Sequence[RunResult], workloads: Sequence[Workload]) ->
             title,
             SPECS[r.system].label,
             _fmt(r.programs_per_s, ".2f"),
+            *([_rounds(r)] if repeated else []),
             _fmt(r.generated_tok_per_s, ".1f"),
             f"{_fmt(r.latency_p50_s, '.2f')} / {_fmt(r.latency_p99_s, '.2f')}",
             _pct(r.hit_rate),
@@ -118,14 +123,21 @@ def markdown(
     size: str,
     info: dict[str, Any],
     command: str,
+    repeat: int = 1,
 ) -> str:
     """The whole report: setup, summary, workload shapes, details, targets."""
+    rounds = (
+        f" Each system ran every workload {repeat} times; the tables show each one's fastest "
+        "round (CPU steal only slows a run), the details every round."
+        if repeat > 1
+        else ""
+    )
     lines = [
         f"`{command}` ({info['date']}, size `{size}`). Hardware: {info['cpu']}, "
         f"{info['cores']} cores, torch {info['torch']} CPU. Model: SmolLM2-135M-Instruct "
         "Q4_1 GGUF (radixgen and transformers compute in bfloat16, llama.cpp on the Q4_1 "
         f"weights; llama-cpp-python {info.get('llama_cpp_python', 'n/a')}, 2 threads). "
-        "All programs greedy (temperature 0).",
+        f"All programs greedy (temperature 0).{rounds}",
         "",
         *summary_table(results, workloads),
         "",

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from benchmarks.workloads.metrics import optimal_hit_rate, percentile
+import pytest
+
+from benchmarks.workloads.metrics import RunResult, best_of_rounds, optimal_hit_rate, percentile
 from benchmarks.workloads.recording import TokenizedRequest
 
 
@@ -36,3 +38,15 @@ def test_percentile_interpolates():
     assert percentile([], 50) is None
     assert percentile([1.0, 2.0, 3.0, 4.0], 50) == 2.5
     assert percentile([5.0], 99) == 5.0
+
+
+def test_best_of_rounds_keeps_the_fastest_successful_round():
+    slow = RunResult("mmlu", "radixgen", programs=4, programs_per_s=1.0)
+    fast = RunResult("mmlu", "radixgen", programs=4, programs_per_s=3.0)
+    failed = RunResult("mmlu", "radixgen", status="failed: boom")
+    best = best_of_rounds([slow, failed, fast])
+    assert best.programs_per_s == 3.0
+    assert best.round_programs_per_s == [1.0, 3.0]
+    assert best_of_rounds([failed]).status == "failed: boom"
+    with pytest.raises(ValueError):
+        best_of_rounds([])
