@@ -52,7 +52,7 @@ def _choice_list(value: str, known: dict[str, Any], what: str) -> list[str]:
 def _positive_int(value: str) -> int:
     number = int(value)
     if number < 1:
-        raise argparse.ArgumentTypeError(f"--repeat must be >= 1, got {number}")
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {number}")
     return number
 
 

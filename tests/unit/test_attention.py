@@ -24,7 +24,6 @@ from radixgen.runtime.model.attention import (
     find_shared_segments,
 )
 from radixgen.runtime.model.batch import ForwardBatch, ForwardMode
-from radixgen.runtime.model.decode_kernel import load_decode_attention
 
 H, HKV, D = 6, 2, 16
 
@@ -144,14 +143,6 @@ def test_bfloat16_cascade_attention_is_close():
     requests = tree_batch(random.Random(99), decode=True)
     out, q, pool, _ = run_backend(requests, torch.bfloat16)
     torch.testing.assert_close(out.float(), reference(requests, q, pool), rtol=0.02, atol=0.02)
-
-
-@pytest.fixture(scope="module")
-def kernel():
-    found = load_decode_attention(torch.device("cpu"), torch.bfloat16)
-    if found is None:
-        pytest.skip("no C compiler for the native kernel")
-    return found
 
 
 @pytest.mark.parametrize("seed", range(4))
