@@ -1,13 +1,16 @@
 """The workload suite's command line.
 
     python -m benchmarks.workloads [--workloads mmlu,tot|all] [--systems radixgen,no-cache|all]
-                                   [--size small|full] [--repeat N] [--out results.json]
-                                   [--chart out.png]
+                                   [--size small|full] [--repeat N] [--interleave]
+                                   [--out results.json] [--chart out.png]
 
 Systems run one at a time: each is started (and warmed up), runs every chosen workload, and is
 stopped before the next starts (in-process systems slow each other down while both are up).
-With `--repeat N` the whole pass runs N times and each (workload, system) reports its fastest
-round (see `metrics.best_of_rounds`), with every round's throughput beside it.
+With `--interleave` the loops swap: workload by workload, every system is started, runs that
+one workload and is stopped, so the systems compared on a workload run minutes apart at most.
+With `--repeat N` the whole pass runs N times, the system order reversed every other round;
+each (workload, system) reports its median round and every round's throughput, and speedups
+are the median of the per-round ratios (see `metrics.paired_ratio`).
 Writes the results as JSON and the normalized-throughput chart (PNG, needs
 `pip install -e ".[bench]"`), prints the Markdown report to stdout (progress goes to stderr).
 """
@@ -31,7 +34,7 @@ from typing import Any
 from benchmarks.servers import log
 from benchmarks.workloads import WORKLOADS
 from benchmarks.workloads.base import SIZES
-from benchmarks.workloads.metrics import RunResult, best_of_rounds
+from benchmarks.workloads.metrics import RunResult, median_round
 from benchmarks.workloads.report import chart, markdown
 from benchmarks.workloads.runner import run_workload, warm_up
 from benchmarks.workloads.systems import SPECS, OpenSystem, open_system
@@ -79,7 +82,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--repeat",
         type=_positive_int,
         default=1,
-        help="run every system through the workloads this many times; report the best round",
+        help="run every system through the workloads this many times; report the median round",
+    )
+    parser.add_argument(
+        "--interleave",
+        action="store_true",
+        help="start every system once per workload, so a workload's systems run back to back",
     )
     parser.add_argument("--out", type=Path, help="results JSON (default: results/<size>.json)")
     parser.add_argument("--chart", type=Path, help="chart PNG (default: next to --out)")
@@ -110,16 +118,25 @@ def machine_info() -> dict[str, Any]:
 
 
 def run_rounds(
-    keys: list[str], names: list[str], size: str, log_dir: Path, repeat: int
+    keys: list[str],
+    names: list[str],
+    size: str,
+    log_dir: Path,
+    repeat: int,
+    interleave: bool = False,
 ) -> list[RunResult]:
-    """`run_all` `repeat` times; each (workload, system) keeps its best round."""
+    """Run the pass `repeat` times, system order reversed in every other round (a drift of the
+    machine's speed across a round then favours no system); each (workload, system) keeps its
+    median round (`metrics.median_round`)."""
+    run_pass = run_interleaved if interleave else run_all
     rounds: dict[tuple[str, str], list[RunResult]] = {}
     for number in range(repeat):
         if repeat > 1:
             log(f"round {number + 1} of {repeat}")
-        for result in run_all(keys, names, size, log_dir):
+        order = keys if number % 2 == 0 else keys[::-1]
+        for result in run_pass(order, names, size, log_dir):
             rounds.setdefault((result.workload, result.system), []).append(result)
-    return [best_of_rounds(runs) for runs in rounds.values()]
+    return [median_round(runs) for runs in rounds.values()]
 
 
 def run_all(keys: list[str], names: list[str], size: str, log_dir: Path) -> list[RunResult]:
@@ -142,6 +159,33 @@ def run_all(keys: list[str], names: list[str], size: str, log_dir: Path) -> list
             done = {r.workload for r in results if r.system == key}
             status = f"failed: {exc!r}"[:300]
             results += [RunResult(n, key, status=status) for n in names if n not in done]
+    return _workload_major(results, keys, names)
+
+
+def run_interleaved(keys: list[str], names: list[str], size: str, log_dir: Path) -> list[RunResult]:
+    """Workload by workload: start each system (warmed up), run the one workload, stop it.
+
+    Costs a start-up per (workload, system), ~5-30 s, and buys comparable ratios: the speed of
+    this guest drifts by up to 2x over minutes, and here a workload's systems run back to back.
+    """
+    results = []
+    for name in names:
+        for key in keys:
+            reason = SPECS[key].unavailable_reason(name, WORKLOADS[name].needs)
+            if reason:
+                results.append(RunResult(name, key, status=reason))
+                continue
+            try:
+                with open_system(key, log_dir) as system:
+                    warm_up(system)
+                    results.append(_run_guarded(name, key, system, size))
+            except Exception as exc:  # its row says why; the other systems still run
+                log(f"{key} failed on {name}: {exc!r}")
+                results.append(RunResult(name, key, status=f"failed: {exc!r}"[:300]))
+    return _workload_major(results, keys, names)
+
+
+def _workload_major(results: list[RunResult], keys: list[str], names: list[str]) -> list[RunResult]:
     order = {(n, k): i for i, (n, k) in enumerate((n, k) for n in names for k in keys)}
     return sorted(results, key=lambda r: order[(r.workload, r.system)])
 
@@ -163,14 +207,17 @@ def main(argv: list[str] | None = None) -> int:
     info = machine_info()
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="radixgen-workloads-") as log_dir:
-        results = run_rounds(args.systems, args.workloads, args.size, Path(log_dir), args.repeat)
+        results = run_rounds(
+            args.systems, args.workloads, args.size, Path(log_dir), args.repeat, args.interleave
+        )
     info["total_s"] = round(time.perf_counter() - started, 1)
     workloads = [WORKLOADS[n] for n in args.workloads]
-    report = markdown(results, workloads, args.size, info, command, args.repeat)
+    report = markdown(results, workloads, args.size, info, command, args.repeat, args.interleave)
     payload = {
         "command": command,
         "size": args.size,
         "repeat": args.repeat,
+        "interleave": args.interleave,
         "machine": info,
         "model": "SmolLM2-135M-Instruct Q4_1 GGUF",
         "workloads": {

@@ -15,13 +15,21 @@ for it: a later turn re-sends earlier answers). Two variants:
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 
 from benchmarks.stats import percentile
 from benchmarks.workloads.recording import TokenizedRequest
 
-__all__ = ["RunResult", "best_of_rounds", "optimal_hit_rate", "percentile"]
+__all__ = [
+    "RunResult",
+    "median_round",
+    "optimal_hit_rate",
+    "paired_ratio",
+    "percentile",
+    "round_ratios",
+]
 
 
 @dataclass(frozen=True)
@@ -83,8 +91,9 @@ class RunResult:
     optimal_hit_rate: float | None = None
     optimal_unbounded: float | None = None
     counters: dict[str, float] = field(default_factory=dict)
-    round_programs_per_s: list[float] = field(default_factory=list)
-    """programs/s of every successful round when the suite ran several (`--repeat`)."""
+    round_programs_per_s: list[float | None] = field(default_factory=list)
+    """programs/s of every round, in round order (None: that round failed), when the suite ran
+    several (`--repeat`); empty after a single run."""
 
     @property
     def ok(self) -> bool:
@@ -97,18 +106,42 @@ class RunResult:
         return self.hit_rate / self.optimal_hit_rate
 
 
-def best_of_rounds(rounds: Sequence[RunResult]) -> RunResult:
-    """One workload on one system run several times: the successful round with the highest
-    throughput, carrying every successful round's programs/s; a failed round when none worked.
+def _throughput(r: RunResult) -> float | None:
+    return r.programs_per_s if r.ok else None
 
-    Best rather than median: on a shared virtual machine, CPU steal from other guests only ever
-    slows a run, so the fastest round is the closest to what the system can do, and taking it
-    for every system keeps the comparison fair.
+
+def median_round(rounds: Sequence[RunResult]) -> RunResult:
+    """One workload on one system run several times: its median successful round by
+    throughput (the lower one of an even count), carrying every round's programs/s in round
+    order; the last round when none worked.
+
+    A real round rather than averaged figures, so its latencies and hit rate belong together.
     """
     if not rounds:
-        raise ValueError("best_of_rounds needs at least one round")
-    ok = [r for r in rounds if r.ok and r.programs_per_s is not None]
-    if not ok:
-        return rounds[-1]
-    best = max(ok, key=lambda r: r.programs_per_s)
-    return replace(best, round_programs_per_s=[r.programs_per_s for r in ok])
+        raise ValueError("median_round needs at least one round")
+    per_round = [_throughput(r) for r in rounds]
+    ok = sorted((r for r in rounds if _throughput(r) is not None), key=_throughput)
+    chosen = ok[(len(ok) - 1) // 2] if ok else rounds[-1]
+    return replace(chosen, round_programs_per_s=per_round)
+
+
+def round_ratios(a: RunResult, b: RunResult) -> list[float]:
+    """a's programs/s over b's, round by round, for the rounds both finished."""
+    pairs = zip(a.round_programs_per_s, b.round_programs_per_s, strict=False)
+    return [x / y for x, y in pairs if x is not None and y]
+
+
+def paired_ratio(a: RunResult | None, b: RunResult | None) -> float | None:
+    """How many times faster a ran than b: the median of the per-round ratios when both ran
+    several rounds, else the plain ratio (None when either has no numbers).
+
+    Per-round pairs compare the two systems in the same machine state (with `--interleave`
+    they ran back to back); this guest's speed drifts by up to 2x over minutes, which a ratio
+    of separately picked rounds would carry straight into the speedup.
+    """
+    if a is None or b is None or _throughput(a) is None or not _throughput(b):
+        return None
+    ratios = round_ratios(a, b)
+    if ratios:
+        return statistics.median(ratios)
+    return a.programs_per_s / b.programs_per_s

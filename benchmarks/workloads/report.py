@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.workloads.base import Workload
-from benchmarks.workloads.metrics import RunResult
+from benchmarks.workloads.metrics import RunResult, paired_ratio, round_ratios
 from benchmarks.workloads.systems import SPECS
 
 FIVE_X_WORKLOADS = ("mmlu", "tot", "judge")  # the ">= 5x cache off" target
@@ -31,13 +31,7 @@ def _cell(r: RunResult | None) -> str:
 
 
 def _rounds(r: RunResult) -> str:
-    return ", ".join(f"{x:.2f}" for x in r.round_programs_per_s) or DASH
-
-
-def _ratio(a: RunResult | None, b: RunResult | None) -> float | None:
-    if a is None or b is None or not (a.ok and b.ok) or not b.programs_per_s:
-        return None
-    return a.programs_per_s / b.programs_per_s
+    return ", ".join("failed" if x is None else f"{x:.2f}" for x in r.round_programs_per_s)
 
 
 def _index(results: Sequence[RunResult]) -> dict[tuple[str, str], RunResult]:
@@ -54,8 +48,8 @@ def summary_table(results: Sequence[RunResult], workloads: Sequence[Workload]) -
     for w in workloads:
         rg = by.get((w.name, "radixgen"))
         cells = [w.title, *(_cell(by.get((w.name, k))) for k in systems)]
-        off, lc = _ratio(rg, by.get((w.name, "no-cache"))), _ratio(rg, by.get((w.name, "llamacpp")))
-        cells += [_fmt(off, ".1f", "x"), _fmt(lc, ".1f", "x")]
+        for other in ("no-cache", "llamacpp"):
+            cells.append(_fmt(paired_ratio(rg, by.get((w.name, other))), ".1f", "x"))
         if rg is not None and rg.ok and rg.hit_rate is not None:
             cells.append(f"{_pct(rg.hit_rate)} / {_pct(rg.optimal_hit_rate)}")
         else:
@@ -97,21 +91,27 @@ def targets(results: Sequence[RunResult], workloads: Sequence[Workload]) -> list
     by = _index(results)
     out = []
 
-    def verdict(name: str, value: float | None, goal: float, unit: str) -> str:
+    def verdict(name: str, value: float | None, goal: float, unit: str, rounds: str = "") -> str:
         if value is None:
             return f"- {name}: not measured"
         ok = "holds" if value >= goal else f"MISSED by {goal - value:.2f}{unit}"
-        return f"- {name}: {value:.2f}{unit} (target >= {goal:g}{unit}): {ok}"
+        return f"- {name}: {value:.2f}{unit}{rounds} (target >= {goal:g}{unit}): {ok}"
+
+    def speedup(name: str, a: RunResult | None, b: RunResult | None, goal: float) -> str:
+        per_round = round_ratios(a, b) if a is not None and b is not None else []
+        rounds = ""
+        if len(per_round) > 1:
+            rounds = f" (rounds: {', '.join(f'{x:.2f}' for x in per_round)})"
+        return verdict(name, paired_ratio(a, b), goal, "x", rounds)
 
     for w in workloads:
         rg = by.get((w.name, "radixgen"))
         if w.name in FIVE_X_WORKLOADS:
-            off = _ratio(rg, by.get((w.name, "no-cache")))
-            out.append(verdict(f"{w.title} vs cache off", off, 5, "x"))
+            out.append(speedup(f"{w.title} vs cache off", rg, by.get((w.name, "no-cache")), 5))
         if w.multi_call:
             lc = by.get((w.name, "llamacpp"))
             if lc is not None and lc.ok:
-                out.append(verdict(f"{w.title} vs llama.cpp", _ratio(rg, lc), 3, "x"))
+                out.append(speedup(f"{w.title} vs llama.cpp", rg, lc, 3))
         if rg is not None and rg.ok and rg.hit_vs_optimal is not None:
             out.append(verdict(f"{w.title} hit rate / optimal", rg.hit_vs_optimal, 0.95, ""))
     return out
@@ -124,14 +124,18 @@ def markdown(
     info: dict[str, Any],
     command: str,
     repeat: int = 1,
+    interleave: bool = False,
 ) -> str:
     """The whole report: setup, summary, workload shapes, details, targets."""
-    rounds = (
-        f" Each system ran every workload {repeat} times; the tables show each one's fastest "
-        "round (CPU steal only slows a run), the details every round."
-        if repeat > 1
-        else ""
-    )
+    rounds = ""
+    if interleave:
+        rounds += " Workload by workload, each system was started, ran it, and was stopped."
+    if repeat > 1:
+        rounds += (
+            f" The pass ran {repeat} times, the system order reversed every other round. "
+            "Throughputs are each system's median round (the details list every round); "
+            "speedups are the median of the per-round ratios."
+        )
     lines = [
         f"`{command}` ({info['date']}, size `{size}`). Hardware: {info['cpu']}, "
         f"{info['cores']} cores, torch {info['torch']} CPU. Model: SmolLM2-135M-Instruct "

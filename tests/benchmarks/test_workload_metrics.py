@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from benchmarks.workloads.metrics import RunResult, best_of_rounds, optimal_hit_rate, percentile
+from benchmarks.workloads.metrics import (
+    RunResult,
+    median_round,
+    optimal_hit_rate,
+    paired_ratio,
+    percentile,
+    round_ratios,
+)
 from benchmarks.workloads.recording import TokenizedRequest
 
 
@@ -40,13 +47,31 @@ def test_percentile_interpolates():
     assert percentile([5.0], 99) == 5.0
 
 
-def test_best_of_rounds_keeps_the_fastest_successful_round():
-    slow = RunResult("mmlu", "radixgen", programs=4, programs_per_s=1.0)
-    fast = RunResult("mmlu", "radixgen", programs=4, programs_per_s=3.0)
-    failed = RunResult("mmlu", "radixgen", status="failed: boom")
-    best = best_of_rounds([slow, failed, fast])
-    assert best.programs_per_s == 3.0
-    assert best.round_programs_per_s == [1.0, 3.0]
-    assert best_of_rounds([failed]).status == "failed: boom"
+def run(pps: float, system: str = "radixgen") -> RunResult:
+    return RunResult("mmlu", system, programs=4, programs_per_s=pps)
+
+
+FAILED = RunResult("mmlu", "radixgen", status="failed: boom")
+
+
+def test_median_round_is_a_real_round_and_keeps_every_round_in_order():
+    middle = median_round([run(3.0), FAILED, run(1.0), run(2.0)])
+    assert middle.programs_per_s == 2.0
+    assert middle.round_programs_per_s == [3.0, None, 1.0, 2.0]
+    assert median_round([run(4.0), run(1.0)]).programs_per_s == 1.0  # lower of an even count
+    assert median_round([FAILED]).status == "failed: boom"
     with pytest.raises(ValueError):
-        best_of_rounds([])
+        median_round([])
+
+
+def test_paired_ratio_is_the_median_of_per_round_ratios():
+    # the machine ran fast in round 2: separately chosen rounds would give 9/1 or 3/3
+    fast = median_round([run(2.0), run(9.0), run(3.0), FAILED])
+    slow = median_round(
+        [run(1.0, "no-cache"), run(3.0, "no-cache"), run(1.0, "no-cache"), run(1.0)]
+    )
+    assert round_ratios(fast, slow) == [2.0, 3.0, 3.0]  # round 4 failed on one side
+    assert paired_ratio(fast, slow) == 3.0
+    assert paired_ratio(run(6.0), run(2.0)) == 3.0  # single runs: the plain ratio
+    assert paired_ratio(fast, FAILED) is None
+    assert paired_ratio(None, slow) is None
