@@ -5,23 +5,30 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from radixgen.runtime.config import ModelConfig
+from radixgen.runtime.model.fused import fused_ops
 from radixgen.runtime.model.int4 import Int4Groups, PackedInt4, int4_linear, pack_int4
 
 
 class RMSNorm(nn.Module):
+    """transformers' LlamaRMSNorm (normalise in float32, scale in the input's dtype), fused with
+    the residual add before it where the model asks (`add_and_norm`)."""
+
     def __init__(self, size: int, eps: float):
         super().__init__()
         self.weight = nn.Parameter(torch.ones(size))
         self.eps = eps
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Same arithmetic as transformers' LlamaRMSNorm: normalise in float32, scale in x's dtype.
-        normed = F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps).to(x.dtype)
-        return self.weight * normed
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [T, hidden]
+        return fused_ops().add_rms_norm(x, None, self.weight, self.eps)[0]
+
+    def add_and_norm(
+        self, x: torch.Tensor, delta: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:  # normed, x + delta; each [T, hidden]
+        """Norm of the residual stream after adding `delta`, and the new stream itself."""
+        return fused_ops().add_rms_norm(x, delta, self.weight, self.eps)
 
 
 def rope_inv_freq(config: ModelConfig) -> torch.Tensor:
@@ -70,13 +77,6 @@ class RotaryEmbedding(nn.Module):
             self.cos_table[positions].to(dtype)[:, None, :],
             self.sin_table[positions].to(dtype)[:, None, :],
         )
-
-
-def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x: [T, heads, D]; cos/sin: [T, 1, D]."""
-    half = x.shape[-1] // 2
-    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-    return x * cos + rotated * sin
 
 
 def can_prepack(weight: torch.Tensor) -> bool:

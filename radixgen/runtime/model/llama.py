@@ -15,13 +15,13 @@ from torch import nn
 
 from radixgen.runtime.config import ModelConfig
 from radixgen.runtime.model.attention import AttentionMetadata, TorchSDPABackend
+from radixgen.runtime.model.fused import fused_ops
 from radixgen.runtime.model.int4 import Int4Groups
 from radixgen.runtime.model.layers import (
     Linear,
     MergedLinear,
     RMSNorm,
     RotaryEmbedding,
-    apply_rotary,
     can_prepack,
     packed_linear,
     prepack_weight,
@@ -51,9 +51,10 @@ class LlamaAttention(nn.Module):
         T = x.shape[0]
         H, Hkv, D = self.num_heads, self.num_kv_heads, self.head_dim
         qkv = self.qkv_proj(x)  # [T, (H + 2*Hkv) * D]
-        # q and k are adjacent columns: rotate them as one [T, H + Hkv, D] tensor
-        qk = apply_rotary(qkv[:, : (H + Hkv) * D].view(T, H + Hkv, D), *rope)
-        q, k = qk[:, :H].reshape(T, H * D), qk[:, H:].reshape(T, Hkv * D)
+        # q and k are adjacent columns: rotate them in place as one [T, H + Hkv, D] tensor
+        fused_ops().rotary_(qkv[:, : (H + Hkv) * D].view(T, H + Hkv, D), *rope)
+        q = qkv[:, : H * D]  # [T, H * D], column slices of qkv
+        k = qkv[:, H * D : (H + Hkv) * D]  # [T, Hkv * D]
         v = qkv[:, (H + Hkv) * D :]  # [T, Hkv * D]
         out = attn.forward(self.layer_id, q, k, v, meta)
         return self.o_proj(out)
@@ -67,8 +68,7 @@ class LlamaMLP(nn.Module):
         self.down_proj = Linear(size, config.hidden_size, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
-        return self.down_proj(F.silu(gate) * up)
+        return self.down_proj(fused_ops().silu_mul(self.gate_up_proj(x)))
 
 
 class LlamaDecoderLayer(nn.Module):
@@ -79,9 +79,22 @@ class LlamaDecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.mlp = LlamaMLP(config)
 
-    def forward(self, x, rope, attn, meta):
-        x = x + self.self_attn(self.input_layernorm(x), rope, attn, meta)
-        return x + self.mlp(self.post_attention_layernorm(x))
+    def forward(
+        self,
+        x: torch.Tensor,  # [T, hidden]: the residual stream before this layer's attention
+        residual: torch.Tensor | None,  # [T, hidden]: added to x first (None: x is the stream)
+        rope: tuple[torch.Tensor, torch.Tensor],
+        attn: TorchSDPABackend,
+        meta: AttentionMetadata,
+    ) -> tuple[torch.Tensor, torch.Tensor]:  # the MLP's output, the stream it adds to
+        """One layer; the residual adds are deferred into the next RMSNorm (one fused pass)."""
+        if residual is None:
+            residual, normed = x, self.input_layernorm(x)
+        else:
+            normed, residual = self.input_layernorm.add_and_norm(x, residual)
+        attended = self.self_attn(normed, rope, attn, meta)
+        normed, residual = self.post_attention_layernorm.add_and_norm(residual, attended)
+        return self.mlp(normed), residual
 
 
 # HF weight name suffix -> (our parameter path suffix, shard index) for merged projections.
@@ -118,9 +131,10 @@ class LlamaForCausalLM(nn.Module):
     ) -> torch.Tensor:  # [R, vocab] float32
         x = self.embed_tokens(input_ids)  # [T, hidden]
         rope = self.rotary.lookup(positions, x.dtype)
+        residual = None
         for layer in self.layers:
-            x = layer(x, rope, attn, meta)
-        x = self.norm(x[logit_rows])  # [R, hidden]
+            x, residual = layer(x, residual, rope, attn, meta)
+        x, _ = self.norm.add_and_norm(x[logit_rows], residual[logit_rows])  # [R, hidden]
         if self.lm_head is not None:
             return self.lm_head(x).float()
         if self.packed_tied_head is not None:
