@@ -36,7 +36,7 @@ from benchmarks.workloads import WORKLOADS
 from benchmarks.workloads.base import SIZES
 from benchmarks.workloads.metrics import RunResult, median_round
 from benchmarks.workloads.report import chart, markdown
-from benchmarks.workloads.runner import run_workload, warm_up
+from benchmarks.workloads.runner import run_workload, unavailable_result, warm_up
 from benchmarks.workloads.systems import SPECS, OpenSystem, open_system
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -157,8 +157,7 @@ def run_all(keys: list[str], names: list[str], size: str, log_dir: Path) -> list
         except Exception as exc:  # its rows say why; the other systems still run
             log(f"{key} failed: {exc!r}")
             done = {r.workload for r in results if r.system == key}
-            status = f"failed: {exc!r}"[:300]
-            results += [RunResult(n, key, status=status) for n in names if n not in done]
+            results += [_failed(n, key, exc) for n in names if n not in done]
     return _workload_major(results, keys, names)
 
 
@@ -171,9 +170,9 @@ def run_interleaved(keys: list[str], names: list[str], size: str, log_dir: Path)
     results = []
     for name in names:
         for key in keys:
-            reason = SPECS[key].unavailable_reason(name, WORKLOADS[name].needs)
-            if reason:
-                results.append(RunResult(name, key, status=reason))
+            unavailable = unavailable_result(WORKLOADS[name], SPECS[key])
+            if unavailable is not None:  # no system start for a workload it cannot run
+                results.append(unavailable)
                 continue
             try:
                 with open_system(key, log_dir) as system:
@@ -181,7 +180,7 @@ def run_interleaved(keys: list[str], names: list[str], size: str, log_dir: Path)
                     results.append(_run_guarded(name, key, system, size))
             except Exception as exc:  # its row says why; the other systems still run
                 log(f"{key} failed on {name}: {exc!r}")
-                results.append(RunResult(name, key, status=f"failed: {exc!r}"[:300]))
+                results.append(_failed(name, key, exc))
     return _workload_major(results, keys, names)
 
 
@@ -195,7 +194,12 @@ def _run_guarded(name: str, key: str, system: OpenSystem, size: str) -> RunResul
         return run_workload(WORKLOADS[name], system, size)
     except Exception as exc:  # report it in the table, go on with the next one
         log(f"{name} on {key} failed: {exc!r}")
-        return RunResult(name, key, status=f"failed: {exc!r}"[:300])
+        return _failed(name, key, exc)
+
+
+def _failed(name: str, key: str, exc: Exception) -> RunResult:
+    """The row of a run that raised: no numbers, the exception as its status."""
+    return RunResult(name, key, status=f"failed: {exc!r}"[:300])
 
 
 def main(argv: list[str] | None = None) -> int:

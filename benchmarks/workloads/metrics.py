@@ -92,8 +92,8 @@ class RunResult:
     optimal_unbounded: float | None = None
     counters: dict[str, float] = field(default_factory=dict)
     round_programs_per_s: list[float | None] = field(default_factory=list)
-    """programs/s of every round, in round order (None: that round failed), when the suite ran
-    several (`--repeat`); empty after a single run."""
+    """programs/s of every round, in round order (None: that round failed); set by
+    `median_round` (one entry after a single round), empty on a result taken alone."""
 
     @property
     def ok(self) -> bool:

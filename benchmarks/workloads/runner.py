@@ -17,7 +17,7 @@ import radixgen as sgl
 from benchmarks.servers import log
 from benchmarks.workloads.base import Args, Workload
 from benchmarks.workloads.metrics import RunResult, optimal_hit_rate, percentile
-from benchmarks.workloads.systems import OpenSystem
+from benchmarks.workloads.systems import OpenSystem, SystemSpec
 from radixgen.lang.global_config import global_config
 from radixgen.lang.state import ProgramState
 
@@ -73,13 +73,18 @@ def _delta(before: dict[str, float] | None, after: dict[str, float] | None) -> d
     return {k: after[k] - before[k] for k in after}
 
 
+def unavailable_result(workload: Workload, spec: SystemSpec) -> RunResult | None:
+    """The n/a row when the system cannot run the workload (lacks a feature), else None."""
+    reason = spec.unavailable_reason(workload.name, workload.needs)
+    return RunResult(workload.name, spec.key, status=reason) if reason else None
+
+
 def run_workload(workload: Workload, system: OpenSystem, size: str) -> RunResult:
     """Measure `workload` at `size` on `system` (n/a when the system lacks a feature)."""
+    unavailable = unavailable_result(workload, system.spec)
+    if unavailable is not None:
+        return unavailable
     result = RunResult(workload.name, system.spec.key)
-    reason = system.spec.unavailable_reason(workload.name, workload.needs)
-    if reason:
-        result.status = reason
-        return result
     batch = workload.make_args(size)
     system.flush_cache()
     system.log.reset()

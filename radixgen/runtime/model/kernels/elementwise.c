@@ -8,8 +8,9 @@
  * arithmetic is reordered (RMSNorm's sum of squares) or approximated (expf): a rare last-bit
  * difference in bfloat16.
  *
- * Layouts: rows of `row_stride` elements (bfloat16 bits), the first `dim` of them used.
- * Small problems run on the calling thread: waking the pool costs more than they do.
+ * Tensors are bfloat16 bits in contiguous rows (rotary: rows `row_stride` apart, its heads at
+ * the start of each). Small problems run on the calling thread: waking the pool costs more
+ * than they do.
  */
 #include <math.h>
 #include <stdint.h>
