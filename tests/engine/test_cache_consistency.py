@@ -161,3 +161,20 @@ def test_batch_sharing_a_cached_prefix_matches_running_alone(engine, monkeypatch
     assert 1 in levels and 2 in levels, "the shared and per-group prefix paths were not both used"
     assert [o["output_ids"] for o in batched] == alone
     assert_idle_invariant(engine)
+
+
+def test_one_question_over_different_cached_prefixes_prefills_in_one_batch(engine):
+    """The same question asked of two cached articles shares no uncached KV, so neither request
+    waits for the other (in-batch sharing defers only requests continuing the same prefix)."""
+    assert engine.flush_cache()
+    articles = [
+        "Article: The river town rebuilt its old stone bridge after the spring flood.\n",
+        "Article: A small bakery began selling bread made from grain grown on its roof.\n",
+    ]
+    engine.generate(articles, {"max_new_tokens": 0})
+    question = "Question: In one sentence, what is the article about?\nAnswer:"
+    before = engine.stats()["prefill_batches"]
+    outs = engine.generate([article + question for article in articles], GREEDY)
+    assert engine.stats()["prefill_batches"] - before == 1
+    assert all(o["meta_info"]["cached_tokens"] > 10 for o in outs)
+    assert_idle_invariant(engine)

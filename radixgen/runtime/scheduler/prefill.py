@@ -8,10 +8,13 @@ Budgets for one batch:
 - chunk: a prompt longer than `chunked_prefill_size` is prefilled a chunk per step; the chunked
   request continues first on the next step.
 
-In-batch prefix sharing: when a waiting request's first `SHARED_PREFIX_DEFER` uncached tokens (or
-all of them, if fewer) equal those of a request already admitted to the batch, only the first is
-admitted; the other waits one step and then finds that prefix in the cache
-(this is how `n > 1` samples and a burst of few-shot questions compute their prompt once).
+In-batch prefix sharing: when a waiting request continues the same cached prefix as a request
+already admitted to the batch, with the same first `SHARED_PREFIX_DEFER` uncached tokens (or all
+of them, if fewer), only the first is admitted; the other waits one step and then finds that
+prefix in the cache (this is how `n > 1` samples and a burst of few-shot questions compute their
+prompt once). Requests whose uncached text merely starts alike after *different* cached prefixes
+(the same question asked of two articles) share nothing and go in together; with the cache
+disabled nothing is ever deferred, since nothing would be found later.
 """
 
 from __future__ import annotations
@@ -68,7 +71,7 @@ class PrefillManager:
             if chunked.pending_len > size:
                 batch.chunked = chunked
                 return batch
-        seen_prefixes: set[tuple[int, ...]] = set()
+        seen_heads: set[tuple[int, int, tuple[int, ...]]] = set()
         for req in ordered_waiting:
             if len(running) + len(batch.reqs) >= self.max_running or rem_input <= 0:
                 break
@@ -77,8 +80,8 @@ class PrefillManager:
             prefix, node = self.cache.match(req)
             cached = int(prefix.shape[0])
             extend = req.seq_len - cached
-            head = tuple(req.fill_ids[cached : cached + SHARED_PREFIX_DEFER])
-            if head in seen_prefixes:
+            head = self._uncached_head(req, prefix)
+            if head is not None and head in seen_heads:
                 continue  # shares an uncached prefix with a request admitted in this batch
             need = extend + expected_decode_tokens(req, new_token_ratio)
             alone = not running and not batch.reqs  # validated to fit the pool by itself
@@ -96,7 +99,8 @@ class PrefillManager:
             if not self._add(batch, req, size):
                 self.cache.release(req)
                 break
-            seen_prefixes.add(head)
+            if head is not None:
+                seen_heads.add(head)
             reserved += expected_decode_tokens(req, new_token_ratio)
             rem_input -= size
             if rem_chunk is not None:
@@ -105,6 +109,16 @@ class PrefillManager:
                 batch.chunked = req
                 break
         return batch if batch.reqs else None
+
+    def _uncached_head(self, req: Req, prefix) -> tuple[int, int, tuple[int, ...]] | None:
+        """What two requests must have in common to share their first uncached tokens: the
+        cached prefix they continue (its length and last KV slot: a slot sits at one position
+        of one tree path) and those tokens. None when the cache is disabled."""
+        if self.cache.disabled:
+            return None
+        cached = int(prefix.shape[0])
+        last_slot = int(prefix[-1]) if cached else -1
+        return cached, last_slot, tuple(req.fill_ids[cached : cached + SHARED_PREFIX_DEFER])
 
     def _add(self, batch: PrefillBatch, req: Req, size: int) -> bool:
         if self.cache.extend(req, size) is None:
