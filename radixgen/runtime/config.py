@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 SCHEDULE_POLICIES = ("lpm", "fcfs", "dfs-weight")
+ATTENTION_BACKENDS = ("auto", "torch")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -80,6 +81,12 @@ class EngineConfig:
         "weights (Q4_0/Q4_1 blocks, as stored; bfloat16 on CPU only), reading a quarter of the "
         "bytes; wider ones use the bfloat16 weights. 0: always bfloat16.",
     )
+    attention_backend: str = _opt(
+        "auto",
+        "Attention kernels: 'auto' takes the native AMX segment kernel where it runs (bfloat16 "
+        "on a CPU with AMX, head_dim 64), else PyTorch's; 'torch' always PyTorch's.",
+        choices=ATTENTION_BACKENDS,
+    )
     num_threads: int | None = _opt(None, "Torch intra-op threads (default: all cores).")
     random_seed: int = _opt(0, "Seed for requests that do not set their own sampling seed.")
     max_queued_requests: int | None = _opt(None, "Reject new requests beyond this many waiting.")
@@ -90,6 +97,11 @@ class EngineConfig:
         if self.schedule_policy not in SCHEDULE_POLICIES:
             raise ValueError(
                 f"schedule_policy must be one of {SCHEDULE_POLICIES}, got {self.schedule_policy!r}"
+            )
+        if self.attention_backend not in ATTENTION_BACKENDS:
+            raise ValueError(
+                f"attention_backend must be one of {ATTENTION_BACKENDS}, "
+                f"got {self.attention_backend!r}"
             )
         if self.int4_max_tokens < 0:
             raise ValueError(f"int4_max_tokens must be >= 0, got {self.int4_max_tokens}")

@@ -21,6 +21,8 @@ from radixgen.runtime.model.int4 import can_use_int4
 from radixgen.runtime.model.layers import rope_inv_freq
 from radixgen.runtime.model.llama import LlamaForCausalLM
 from radixgen.runtime.model.loader import ModelSource
+from radixgen.runtime.model.segment_attention import SegmentKernelBackend
+from radixgen.runtime.model.segment_kernel import load_segment_attention
 
 logger = logging.getLogger(__name__)
 
@@ -63,13 +65,19 @@ class ModelRunner:
         self.req_table = ReqToTokenTable(
             engine_config.max_running_requests + 1, context_len, self.device
         )
-        self.attention = TorchSDPABackend(
-            self.kv_pool,
-            self.req_table,
-            model_config.num_heads,
-            model_config.num_kv_heads,
-            load_decode_attention(self.device, self.dtype),
-        )
+        self.attention = self._attention_backend(model_config, engine_config)
+        logger.info("attention backend: %s", type(self.attention).__name__)
+
+    def _attention_backend(
+        self, model_config: ModelConfig, engine_config: EngineConfig
+    ) -> SegmentKernelBackend | TorchSDPABackend:
+        heads = (model_config.num_heads, model_config.num_kv_heads)
+        if engine_config.attention_backend == "auto":
+            kernel = load_segment_attention(self.device, self.dtype, model_config.head_dim)
+            if kernel is not None:
+                return SegmentKernelBackend(self.kv_pool, self.req_table, *heads, kernel)
+        decode_kernel = load_decode_attention(self.device, self.dtype)
+        return TorchSDPABackend(self.kv_pool, self.req_table, *heads, decode_kernel)
 
     def forward(self, batch: ForwardBatch) -> torch.Tensor:
         """Run one batch; returns logits [R, vocab] float32 for `batch.logit_rows`."""
