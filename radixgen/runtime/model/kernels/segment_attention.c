@@ -147,14 +147,12 @@ static void pack_keys(const uint16_t *k, const int64_t *slots, int64_t n_keys, i
  * dim, the values of keys 2t and 2t+1. packed: [key blocks][4][16 rows][16 lanes] 32-bit. */
 static void pack_values(const uint16_t *v, const int64_t *slots, int64_t n_keys, int64_t stride,
                         uint32_t *packed) {
-    __m512i first = _mm512_setzero_si512(), second = _mm512_setzero_si512();
     uint16_t first_idx[32], second_idx[32];
-    for (int i = 0; i < 32; ++i) { /* word i: dim i / 2 of key (i odd ? b : a) */
+    for (int i = 0; i < 32; ++i) { /* word i: dim i / 2 (+16) of key (i odd ? b : a) */
         first_idx[i] = (uint16_t)(i / 2 + (i % 2 ? 32 : 0));
         second_idx[i] = (uint16_t)(16 + i / 2 + (i % 2 ? 32 : 0));
     }
-    first = _mm512_loadu_si512(first_idx);
-    second = _mm512_loadu_si512(second_idx);
+    const __m512i first = _mm512_loadu_si512(first_idx), second = _mm512_loadu_si512(second_idx);
     for (int64_t block = 0; block * KEY_BLOCK < n_keys; ++block) {
         uint32_t *dest = packed + block * 4 * 256;
         for (int t = 0; t < 16; ++t) {
