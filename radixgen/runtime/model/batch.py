@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 import torch
 
@@ -40,3 +41,20 @@ class ForwardBatch:
     @property
     def num_tokens(self) -> int:
         return int(self.input_ids.shape[0])
+
+
+class AttentionBackend(Protocol):
+    """What the model asks of attention: `prepare` once per batch (its metadata is opaque to
+    the model), then `forward` per layer, which stores the layer's new K/V in the pool and
+    returns the attention output."""
+
+    def prepare(self, batch: ForwardBatch) -> Any: ...
+
+    def forward(
+        self,
+        layer: int,
+        q: torch.Tensor,  # [T, H*D]
+        k: torch.Tensor,  # [T, Hkv*D]
+        v: torch.Tensor,  # [T, Hkv*D]
+        meta: Any,
+    ) -> torch.Tensor: ...  # [T, H*D]

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from radixgen.runtime.config import ModelConfig
-from radixgen.runtime.model.attention import AttentionMetadata, TorchSDPABackend
+from radixgen.runtime.model.batch import AttentionBackend
 from radixgen.runtime.model.fused import fused_ops
 from radixgen.runtime.model.int4 import Int4Groups
 from radixgen.runtime.model.layers import (
@@ -45,8 +45,8 @@ class LlamaAttention(nn.Module):
         self,
         x: torch.Tensor,  # [T, hidden]
         rope: tuple[torch.Tensor, torch.Tensor],
-        attn: TorchSDPABackend,
-        meta: AttentionMetadata,
+        attn: AttentionBackend,
+        meta: object,  # what attn.prepare returned for this batch
     ) -> torch.Tensor:
         T = x.shape[0]
         H, Hkv, D = self.num_heads, self.num_kv_heads, self.head_dim
@@ -84,8 +84,8 @@ class LlamaDecoderLayer(nn.Module):
         x: torch.Tensor,  # [T, hidden]: the residual stream before this layer's attention
         residual: torch.Tensor | None,  # [T, hidden]: added to x first (None: x is the stream)
         rope: tuple[torch.Tensor, torch.Tensor],
-        attn: TorchSDPABackend,
-        meta: AttentionMetadata,
+        attn: AttentionBackend,
+        meta: object,  # what attn.prepare returned for this batch
     ) -> tuple[torch.Tensor, torch.Tensor]:  # the MLP's output, the stream it adds to
         """One layer; the residual adds are deferred into the next RMSNorm (one fused pass)."""
         if residual is None:
@@ -125,8 +125,8 @@ class LlamaForCausalLM(nn.Module):
         self,
         input_ids: torch.Tensor,  # [T]
         positions: torch.Tensor,  # [T]
-        attn: TorchSDPABackend,
-        meta: AttentionMetadata,
+        attn: AttentionBackend,
+        meta: object,  # what attn.prepare returned for this batch
         logit_rows: torch.Tensor,  # [R]
     ) -> torch.Tensor:  # [R, vocab] float32
         x = self.embed_tokens(input_ids)  # [T, hidden]

@@ -15,7 +15,7 @@ from radixgen.runtime.cache.kv_pool import KVPool
 from radixgen.runtime.cache.req_table import ReqToTokenTable
 from radixgen.runtime.config import EngineConfig, ModelConfig
 from radixgen.runtime.model.attention import TorchSDPABackend
-from radixgen.runtime.model.batch import ForwardBatch
+from radixgen.runtime.model.batch import AttentionBackend, ForwardBatch
 from radixgen.runtime.model.decode_kernel import load_decode_attention
 from radixgen.runtime.model.int4 import can_use_int4
 from radixgen.runtime.model.layers import rope_inv_freq
@@ -70,7 +70,7 @@ class ModelRunner:
 
     def _attention_backend(
         self, model_config: ModelConfig, engine_config: EngineConfig
-    ) -> SegmentKernelBackend | TorchSDPABackend:
+    ) -> AttentionBackend:
         heads = (model_config.num_heads, model_config.num_kv_heads)
         if engine_config.attention_backend == "auto":
             kernel = load_segment_attention(self.device, self.dtype, model_config.head_dim)

@@ -237,34 +237,31 @@ static inline float row_probabilities(const float *scores, int64_t visible, int6
     return _mm512_reduce_add_ps(sum);
 }
 
-/* O tiles (0-3) += P [16, n] . V for the packed value blocks from `first_block`. */
+/* O tiles (0-3) += P [16, n] . V for the packed value blocks from `first_block`. Successive
+ * blocks load P into alternate A tiles. */
 static inline void accumulate_values(const uint16_t *probs, int64_t stride, int64_t blocks,
                                      const uint32_t *values, int64_t first_block) {
+#define VALUE_BLOCK(a)                                                             \
+    do {                                                                           \
+        TILE_LOAD(a, p, stride);                                                   \
+        TILE_LOAD(TILE_B0, packed, 64);                                            \
+        TILE_DOT(0, a, TILE_B0);                                                   \
+        TILE_LOAD(TILE_B1, packed + 256, 64);                                      \
+        TILE_DOT(1, a, TILE_B1);                                                   \
+        TILE_LOAD(TILE_B0, packed + 512, 64);                                      \
+        TILE_DOT(2, a, TILE_B0);                                                   \
+        TILE_LOAD(TILE_B1, packed + 768, 64);                                      \
+        TILE_DOT(3, a, TILE_B1);                                                   \
+    } while (0)
     for (int64_t b = 0; b < blocks; ++b) {
         const uint32_t *packed = values + (first_block + b) * 4 * 256;
         const uint16_t *p = probs + b * KEY_BLOCK;
-        if (b % 2 == 0) {
-            TILE_LOAD(TILE_A0, p, stride);
-            TILE_LOAD(TILE_B0, packed, 64);
-            TILE_DOT(0, TILE_A0, TILE_B0);
-            TILE_LOAD(TILE_B1, packed + 256, 64);
-            TILE_DOT(1, TILE_A0, TILE_B1);
-            TILE_LOAD(TILE_B0, packed + 512, 64);
-            TILE_DOT(2, TILE_A0, TILE_B0);
-            TILE_LOAD(TILE_B1, packed + 768, 64);
-            TILE_DOT(3, TILE_A0, TILE_B1);
-        } else {
-            TILE_LOAD(TILE_A1, p, stride);
-            TILE_LOAD(TILE_B0, packed, 64);
-            TILE_DOT(0, TILE_A1, TILE_B0);
-            TILE_LOAD(TILE_B1, packed + 256, 64);
-            TILE_DOT(1, TILE_A1, TILE_B1);
-            TILE_LOAD(TILE_B0, packed + 512, 64);
-            TILE_DOT(2, TILE_A1, TILE_B0);
-            TILE_LOAD(TILE_B1, packed + 768, 64);
-            TILE_DOT(3, TILE_A1, TILE_B1);
-        }
+        if (b % 2 == 0)
+            VALUE_BLOCK(TILE_A0);
+        else
+            VALUE_BLOCK(TILE_A1);
     }
+#undef VALUE_BLOCK
 }
 
 /* Rows [first, first + n_rows) of a problem (n_rows <= 16) against its packed keys: for each
