@@ -232,3 +232,12 @@ def test_grammar_failure_mid_generation_aborts_only_that_request(engine):
     assert req.finish_reason.kind is FinishKind.ABORT
     assert req.finish_reason.message.startswith("grammar error")
     assert req.output_ids == [digit]
+
+
+def test_schema_numbers_beyond_64_bits_are_read_not_a_server_error(engine):
+    """A schema may hold any JSON number (the fuzzer sent -9223372036854775809): it compiles."""
+    schema = {"type": "object", "properties": {"n": {"type": "integer"}}, "x-big": -(2**63) - 1}
+    out = engine.generate(
+        "A JSON object:", {"json_schema": json.dumps(schema), "max_new_tokens": 12}
+    )
+    assert out["text"].startswith("{")

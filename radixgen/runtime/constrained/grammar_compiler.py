@@ -106,7 +106,14 @@ def _grammar_text(kind: str, source: str) -> str:
             raise InvalidRequestError(f"json_schema is not valid JSON: {exc}", kind) from exc
         if not isinstance(schema, dict | bool):
             raise InvalidRequestError("json_schema must be a JSON object", kind)
-        return LLMatcher.grammar_from_json_schema(strict_schema(schema), overrides=JSON_OPTIONS)
+        # As text: llguidance's JSON parser reads integers beyond 64 bits (as floats), while
+        # its conversion of Python objects rejects them.
+        try:
+            return LLMatcher.grammar_from_json_schema(
+                json.dumps(strict_schema(schema)), overrides=JSON_OPTIONS
+            )
+        except ValueError as exc:
+            raise InvalidRequestError(f"invalid json_schema: {exc}", kind) from exc
     try:  # ebnf: GBNF (`root ::= ...`, as llama.cpp and xgrammar take it) or Lark
         return LLMatcher.grammar_from_lark(any_to_lark(source))
     except Exception as exc:  # the GBNF converter raises plain exceptions on syntax errors
