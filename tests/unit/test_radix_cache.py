@@ -84,6 +84,13 @@ def _insert_fresh(
 # --- SlotAllocator ---------------------------------------------------------------------------
 
 
+def _free_in_reuse_order(allocator: SlotAllocator) -> list[int]:
+    """The free slots in the order `alloc` hands them out (the allocator is left as it was)."""
+    slots = allocator.alloc(allocator.available)
+    allocator.free(slots)
+    return slots.tolist()
+
+
 def test_allocator_never_hands_out_padding_slot_zero():
     """Allocating the whole pool yields exactly slots 1..size; slot 0 stays reserved."""
     allocator = SlotAllocator(8)
@@ -104,7 +111,7 @@ def test_allocator_refuses_to_overcommit_and_takes_slots_back():
     assert allocator.alloc(0).numel() == 0
     allocator.clear()
     assert allocator.available == 4
-    assert sorted(allocator._free.tolist()) == [1, 2, 3, 4]
+    assert sorted(_free_in_reuse_order(allocator)) == [1, 2, 3, 4]
 
 
 # --- RadixCache: matching and insertion -----------------------------------------------------
@@ -226,7 +233,7 @@ def test_evict_never_frees_a_locked_path():
     free_before = allocator.available
     assert tree.evict(100) == 2
     assert allocator.available == free_before + 2
-    assert sorted(allocator._free.tolist()[-2:]) == sorted(other[2:])
+    assert sorted(_free_in_reuse_order(allocator)[-2:]) == sorted(other[2:])
     assert (tree.evictable_size, tree.protected_size) == (0, 4)
     match = tree.match_prefix([1, 2, 3, 4])
     assert match.node is node
@@ -250,12 +257,12 @@ def test_evict_frees_least_recently_used_leaf_first():
     _insert_fresh(allocator, tree, [2, 2])  # b too (nothing new is stored)
 
     assert tree.evict(1) == 2  # one whole leaf, even though one token was asked for
-    assert allocator._free.tolist()[-2:] == c
+    assert _free_in_reuse_order(allocator)[-2:] == c
     assert set(tree.root.children) == {1, 2, 4}
     assert tree.evict(3) == 4
     assert set(tree.root.children) == {2}  # d, then a went; b was used last
     assert tree.match_prefix([2, 2]).indices.tolist() == b
-    assert sorted(allocator._free.tolist()[-4:]) == sorted(a + d)
+    assert sorted(_free_in_reuse_order(allocator)[-4:]) == sorted(a + d)
 
 
 def test_evicting_a_leaf_makes_its_parent_evictable_once_childless():
@@ -523,7 +530,7 @@ class RadixCacheMachine(RuleBasedStateMachine):
             + len(own)
             == self.allocator.size
         )
-        owners = self.allocator._free.tolist() + self.tree.all_slots().tolist() + own
+        owners = _free_in_reuse_order(self.allocator) + self.tree.all_slots().tolist() + own
         assert sorted(owners) == list(range(1, self.allocator.size + 1))
 
     @invariant()

@@ -41,7 +41,12 @@ class KVPool:
 
 
 class SlotAllocator:
-    """Free list of KV slots 1..size. `alloc` returns None rather than over-committing."""
+    """Free list of KV slots 1..size. `alloc` returns None rather than over-committing.
+
+    Freed slots are copied into a list of returned runs and joined into the free list only when
+    an allocation needs them, so a free costs its own length, not the pool's; slots are reused
+    in the order they were freed.
+    """
 
     def __init__(self, size: int):
         self.size = size
@@ -49,17 +54,24 @@ class SlotAllocator:
 
     def clear(self) -> None:
         self._free = torch.arange(1, self.size + 1, dtype=torch.int64)
+        self._returned: list[torch.Tensor] = []
+        self._returned_count = 0
 
     @property
     def available(self) -> int:
-        return int(self._free.shape[0])
+        return int(self._free.shape[0]) + self._returned_count
 
     def alloc(self, n: int) -> torch.Tensor | None:
         if n > self.available:
             return None
+        if n > self._free.shape[0]:
+            self._free = torch.cat((self._free, *self._returned))
+            self._returned, self._returned_count = [], 0
         slots, self._free = self._free[:n], self._free[n:]
         return slots
 
     def free(self, slots: torch.Tensor) -> None:
+        """Return `slots` (copied: the caller may reuse its tensor)."""
         if slots.numel():
-            self._free = torch.cat((self._free, slots.to(torch.int64)))
+            self._returned.append(slots.to(torch.int64, copy=True))
+            self._returned_count += int(slots.numel())

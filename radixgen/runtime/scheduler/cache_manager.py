@@ -96,10 +96,10 @@ class CacheManager:
             return
         slots = self.req_table.read(req.req_pool_row, req.kv_len)
         if self.disabled:
-            self.allocator.free(slots.clone())
+            self.allocator.free(slots)
         else:
             inserted = self.tree.insert(req.fill_ids[: req.kv_len], slots)
-            self.allocator.free(slots[req.cached_len : inserted.prefix_len].clone())
+            self.allocator.free(slots[req.cached_len : inserted.prefix_len])
             self.tree.unlock(req.last_node)
         self.req_table.free(req.req_pool_row)
         req.req_pool_row, req.prefix_indices, req.last_node, req.kv_len = None, None, None, 0
