@@ -104,12 +104,38 @@ def test_accumulating_a_second_segment_equals_one_problem(segment_kernel):
     torch.testing.assert_close(lse, ref_lse, rtol=1e-5, atol=1e-4)
 
 
+def test_reads_query_rows_in_place_from_a_fused_projection(segment_kernel):
+    """q may be the query columns of a fused QKV output (rows strided): same result, bit for bit,
+    as the contiguous copy."""
+    k_buf, v_buf, gen = random_pool(500, 3)
+    T = 24
+    qkv = torch.randn(T, (HKV * G + 2 * HKV) * D, generator=gen).bfloat16()
+    q = qkv[:, : HKV * G * D]  # [T, H * D], row stride (H + 2 * Hkv) * D
+    problems = SegmentProblems.build([torch.arange(T)], [torch.randperm(500, generator=gen)[:90]])
+    outs = []
+    for query in (q, q.contiguous()):
+        out, lse = torch.empty(T, HKV, G, D), torch.empty(T, HKV, G)
+        segment_kernel(query, k_buf, v_buf, problems, out, lse)
+        outs.append((out, lse))
+    assert torch.equal(outs[0][0], outs[1][0]) and torch.equal(outs[0][1], outs[1][1])
+
+
 def test_rejects_what_it_cannot_read(segment_kernel):
     k_buf = torch.randn(10, HKV, D)
     problems = SegmentProblems.build([torch.arange(1)], [torch.arange(3)])
     with pytest.raises(ValueError, match="bfloat16"):
         segment_kernel(
             torch.randn(1, HKV * G * D), k_buf, k_buf, problems, torch.empty(1), torch.empty(1)
+        )
+    k_buf = k_buf.bfloat16()
+    with pytest.raises(ValueError, match="contiguous"):
+        segment_kernel(
+            torch.randn(HKV * G * D, 2).bfloat16().t()[:1],  # columns 2 elements apart
+            k_buf,
+            k_buf,
+            problems,
+            torch.empty(1, HKV, G, D),
+            torch.empty(1, HKV, G),
         )
 
 

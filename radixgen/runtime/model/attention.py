@@ -240,7 +240,7 @@ class TorchSDPABackend:
         own_lens = seq_lens - own_start  # [B]
         if in_place:
             own = InPlaceOwn(_own_slots(kv_indices, own_start, own_lens), own_lens)
-            return AttentionMetadata(batch.out_cache_loc, _token_levels(levels, None), own)
+            return AttentionMetadata(batch.out_cache_loc, token_levels(levels, None), own)
         shared_pairs = _shared_pairs(levels, extend_lens)
         ragged = _pads_wastefully(B, E, own_lens, extend_lens, shared_pairs)
         if (
@@ -267,7 +267,7 @@ class TorchSDPABackend:
         token_req = None
         if batch.mode is ForwardMode.EXTEND:
             token_req = torch.repeat_interleave(torch.arange(B), extend_lens)  # [T]
-        return AttentionMetadata(batch.out_cache_loc, _token_levels(levels, token_req), own)
+        return AttentionMetadata(batch.out_cache_loc, token_levels(levels, token_req), own)
 
     def _padded_own(self, batch, kv_indices, prefix_lens, own_start, own_lens, E) -> PaddedOwn:
         B, T = batch.batch_size, batch.num_tokens
@@ -418,7 +418,7 @@ def _gather_kv(k_buf, v_buf, slots: torch.Tensor, rows: int):
     return k, v
 
 
-def _token_levels(levels, token_req: torch.Tensor | None) -> tuple[tuple[TokenSegment, ...], ...]:
+def token_levels(levels, token_req: torch.Tensor | None) -> tuple[tuple[TokenSegment, ...], ...]:
     """Every level's segments as flat token rows (`token_req`: request of each token, [T];
     None in decode, where token b is request b)."""
     return tuple(tuple(_token_segment(segment, token_req) for segment in level) for level in levels)

@@ -23,7 +23,7 @@ import torch
 
 from radixgen.runtime.cache.kv_pool import KVPool
 from radixgen.runtime.cache.req_table import ReqToTokenTable
-from radixgen.runtime.model.attention import SharedSegment, find_shared_segments
+from radixgen.runtime.model.attention import TokenSegment, find_shared_segments, token_levels
 from radixgen.runtime.model.batch import ForwardBatch
 from radixgen.runtime.model.segment_kernel import SegmentAttentionKernel, SegmentProblems
 
@@ -63,7 +63,9 @@ class SegmentKernelBackend:
         )
         token_req = torch.repeat_interleave(torch.arange(batch.batch_size), extend_lens)  # [T]
         own = _own_problems(kv_indices, own_start, prefix_lens, seq_lens, extend_lens, token_req)
-        shared = tuple(_level_problems(level, token_req) for level in levels)
+        shared = tuple(
+            _level_problems(level, token_req.shape[0]) for level in token_levels(levels, token_req)
+        )
         return SegmentMetadata(batch.out_cache_loc, own, shared)
 
     def forward(
@@ -79,7 +81,6 @@ class SegmentKernelBackend:
         D = q.shape[1] // self.num_heads
         self.kv_pool.write(layer, meta.out_cache_loc, k.view(T, Hkv, D), v.view(T, Hkv, D))
         k_buf, v_buf = self.kv_pool.buffers(layer)  # [S, Hkv, D] each
-        q = q.contiguous()
         out = torch.empty(T, Hkv, G, D, dtype=torch.float32)
         lse = torch.empty(T, Hkv, G, dtype=torch.float32)
         self.kernel(q, k_buf, v_buf, meta.own, out, lse)
@@ -112,11 +113,8 @@ def _own_problems(
     )
 
 
-def _level_problems(level: tuple[SharedSegment, ...], token_req: torch.Tensor) -> SegmentProblems:
+def _level_problems(level: tuple[TokenSegment, ...], num_tokens: int) -> SegmentProblems:
     """Each segment of a level: all its requests' tokens over its common slots."""
-    every_token = torch.arange(token_req.shape[0])
-    tokens = [
-        every_token if segment.rows is None else torch.isin(token_req, segment.rows).nonzero()[:, 0]
-        for segment in level
-    ]
+    every_token = torch.arange(num_tokens)
+    tokens = [every_token if segment.tokens is None else segment.tokens for segment in level]
     return SegmentProblems.build(tokens, [segment.slots for segment in level])

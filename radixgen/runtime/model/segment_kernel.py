@@ -61,12 +61,12 @@ class SegmentAttentionKernel:
     def __init__(self, library: ctypes.PyDLL):
         self._run = library.segment_attention_bf16
         self._run.restype = ctypes.c_int
-        self._run.argtypes = [_ptr] * 3 + [_i64] + [_ptr] * 5 + [_i64] * 3
+        self._run.argtypes = [_ptr, _i64, _ptr, _ptr, _i64] + [_ptr] * 5 + [_i64] * 3
         self._run.argtypes += [ctypes.c_float, ctypes.c_int, ctypes.c_int, _ptr, _ptr]
 
     def __call__(
         self,
-        q: torch.Tensor,  # [T, Hkv*G*D] bfloat16
+        q: torch.Tensor,  # [T, Hkv*G*D] bfloat16; rows may be strided (a slice of fused QKV)
         k_buf: torch.Tensor,  # [S, Hkv, D] bfloat16, one layer of the pool
         v_buf: torch.Tensor,  # [S, Hkv, D]
         problems: SegmentProblems,
@@ -84,11 +84,12 @@ class SegmentAttentionKernel:
         tensors = (q, k_buf, v_buf)
         if any(t.dtype != torch.bfloat16 or t.device.type != "cpu" for t in tensors):
             raise ValueError("the segment attention kernel takes bfloat16 CPU tensors")
-        if not all(t.is_contiguous() for t in (*tensors, out, lse)):
-            raise ValueError("the segment attention kernel takes contiguous tensors")
+        if q.stride(1) != 1 or not all(t.is_contiguous() for t in (k_buf, v_buf, out, lse)):
+            raise ValueError("the segment attention kernel takes contiguous tensors (q: rows)")
         limits = problems.limits
         status = self._run(
             q.data_ptr(),
+            q.stride(0),
             k_buf.data_ptr(),
             v_buf.data_ptr(),
             len(problems.token_offsets) - 1,

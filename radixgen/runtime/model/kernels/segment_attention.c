@@ -20,7 +20,7 @@
  * O goes to memory between chunks and is rescaled there when a chunk raises a row's maximum.
  * Only head_dim 64 is supported.
  *
- * Layouts (all contiguous):
+ * Layouts (contiguous, except that q's token rows are `q_row_stride` elements apart):
  *   q      [tokens, kv_heads, group, 64]  bfloat16 bits
  *   k, v   [pool_slots, kv_heads, 64]     bfloat16 bits
  *   out    [tokens, kv_heads, group, 64]  float32
@@ -175,7 +175,7 @@ static void pack_values(const uint16_t *v, const int64_t *slots, int64_t n_keys,
 typedef struct {
     const uint16_t *q;
     const int64_t *tokens, *limits; /* this problem's entries */
-    int64_t n_keys, kv_heads, group, head;
+    int64_t q_row_stride, n_keys, kv_heads, group, head;
     float scale;
     int accumulate;
     float *out, *lse;
@@ -286,7 +286,7 @@ static void attend_tile(const Problem *p, int64_t first, int64_t n_rows, const u
             const int64_t token = p->tokens[entry];
             limit[i] = p->limits ? p->limits[entry] : p->n_keys;
             if (limit[i] > p->n_keys) limit[i] = p->n_keys;
-            memcpy(query[i], p->q + ((token * H + p->head) * G + row % G) * HEAD_DIM,
+            memcpy(query[i], p->q + token * p->q_row_stride + (p->head * G + row % G) * HEAD_DIM,
                    sizeof query[i]);
         } else {
             memset(query[i], 0, sizeof query[i]);
@@ -372,14 +372,15 @@ int segment_attention_init(void) {
 }
 
 /* Returns 0; -1 without AMX; -2 when head_dim is not 64; -3 when out of memory. */
-int segment_attention_bf16(const uint16_t *q, const uint16_t *k, const uint16_t *v,
+int segment_attention_bf16(const uint16_t *q, int64_t q_row_stride, const uint16_t *k,
+                           const uint16_t *v,
                            int64_t num_problems, const int64_t *token_offsets,
                            const int64_t *tokens, const int64_t *limits,
                            const int64_t *slot_offsets, const int64_t *slots, int64_t kv_heads,
                            int64_t group, int64_t head_dim, float scale, int accumulate,
                            int num_threads, float *out, float *lse) {
 #ifndef HAVE_AMX
-    (void)q, (void)k, (void)v, (void)num_problems, (void)token_offsets, (void)tokens;
+    (void)q, (void)q_row_stride, (void)k, (void)v, (void)num_problems, (void)token_offsets, (void)tokens;
     (void)limits, (void)slot_offsets, (void)slots, (void)kv_heads, (void)group, (void)head_dim;
     (void)scale, (void)accumulate, (void)num_threads, (void)out, (void)lse;
     return -1;
@@ -438,10 +439,18 @@ int segment_attention_bf16(const uint16_t *q, const uint16_t *k, const uint16_t 
             uint32_t *keys = packed, *values = packed + blocks * 2 * 2 * 256;
             pack_keys(k + h * HEAD_DIM, problem_slots, n_keys, stride, keys);
             pack_values(v + h * HEAD_DIM, problem_slots, n_keys, stride, values);
-            const Problem problem = {q,        tokens + entry, limits ? limits + entry : NULL,
-                                     n_keys,   kv_heads,       group,
-                                     h,        scale,          accumulate,
-                                     out,      lse};
+            const Problem problem = {q,
+                                     tokens + entry,
+                                     limits ? limits + entry : NULL,
+                                     q_row_stride,
+                                     n_keys,
+                                     kv_heads,
+                                     group,
+                                     h,
+                                     scale,
+                                     accumulate,
+                                     out,
+                                     lse};
             for (int64_t row = first; row < first + n_rows; row += TILE_ROWS) {
                 const int64_t left = first + n_rows - row;
                 attend_tile(&problem, row, left < TILE_ROWS ? left : TILE_ROWS, keys, values);
