@@ -373,16 +373,15 @@ int segment_attention_init(void) {
 
 /* Returns 0; -1 without AMX; -2 when head_dim is not 64; -3 when out of memory. */
 int segment_attention_bf16(const uint16_t *q, int64_t q_row_stride, const uint16_t *k,
-                           const uint16_t *v,
-                           int64_t num_problems, const int64_t *token_offsets,
+                           const uint16_t *v, int64_t num_problems, const int64_t *token_offsets,
                            const int64_t *tokens, const int64_t *limits,
                            const int64_t *slot_offsets, const int64_t *slots, int64_t kv_heads,
                            int64_t group, int64_t head_dim, float scale, int accumulate,
                            int num_threads, float *out, float *lse) {
 #ifndef HAVE_AMX
-    (void)q, (void)q_row_stride, (void)k, (void)v, (void)num_problems, (void)token_offsets, (void)tokens;
-    (void)limits, (void)slot_offsets, (void)slots, (void)kv_heads, (void)group, (void)head_dim;
-    (void)scale, (void)accumulate, (void)num_threads, (void)out, (void)lse;
+    (void)q, (void)q_row_stride, (void)k, (void)v, (void)num_problems, (void)token_offsets;
+    (void)tokens, (void)limits, (void)slot_offsets, (void)slots, (void)kv_heads, (void)group;
+    (void)head_dim, (void)scale, (void)accumulate, (void)num_threads, (void)out, (void)lse;
     return -1;
 #else
     if (head_dim != HEAD_DIM) return -2;
