@@ -25,3 +25,22 @@ def test_bfloat16_reference_answer_and_cache_reuse(bf16_engine):
     assert all(o["output_ids"] == first["output_ids"] for o in batch[:3])
     assert all(o["meta_info"]["cached_tokens"] > 0 for o in batch[:3])
     assert_idle_invariant(bf16_engine)
+
+
+def test_bfloat16_burst_over_an_uncached_prefix_runs_in_one_batch_and_agrees(bf16_engine):
+    """The AMX segment kernel reads a prefix that the same pass is writing: questions sharing
+    an uncached few-shot prefix prefill together and answer as they do alone."""
+    shots = "".join(f"Q: {a} + {b} = ?\nA: {a + b}\n\n" for a, b in [(2, 3), (10, 7), (41, 1)])
+    prompts = [shots + f"Q: {a} + {b} = ?\nA:" for a, b in [(4, 4), (15, 2), (30, 12)]]
+    params = {"max_new_tokens": 6, "temperature": 0, "ignore_eos": True}
+    alone = []
+    for prompt in prompts:
+        assert bf16_engine.flush_cache()
+        alone.append(bf16_engine.generate(prompt, params)["output_ids"])
+    assert bf16_engine.flush_cache()
+    before = bf16_engine.stats()["prefill_batches"]
+    outs = bf16_engine.generate(prompts, params)
+    assert bf16_engine.stats()["prefill_batches"] - before == 1
+    assert all(o["meta_info"]["cached_tokens"] > 20 for o in outs[1:])
+    assert [o["output_ids"] for o in outs] == alone
+    assert_idle_invariant(bf16_engine)

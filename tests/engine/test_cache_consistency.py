@@ -178,3 +178,66 @@ def test_one_question_over_different_cached_prefixes_prefills_in_one_batch(engin
     assert engine.stats()["prefill_batches"] - before == 1
     assert all(o["meta_info"]["cached_tokens"] > 10 for o in outs)
     assert_idle_invariant(engine)
+
+
+_BURST_SHOTS = _FEW_SHOT[: _FEW_SHOT.index("Question: What is 6")]  # 4 shots: whole prompts
+_BURST_QUESTIONS = [  # stay inside the fixture's 128-token prefill chunk, all four together
+    f"Question: What is {a} plus {b}?\nAnswer:" for a, b in [(4, 4), (15, 2), (30, 12), (9, 1)]
+]
+
+
+@pytest.fixture(scope="module")
+def burst_alone(engine):
+    """Each burst question asked alone, on a cold cache."""
+    outputs = []
+    for question in _BURST_QUESTIONS:
+        assert engine.flush_cache()
+        outputs.append(engine.generate(_BURST_SHOTS + question, GREEDY)["output_ids"])
+    return outputs
+
+
+def test_a_burst_over_an_uncached_prompt_computes_it_once_in_one_batch(
+    engine, tokenizer, burst_alone
+):
+    """Questions sharing a prefix nobody has computed yet go in one prefill batch: the first
+    publishes its prompt as it is admitted, the others reuse it inside the same forward pass
+    (nobody waits a step), and every answer is the one the question gets alone."""
+    assert engine.flush_cache()
+    before = engine.stats()["prefill_batches"]
+    outs = engine.generate([_BURST_SHOTS + q for q in _BURST_QUESTIONS], GREEDY)
+    assert engine.stats()["prefill_batches"] - before == 1
+    assert outs[0]["meta_info"]["cached_tokens"] == 0
+    shots_len = len(tokenizer(_BURST_SHOTS)["input_ids"])
+    assert all(o["meta_info"]["cached_tokens"] >= shots_len - 1 for o in outs[1:])
+    assert [o["output_ids"] for o in outs] == burst_alone
+    assert_idle_invariant(engine)
+
+
+def test_a_failed_forward_pass_answers_its_batch_and_drops_the_cache(
+    engine, monkeypatch, burst_alone
+):
+    """A pass that raises aborts every request of its batch with the error (none is left
+    waiting), drops the cache (a published prompt may lack its KV), and the engine serves on."""
+    assert engine.flush_cache()
+    runner = engine.scheduler.runner
+    real_forward = runner.forward
+    calls = []
+
+    def fail_first(batch):
+        calls.append(batch.batch_size)
+        if len(calls) == 1:
+            raise RuntimeError("injected forward failure")
+        return real_forward(batch)
+
+    monkeypatch.setattr(runner, "forward", fail_first)
+    outs = engine.generate([_BURST_SHOTS + q for q in _BURST_QUESTIONS], GREEDY)
+    monkeypatch.undo()
+    assert calls[0] == len(_BURST_QUESTIONS)  # the whole burst was in the failed pass
+    for out in outs:
+        reason = out["meta_info"]["finish_reason"]
+        assert reason["type"] == "abort" and "injected forward failure" in reason["message"]
+    stats = assert_idle_invariant(engine)
+    assert stats["kv_free"] == stats["kv_total"]  # nothing cached, nothing leaked
+    again = engine.generate(_BURST_SHOTS + _BURST_QUESTIONS[0], GREEDY)
+    assert again["meta_info"]["cached_tokens"] == 0
+    assert again["output_ids"] == burst_alone[0]

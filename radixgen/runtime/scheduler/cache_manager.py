@@ -77,10 +77,26 @@ class CacheManager:
     def cache_unfinished(self, req: Req) -> None:
         """Share a still-running request's computed KV through the tree (after each prefill or
         prefill chunk), so later requests can reuse it; the request keeps it locked."""
-        if self.disabled:
-            return
-        key = req.fill_ids[: req.kv_len]
-        slots = self.req_table.read(req.req_pool_row, req.kv_len)
+        if not self.disabled:
+            self._share(req, req.kv_len)
+
+    def publish(self, req: Req, computing: int) -> None:
+        """Share `req`'s next `computing` tokens through the tree *before* the forward pass
+        that computes their KV, so requests admitted after it into the same batch reuse them
+        instead of waiting a step (a burst of few-shot questions, `n > 1` samples).
+
+        Until that pass runs, the published slots hold no KV, so only requests in the same
+        batch may match them: each layer writes the batch's new K/V before any of its attention
+        reads the pool. A failed pass must therefore drop the cache (the scheduler flushes)."""
+        if not self.disabled:
+            self._share(req, req.kv_len + computing)
+
+    def _share(self, req: Req, length: int) -> None:
+        """Insert `req`'s first `length` tokens (slots from its row) into the tree and move its
+        lock to their node: the tree keeps its own slots where it already had the tokens (the
+        request's duplicates are freed) and takes ownership of the rest."""
+        key = req.fill_ids[:length]
+        slots = self.req_table.read(req.req_pool_row, length)
         inserted = self.tree.insert(key, slots)
         self.allocator.free(slots[req.cached_len : inserted.prefix_len])
         match = self.tree.match_prefix(key)

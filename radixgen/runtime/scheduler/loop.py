@@ -102,6 +102,7 @@ class Scheduler:
         self.outputs = OutputProcessor(tokenizer, eos_ids)
         self.waiting: list[Req] = []
         self.chunked: Req | None = None
+        self.prefilling: list[Req] = []  # the batch being prefilled: in no queue until it ends
         self.sinks: dict[str, OutputSink] = {}
         self.inbox: queue.Queue = queue.Queue()
         self.counters = {
@@ -192,6 +193,8 @@ class Scheduler:
             except Exception as exc:  # never let one bad batch kill the engine
                 logger.exception("scheduler step failed")
                 self._abort_all_active(f"internal error: {exc}")
+                # The failed pass may have left published prefixes without their KV.
+                self.cache.flush()
 
     def _drain_inbox(self, block: bool) -> None:
         try:
@@ -231,7 +234,9 @@ class Scheduler:
     def step(self) -> None:
         batch = self._next_prefill()
         if batch is not None:
+            self.prefilling = batch.reqs
             self._run_prefill(batch)
+            self.prefilling = []
         elif self.decode.running:
             self._run_decode()
 
@@ -413,11 +418,15 @@ class Scheduler:
                 return
 
     def _abort_all_active(self, message: str) -> None:
+        """Abort every request not yet answered: queued, running, chunked, or in the batch
+        whose step failed."""
         active = self.waiting + self.decode.running + ([self.chunked] if self.chunked else [])
-        self.waiting, self.chunked = [], None
+        active += [r for r in self.prefilling if all(r is not a for a in active)]
+        self.waiting, self.chunked, self.prefilling = [], None, []
         self.decode.running = []
         for req in active:
-            self._finish(req, FinishReason(FinishKind.ABORT, message=message))
+            if req.rid in self.sinks:  # not answered yet
+                self._finish(req, FinishReason(FinishKind.ABORT, message=message))
 
     # --- control ---------------------------------------------------------------------------
 

@@ -8,13 +8,17 @@ Budgets for one batch:
 - chunk: a prompt longer than `chunked_prefill_size` is prefilled a chunk per step; the chunked
   request continues first on the next step.
 
-In-batch prefix sharing: when a waiting request continues the same cached prefix as a request
-already admitted to the batch, with the same first `SHARED_PREFIX_DEFER` uncached tokens (or all
-of them, if fewer), only the first is admitted; the other waits one step and then finds that
-prefix in the cache (this is how `n > 1` samples and a burst of few-shot questions compute their
-prompt once). Requests whose uncached text merely starts alike after *different* cached prefixes
-(the same question asked of two articles) share nothing and go in together; with the cache
-disabled nothing is ever deferred, since nothing would be found later.
+In-batch prefix sharing: a request whose whole prompt is admitted publishes it to the radix tree
+at once (`CacheManager.publish`), before the forward pass computes its KV, so requests admitted
+after it into the same batch reuse its prompt like any cached prefix: a burst of few-shot
+questions or `n > 1` samples computes the shared prompt once, in the batch that computes it for
+the first. In a pass, every layer writes the new K/V before attending, so the followers read
+their prefix as soon as it exists. A prompt that is only partly admitted (chunked) is not
+published: a waiting request that continues the same cached prefix with the same first
+`SHARED_PREFIX_DEFER` uncached tokens (or all of them, if fewer) waits a step and then finds
+the chunk in the cache. Requests whose uncached text merely starts alike after *different*
+cached prefixes (the same question asked of two articles) share nothing and go in together;
+with the cache disabled nothing is published or deferred.
 """
 
 from __future__ import annotations
@@ -101,6 +105,8 @@ class PrefillManager:
                 break
             if head is not None:
                 seen_heads.add(head)
+            if size == extend:
+                self.cache.publish(req, size)
             reserved += expected_decode_tokens(req, new_token_ratio)
             rem_input -= size
             if rem_chunk is not None:
