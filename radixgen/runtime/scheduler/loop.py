@@ -420,12 +420,13 @@ class Scheduler:
     def _abort_all_active(self, message: str) -> None:
         """Abort every request not yet answered: queued, running, chunked, or in the batch
         whose step failed."""
-        active = self.waiting + self.decode.running + ([self.chunked] if self.chunked else [])
-        active += [r for r in self.prefilling if all(r is not a for a in active)]
+        active = [*self.waiting, *self.decode.running, *self.prefilling]
+        if self.chunked is not None:
+            active.append(self.chunked)
         self.waiting, self.chunked, self.prefilling = [], None, []
         self.decode.running = []
         for req in active:
-            if req.rid in self.sinks:  # not answered yet
+            if req.rid in self.sinks:  # not answered yet (a request may be listed twice)
                 self._finish(req, FinishReason(FinishKind.ABORT, message=message))
 
     # --- control ---------------------------------------------------------------------------

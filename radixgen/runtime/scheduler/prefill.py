@@ -13,12 +13,10 @@ at once (`CacheManager.publish`), before the forward pass computes its KV, so re
 after it into the same batch reuse its prompt like any cached prefix: a burst of few-shot
 questions or `n > 1` samples computes the shared prompt once, in the batch that computes it for
 the first. In a pass, every layer writes the new K/V before attending, so the followers read
-their prefix as soon as it exists. A prompt that is only partly admitted (chunked) is not
-published: a waiting request that continues the same cached prefix with the same first
-`SHARED_PREFIX_DEFER` uncached tokens (or all of them, if fewer) waits a step and then finds
-the chunk in the cache. Requests whose uncached text merely starts alike after *different*
-cached prefixes (the same question asked of two articles) share nothing and go in together;
-with the cache disabled nothing is published or deferred.
+their prefix as soon as it exists. A prompt admitted only in part (chunked) ends the batch, so
+nothing follows it there; its chunks reach the tree after each pass. Requests whose uncached
+text merely starts alike after *different* cached prefixes (the same question asked of two
+articles) share nothing and go in together; with the cache disabled nothing is published.
 """
 
 from __future__ import annotations
@@ -30,7 +28,6 @@ from radixgen.runtime.request import Req
 from radixgen.runtime.scheduler.cache_manager import CacheManager
 
 CLIP_MAX_NEW_TOKENS = 4096
-SHARED_PREFIX_DEFER = 32
 
 
 @dataclass
@@ -75,7 +72,6 @@ class PrefillManager:
             if chunked.pending_len > size:
                 batch.chunked = chunked
                 return batch
-        seen_heads: set[tuple[int, int, tuple[int, ...]]] = set()
         for req in ordered_waiting:
             if len(running) + len(batch.reqs) >= self.max_running or rem_input <= 0:
                 break
@@ -84,9 +80,6 @@ class PrefillManager:
             prefix, node = self.cache.match(req)
             cached = int(prefix.shape[0])
             extend = req.seq_len - cached
-            head = self._uncached_head(req, prefix)
-            if head is not None and head in seen_heads:
-                continue  # shares an uncached prefix with a request admitted in this batch
             need = extend + expected_decode_tokens(req, new_token_ratio)
             alone = not running and not batch.reqs  # validated to fit the pool by itself
             if need > self.cache.available_tokens - reserved and not alone:
@@ -103,10 +96,6 @@ class PrefillManager:
             if not self._add(batch, req, size):
                 self.cache.release(req)
                 break
-            if head is not None:
-                seen_heads.add(head)
-            if size == extend:
-                self.cache.publish(req, size)
             reserved += expected_decode_tokens(req, new_token_ratio)
             rem_input -= size
             if rem_chunk is not None:
@@ -114,17 +103,8 @@ class PrefillManager:
             if size < extend:
                 batch.chunked = req
                 break
+            self.cache.publish(req, size)  # batch-mates admitted next reuse the whole prompt
         return batch if batch.reqs else None
-
-    def _uncached_head(self, req: Req, prefix) -> tuple[int, int, tuple[int, ...]] | None:
-        """What two requests must have in common to share their first uncached tokens: the
-        cached prefix they continue (its length and last KV slot: a slot sits at one position
-        of one tree path) and those tokens. None when the cache is disabled."""
-        if self.cache.disabled:
-            return None
-        cached = int(prefix.shape[0])
-        last_slot = int(prefix[-1]) if cached else -1
-        return cached, last_slot, tuple(req.fill_ids[cached : cached + SHARED_PREFIX_DEFER])
 
     def _add(self, batch: PrefillBatch, req: Req, size: int) -> bool:
         if self.cache.extend(req, size) is None:
