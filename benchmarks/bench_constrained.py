@@ -280,7 +280,7 @@ def run_llamacpp_in_fresh_process(prompts: list[str]) -> list[Result]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--requests", type=int, default=16)
-    parser.add_argument("--dtype", default="bfloat16")
+    parser.add_argument("--dtype", default="auto")
     parser.add_argument("--quick", action="store_true", help="4 requests: a smoke run")
     parser.add_argument("--skip-llamacpp", action="store_true")
     parser.add_argument("--json", help="also write the results here")

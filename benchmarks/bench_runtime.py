@@ -53,7 +53,7 @@ from typing import Any
 import torch
 
 from radixgen import Engine
-from radixgen.runtime.config import DTYPES
+from radixgen.runtime.config import DTYPE_CHOICES
 from radixgen.runtime.model.loader import default_model_path, resolve_model
 from radixgen.runtime.tokenizer import load_tokenizer
 
@@ -555,7 +555,7 @@ def machine_info(dtype: str, quick: bool) -> dict[str, Any]:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="tiny sizes: a ~1 minute smoke check")
-    p.add_argument("--dtype", default="bfloat16", choices=tuple(DTYPES))
+    p.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES)
     p.add_argument("--json", metavar="PATH", help="also write all results as JSON here")
     p.add_argument("--skip-llamacpp", action="store_true", help="do not run llama.cpp")
     return p.parse_args(argv)

@@ -43,9 +43,10 @@ def _generate(args: argparse.Namespace) -> int:
 
     started = time.perf_counter()
     engine = Engine(engine_config_from_args(args))
+    dtype = str(engine.config.torch_dtype).removeprefix("torch.")
     print(
         f"[radixgen] {engine.source.name} loaded in {time.perf_counter() - started:.1f}s "
-        f"({args.dtype}, {engine.config.kv_cache_tokens} KV tokens)",
+        f"({dtype}, {engine.config.kv_cache_tokens} KV tokens)",
         file=sys.stderr,
     )
     try:

@@ -1,10 +1,13 @@
-"""The default serving precision (bfloat16, prepacked kernels) answers like float32."""
+"""The bfloat16 serving precision (prepacked kernels where oneDNN has them) answers like
+float32. It runs on every host; on one without native bfloat16 matmuls it is slow but valid."""
 
 from __future__ import annotations
 
 import pytest
+import torch
 
 from radixgen import Engine
+from radixgen.runtime.model.segment_kernel import load_segment_attention
 from tests.helpers import assert_idle_invariant
 
 
@@ -15,8 +18,11 @@ def bf16_engine():
 
 
 def test_bfloat16_reference_answer_and_cache_reuse(bf16_engine):
+    # The answer's every token leads its runner-up by >= 0.75 nats in float32: bfloat16's
+    # rounding cannot flip it. ("What is the capital of France?" leads by 0.08 and flips to a
+    # French phrase on AVX2 hosts, where the fused kernels round differently.)
     prompt = bf16_engine.apply_chat_template(
-        [{"role": "user", "content": "What is the capital of France?"}]
+        [{"role": "user", "content": "What is the capital city of France? Answer in one word."}]
     )
     params = {"max_new_tokens": 20, "temperature": 0}
     first = bf16_engine.generate(prompt, params)
@@ -29,7 +35,11 @@ def test_bfloat16_reference_answer_and_cache_reuse(bf16_engine):
 
 def test_bfloat16_burst_over_an_uncached_prefix_runs_in_one_batch_and_agrees(bf16_engine):
     """The AMX segment kernel reads a prefix that the same pass is writing: questions sharing
-    an uncached few-shot prefix prefill together and answer as they do alone."""
+    an uncached few-shot prefix prefill together and answer as they do alone. (Without the
+    kernel, PyTorch's attention merges the shared segment in bfloat16 steps that a lone request
+    does not take, so answers agree only to rounding; the float32 engine tests the batching.)"""
+    if load_segment_attention(torch.device("cpu"), torch.bfloat16, 64) is None:
+        pytest.skip("the AMX segment kernel does not run here")
     shots = "".join(f"Q: {a} + {b} = ?\nA: {a + b}\n\n" for a, b in [(2, 3), (10, 7), (41, 1)])
     prompts = [shots + f"Q: {a} + {b} = ?\nA:" for a, b in [(4, 4), (15, 2), (30, 12)]]
     params = {"max_new_tokens": 6, "temperature": 0, "ignore_eos": True}

@@ -7,7 +7,7 @@ import math
 import torch
 from torch import nn
 
-from radixgen.runtime.config import ModelConfig
+from radixgen.runtime.config import ModelConfig, cpu_has_fast_bfloat16
 from radixgen.runtime.model.fused import fused_ops
 from radixgen.runtime.model.int4 import Int4Groups, PackedInt4, int4_linear, pack_int4
 
@@ -80,11 +80,10 @@ class RotaryEmbedding(nn.Module):
 
 
 def can_prepack(weight: torch.Tensor) -> bool:
-    """oneDNN prepacking applies to bfloat16 weights on CPU."""
+    """oneDNN prepacking applies to bfloat16 weights on a CPU whose oneDNN computes in
+    bfloat16 (AVX-512 or newer); elsewhere it refuses to pack."""
     return (
-        weight.device.type == "cpu"
-        and weight.dtype == torch.bfloat16
-        and torch.backends.mkldnn.is_available()
+        weight.device.type == "cpu" and weight.dtype == torch.bfloat16 and cpu_has_fast_bfloat16()
     )
 
 

@@ -1,0 +1,22 @@
+"""Engine options: validation, and the compute dtype "auto" picks for the host."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from radixgen.runtime.config import EngineConfig, cpu_has_fast_bfloat16
+
+
+def test_auto_dtype_is_bfloat16_only_where_the_cpu_multiplies_it_natively():
+    expected = torch.bfloat16 if cpu_has_fast_bfloat16() else torch.float32
+    assert EngineConfig().dtype == "auto"
+    assert EngineConfig().torch_dtype == expected
+    assert EngineConfig(device="meta").torch_dtype == torch.bfloat16  # not a CPU: bfloat16
+    assert EngineConfig(dtype="bfloat16").torch_dtype == torch.bfloat16  # explicit wins
+    assert EngineConfig(dtype="float32").torch_dtype == torch.float32
+
+
+def test_unknown_dtype_is_refused_naming_the_choices():
+    with pytest.raises(ValueError, match="dtype must be one of .*'auto'"):
+        EngineConfig(dtype="int8")
