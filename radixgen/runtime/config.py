@@ -101,8 +101,8 @@ class EngineConfig:
     int4_max_tokens: int = _opt(
         8,
         "Forward passes of at most this many tokens multiply by the GGUF file's own 4-bit "
-        "weights (Q4_0/Q4_1 blocks, as stored; bfloat16 on CPU only), reading a quarter of the "
-        "bytes; wider ones use the bfloat16 weights. 0: always bfloat16.",
+        "weights (Q4_0/Q4_1 blocks, as stored; CPU only, float32 up to 16), reading far fewer "
+        "bytes; wider ones use the dense weights. 0: always dense.",
     )
     attention_backend: str = _opt(
         "auto",

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from radixgen.runtime.model.int4 import GROUP_SIZE, Int4Groups
+from radixgen.runtime.model.int4_kernel import NibbleInt4, load_int4_matmul
 from radixgen.runtime.model.layers import Linear, MergedLinear
 from radixgen.runtime.model.loader import default_model_path
 from radixgen.runtime.model.loader.gguf_loader import (
@@ -90,3 +91,54 @@ def test_merged_int4_shards_stack_in_output_order():
     torch.testing.assert_close(layer(x).float(), expected, rtol=0.02, atol=0.02)
     with pytest.raises(ValueError, match="does not fit"):
         layer.use_int4(parts[:2], max_tokens=4, dtype=torch.bfloat16)
+
+
+def needs_float32_kernel() -> None:
+    if load_int4_matmul() is None:
+        pytest.skip("no C compiler for the native int4 kernel")
+
+
+@pytest.mark.parametrize("rows", [1, 5, 16])
+@pytest.mark.parametrize("bias", [False, True])
+def test_float32_int4_kernel_matches_dequantized_dense_to_float32_rounding(rows, bias):
+    """The native float32 kernel multiplies by exactly the dequantized weights: only the
+    summation order (and one fused rounding per weight) differs from the dense GEMM."""
+    needs_float32_kernel()
+    rng = torch.Generator().manual_seed(rows)
+    groups = random_groups(rng, 48, 96)
+    layer = Linear(96, 48, bias=bias)
+    layer.weight.data.copy_(groups.dequantize())
+    x = torch.randn(rows, 96, generator=rng)
+    dense = layer(x)
+    layer.use_int4([groups], max_tokens=64, dtype=torch.float32)
+    assert layer.int4_max_tokens == 16  # the kernel's row limit
+    out = layer(x)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, dense, rtol=1e-5, atol=1e-6)
+
+
+def test_float32_int4_nibbles_follow_the_gguf_block_order():
+    """Byte i of a group holds element i (low nibble) and element i + 16 (high nibble)."""
+    codes = (torch.arange(64) % 16).to(torch.uint8)[None]  # one row, two groups
+    packed = NibbleInt4.pack(codes, torch.ones(1, 2), torch.zeros(1, 2))
+    assert packed.codes.shape == (1, 32)
+    assert packed.codes[0, 0].item() == 0 | (0 << 4)  # elements 0 and 16: codes 0 and 0
+    assert packed.codes[0, 3].item() == 3 | (3 << 4)
+    assert packed.codes[0, 16].item() == 0 | (0 << 4)  # second group: elements 32 and 48
+    x = torch.zeros(1, 64)
+    x[0, 17] = 1.0  # picks element 17 of the first group: (code 1 - 8) * 1 + 0
+    needs_float32_kernel()
+    assert load_int4_matmul()(x, packed).item() == -7.0
+
+
+def test_float32_int4_kernel_refuses_what_it_cannot_serve():
+    needs_float32_kernel()
+    rng = torch.Generator().manual_seed(0)
+    g = random_groups(rng, 8, 64)
+    packed = NibbleInt4.pack(g.codes, g.scales, g.zeros)
+    with pytest.raises(ValueError, match="over its limits"):
+        load_int4_matmul()(torch.zeros(17, 64), packed)
+    with pytest.raises(ValueError, match="does not fit"):
+        load_int4_matmul()(torch.zeros(1, 32), packed)
+    with pytest.raises(ValueError, match="float32"):
+        load_int4_matmul()(torch.zeros(1, 64, dtype=torch.bfloat16), packed)

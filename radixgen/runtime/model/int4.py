@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 import torch
 
+from radixgen.runtime.model.int4_kernel import NibbleInt4, load_int4_matmul
+
 GROUP_SIZE = 32  # inputs per scale/zero: the block size of GGUF's Q4_0 and Q4_1
 
 
@@ -52,18 +54,26 @@ class PackedInt4:
 
 
 def can_use_int4(device: torch.device, dtype: torch.dtype) -> bool:
-    """The CPU kernel is fast for bfloat16 activations (float32 ones take a slow path)."""
-    return device.type == "cpu" and dtype == torch.bfloat16
+    """bfloat16 activations use PyTorch's CPU kernel; float32 ones the native kernel (PyTorch's
+    takes a slow path for them), where it builds."""
+    if device.type != "cpu":
+        return False
+    return dtype == torch.bfloat16 or (dtype == torch.float32 and load_int4_matmul() is not None)
 
 
-def pack_int4(groups: Int4Groups, dtype: torch.dtype) -> PackedInt4:
+def pack_int4(groups: Int4Groups, dtype: torch.dtype) -> PackedInt4 | NibbleInt4:
+    """`groups` in the layout of the kernel that serves `dtype` activations."""
+    if dtype == torch.float32:
+        return NibbleInt4.pack(groups.codes, groups.scales, groups.zeros)
     weight = torch.ops.aten._convert_weight_to_int4pack_for_cpu(groups.codes.to(torch.int32), 1)
     scales_and_zeros = torch.stack((groups.scales.t(), groups.zeros.t()), dim=-1)  # [K/32, N, 2]
     return PackedInt4(weight, scales_and_zeros.to(dtype).contiguous())
 
 
-def int4_linear(x: torch.Tensor, packed: PackedInt4) -> torch.Tensor:
+def int4_linear(x: torch.Tensor, packed: PackedInt4 | NibbleInt4) -> torch.Tensor:
     """x [M, K] @ w.T -> [M, N]."""
+    if isinstance(packed, NibbleInt4):
+        return load_int4_matmul()(x, packed)
     return torch.ops.aten._weight_int4pack_mm_for_cpu(
         x, packed.weight, GROUP_SIZE, packed.scales_and_zeros
     )

@@ -10,6 +10,8 @@ from torch import nn
 from radixgen.runtime.config import ModelConfig, cpu_has_fast_bfloat16
 from radixgen.runtime.model.fused import fused_ops
 from radixgen.runtime.model.int4 import Int4Groups, PackedInt4, int4_linear, pack_int4
+from radixgen.runtime.model.int4_kernel import MAX_ROWS as INT4_KERNEL_MAX_ROWS
+from radixgen.runtime.model.int4_kernel import NibbleInt4
 
 
 class RMSNorm(nn.Module):
@@ -116,11 +118,12 @@ class Linear(nn.Linear):
 
     `use_int4(parts, max_tokens, dtype)`: inputs of at most `max_tokens` rows multiply by the
     checkpoint's 4-bit groups instead (`parts`: one `Int4Groups` per shard, in output order),
-    reading a quarter of the bytes; wider inputs keep the bfloat16 weight.
+    reading a quarter of the bytes of bfloat16 (an eighth of float32); wider inputs keep the
+    dense weight.
     """
 
     packed: torch.Tensor | None = None
-    int4: PackedInt4 | None = None
+    int4: PackedInt4 | NibbleInt4 | None = None
     int4_max_tokens: int = 0
 
     def prepack(self) -> None:
@@ -136,6 +139,8 @@ class Linear(nn.Linear):
                 f"{self.out_features}x{self.in_features} projection"
             )
         self.int4 = pack_int4(groups, dtype)
+        if isinstance(self.int4, NibbleInt4):  # the float32 kernel's row limit
+            max_tokens = min(max_tokens, INT4_KERNEL_MAX_ROWS)
         self.int4_max_tokens = max_tokens
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
