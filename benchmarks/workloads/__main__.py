@@ -38,6 +38,7 @@ from benchmarks.workloads.metrics import RunResult, median_round
 from benchmarks.workloads.report import chart, markdown
 from benchmarks.workloads.runner import run_workload, unavailable_result, warm_up
 from benchmarks.workloads.systems import SPECS, OpenSystem, open_system
+from radixgen.runtime.config import auto_dtype
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
@@ -108,6 +109,7 @@ def machine_info() -> dict[str, Any]:
         "cpu": cpu,
         "cores": os.cpu_count(),
         "python": platform.python_version(),
+        "dtype": auto_dtype("cpu"),  # what radixgen's and transformers' "auto" computes in
     }
     for name, dist in (("torch", "torch"), ("llama_cpp_python", "llama-cpp-python")):
         try:

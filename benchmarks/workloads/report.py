@@ -139,7 +139,8 @@ def markdown(
     lines = [
         f"`{command}` ({info['date']}, size `{size}`). Hardware: {info['cpu']}, "
         f"{info['cores']} cores, torch {info['torch']} CPU. Model: SmolLM2-135M-Instruct "
-        "Q4_1 GGUF (radixgen and transformers compute in bfloat16, llama.cpp on the Q4_1 "
+        f"Q4_1 GGUF (radixgen and transformers compute in {info.get('dtype', 'bfloat16')}, "
+        "radixgen's decode steps of <= 8 requests on the 4-bit blocks, llama.cpp on the Q4_1 "
         f"weights; llama-cpp-python {info.get('llama_cpp_python', 'n/a')}, 2 threads). "
         f"All programs greedy (temperature 0).{rounds}",
         "",

@@ -1,6 +1,6 @@
 """The systems compared, each opened as a language backend that records its requests.
 
-* radixgen   in-process `Engine` (bfloat16, cache-aware "lpm" scheduling), the backend a program
+* radixgen   in-process `Engine` (dtype "auto", cache-aware "lpm" scheduling), the backend a program
              gets from `set_default_backend(Engine(...))`; programs run 64 at a time.
 * no-cache   the same with `disable_radix_cache=True` (the paper's "no cache" ablation).
 * fcfs       the same with `schedule_policy="fcfs"` (the paper's FCFS-schedule ablation).
@@ -13,8 +13,9 @@
              "until the context is full", so `select` cannot work; it ignores the `regex` /
              `json_schema` fields the backend sends (it reads only a GBNF `grammar`), so its
              answers would be unconstrained: select and constrained workloads are n/a.
-* hf         transformers `generate` per call (no KV reuse between calls), bfloat16, programs
-             one at a time; only a few cheap workloads (`HF_WORKLOADS`), the rest n/a.
+* hf         transformers `generate` per call (no KV reuse between calls), in the dtype radixgen's
+             "auto" picks, programs one at a time; only a few cheap workloads (`HF_WORKLOADS`),
+             the rest n/a.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from typing import Any
 from benchmarks.servers import llamacpp_spec, log, running_server, served_model
 from benchmarks.workloads.base import CONSTRAINED, SELECT
 from benchmarks.workloads.recording import RecordingEngineBackend, RecordingOpenAI, RequestLog
+from radixgen.runtime.config import DTYPES, auto_dtype
 from radixgen.runtime.engine import Engine
 
 HF_WORKLOADS = ("mmlu", "chat-short", "rag")
@@ -163,7 +165,6 @@ def _no_tqdm() -> Iterator[None]:
 
 @contextlib.contextmanager
 def _hf(spec: SystemSpec) -> Iterator[OpenSystem]:
-    import torch
     import transformers
     from transformers import AutoModelForCausalLM
 
@@ -177,7 +178,7 @@ def _hf(spec: SystemSpec) -> Iterator[OpenSystem]:
     def load() -> Any:
         with _no_tqdm():  # the GGUF conversion's progress bar
             return AutoModelForCausalLM.from_pretrained(
-                str(path.parent), gguf_file=path.name, dtype=torch.bfloat16
+                str(path.parent), gguf_file=path.name, dtype=DTYPES[auto_dtype("cpu")]
             ).eval()
 
     # Loaded on a thread that then exits: an OpenMP pool left on the main thread would slow
