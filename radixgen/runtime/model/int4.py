@@ -2,13 +2,15 @@
 
 Decoding a few tokens is bound by reading the weights. A GGUF file in Q4_0 or Q4_1 stores each
 run of 32 inputs of an output row as 4-bit codes with a scale (and, Q4_1, an offset), so keeping
-those codes instead of the dequantized bfloat16 matrix reads a quarter of the bytes. PyTorch's
-CPU kernel `_weight_int4pack_mm_for_cpu` multiplies by exactly this form,
+those codes instead of the dequantized matrix reads a quarter of the bytes of bfloat16 (an
+eighth of float32). Both kernels multiply by exactly this form,
 
     w[n, k] = (codes[n, k] - 8) * scales[n, k // 32] + zeros[n, k // 32]
 
-so the weights are the file's own values (scales and zeros rounded to the activation dtype), not
-a second quantization. Wide batches (prefill) stay on the bfloat16 GEMM, which is faster there.
+so the weights are the file's own values, not a second quantization: PyTorch's CPU kernel
+`_weight_int4pack_mm_for_cpu` for bfloat16 activations (scales and zeros rounded to bfloat16),
+radixgen's native kernel (`int4_kernel.py`) for float32 ones. Wide batches (prefill) stay on
+the dense GEMM, which is faster there.
 """
 
 from __future__ import annotations
