@@ -9,6 +9,7 @@ from typing import Any
 from benchmarks.workloads.base import Workload
 from benchmarks.workloads.metrics import RunResult, paired_ratio, round_ratios
 from benchmarks.workloads.systems import SPECS
+from radixgen.runtime.config import EngineConfig
 
 FIVE_X_WORKLOADS = ("mmlu", "tot", "judge")  # the ">= 5x cache off" target
 DASH = "—"
@@ -140,7 +141,8 @@ def markdown(
         f"`{command}` ({info['date']}, size `{size}`). Hardware: {info['cpu']}, "
         f"{info['cores']} cores, torch {info['torch']} CPU. Model: SmolLM2-135M-Instruct "
         f"Q4_1 GGUF (radixgen and transformers compute in {info.get('dtype', 'bfloat16')}, "
-        "radixgen's decode steps of <= 8 requests on the 4-bit blocks, llama.cpp on the Q4_1 "
+        f"radixgen's decode steps of <= {EngineConfig().int4_max_tokens} requests on the 4-bit "
+        "blocks, llama.cpp on the Q4_1 "
         f"weights; llama-cpp-python {info.get('llama_cpp_python', 'n/a')}, 2 threads). "
         f"All programs greedy (temperature 0).{rounds}",
         "",

@@ -77,6 +77,9 @@ class Int4MatmulKernel:
 
 @functools.cache
 def load_int4_matmul() -> Int4MatmulKernel | None:
-    """The kernel, or None where native kernels are unavailable (see `native.py`)."""
+    """The kernel, or None where native kernels are unavailable (see `native.py`) or the CPU
+    lacks AVX2."""
     library = load_kernel("int4_matmul")
-    return None if library is None else Int4MatmulKernel(library)
+    if library is None or not library.int4_matmul_available():
+        return None
+    return Int4MatmulKernel(library)

@@ -7,7 +7,8 @@
  * with g = k / 32. Each weight is rebuilt in float32 as the dequantized dense matrix holds it
  * (one fused multiply-add instead of a rounded multiply and add: at most one rounding apart),
  * and the products are summed in float32 in another order than a dense GEMM, so results agree
- * with it to float32 rounding. A weight is decoded once and used for every row of x.
+ * with it to float32 rounding. A weight is decoded once and used for every row of x. The
+ * multiply needs AVX2 (x86); elsewhere `int4_matmul_available` says 0 and nothing else exists.
  *
  * Layouts (all contiguous):
  *   x       [rows, k]        float32, rows <= MAX_ROWS
@@ -18,7 +19,6 @@
  *   out     [rows, cols]     float32
  */
 #include <stdint.h>
-#include <string.h>
 #ifdef __AVX2__
 #include <immintrin.h>
 #endif
@@ -27,10 +27,19 @@
 #define LANES 8
 #define MAX_ROWS 16
 
+/* 1 where this build can multiply (x86 with AVX2), else 0: callers keep the dense path. */
+int int4_matmul_available(void) {
 #ifdef __AVX2__
-/* One output column with AVX2: four 8-lane accumulators per row, one per quarter of a group. */
-static void column_avx2(const float *x, int64_t rows, int64_t k, const uint8_t *col_codes,
-                        const float *col_scales, const float *col_zeros, float *sums) {
+    return 1;
+#else
+    return 0;
+#endif
+}
+
+#ifdef __AVX2__
+/* One output column: four 8-lane accumulators per row, one per quarter of a group. */
+static void column(const float *x, int64_t rows, int64_t k, const uint8_t *col_codes,
+                   const float *col_scales, const float *col_zeros, float *sums) {
     __m256 acc[MAX_ROWS][4];
     for (int64_t m = 0; m < rows; ++m)
         for (int j = 0; j < 4; ++j) acc[m][j] = _mm256_setzero_ps();
@@ -63,32 +72,6 @@ static void column_avx2(const float *x, int64_t rows, int64_t k, const uint8_t *
         sums[m] = sum;
     }
 }
-#endif
-
-/* One output column in portable C (compilers vectorize the lane loops). */
-static void column_portable(const float *x, int64_t rows, int64_t k, const uint8_t *col_codes,
-                            const float *col_scales, const float *col_zeros, float *sums) {
-    float acc[MAX_ROWS][LANES];
-    memset(acc, 0, sizeof acc);
-    for (int64_t g = 0; g < k / GROUP; ++g) {
-        const uint8_t *bytes = col_codes + g * (GROUP / 2);
-        float w[GROUP];
-        for (int i = 0; i < GROUP / 2; ++i) {
-            w[i] = (float)((int)(bytes[i] & 15) - 8) * col_scales[g] + col_zeros[g];
-            w[i + GROUP / 2] = (float)((int)(bytes[i] >> 4) - 8) * col_scales[g] + col_zeros[g];
-        }
-        for (int64_t m = 0; m < rows; ++m) {
-            const float *x_group = x + m * k + g * GROUP;
-            for (int j = 0; j < GROUP; j += LANES)
-                for (int l = 0; l < LANES; ++l) acc[m][l] += x_group[j + l] * w[j + l];
-        }
-    }
-    for (int64_t m = 0; m < rows; ++m) {
-        float sum = 0.0f;
-        for (int l = 0; l < LANES; ++l) sum += acc[m][l];
-        sums[m] = sum;
-    }
-}
 
 /* Returns 0, or -1 when rows or k are outside the kernel's limits. */
 int int4_matmul_f32(const float *x, int64_t rows, int64_t k, const uint8_t *codes,
@@ -99,13 +82,9 @@ int int4_matmul_f32(const float *x, int64_t rows, int64_t k, const uint8_t *code
 #pragma omp parallel for schedule(static) num_threads(num_threads)
     for (int64_t c = 0; c < cols; ++c) {
         float sums[MAX_ROWS];
-#ifdef __AVX2__
-        column_avx2(x, rows, k, codes + c * (k / 2), scales + c * groups, zeros + c * groups, sums);
-#else
-        column_portable(x, rows, k, codes + c * (k / 2), scales + c * groups, zeros + c * groups,
-                        sums);
-#endif
+        column(x, rows, k, codes + c * (k / 2), scales + c * groups, zeros + c * groups, sums);
         for (int64_t m = 0; m < rows; ++m) out[m * cols + c] = sums[m];
     }
     return 0;
 }
+#endif
