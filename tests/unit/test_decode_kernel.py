@@ -25,19 +25,20 @@ def reference(q, k_buf, v_buf, slots, lens, kv_heads):
     return torch.stack(outs), torch.stack(lses)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 @pytest.mark.parametrize(
     ("kv_heads", "group", "head_dim"),
     [(3, 3, 64), (2, 4, 128), (1, 1, 48), (4, 2, 16)],  # 64 and 128 have unrolled variants
 )
-def test_matches_float32_attention_over_scattered_slots(kernel, kv_heads, group, head_dim):
+def test_matches_float32_attention_over_scattered_slots(kernel, kv_heads, group, head_dim, dtype):
     gen = torch.Generator().manual_seed(head_dim)
     pool_size, batch = 3000, 7
-    k_buf = torch.randn(pool_size, kv_heads, head_dim, generator=gen).bfloat16()
-    v_buf = torch.randn(pool_size, kv_heads, head_dim, generator=gen).bfloat16()
+    k_buf = torch.randn(pool_size, kv_heads, head_dim, generator=gen).to(dtype)
+    v_buf = torch.randn(pool_size, kv_heads, head_dim, generator=gen).to(dtype)
     # Lengths straddle the 64-key blocks; slots are scattered and may repeat across requests.
     lens = torch.tensor([1, 63, 64, 65, 200, 7, 129])
     slots = torch.randint(0, pool_size, (batch, int(lens.max())), generator=gen)
-    q = torch.randn(batch, kv_heads * group * head_dim, generator=gen).bfloat16()
+    q = torch.randn(batch, kv_heads * group * head_dim, generator=gen).to(dtype)
     out, lse = kernel(q, k_buf, v_buf, slots, lens)
     ref_out, ref_lse = reference(q, k_buf, v_buf, slots, lens, kv_heads)
     assert out.shape == (batch, kv_heads, group, head_dim) and lse.shape == (batch, kv_heads, group)
@@ -56,10 +57,11 @@ def test_a_request_without_keys_gets_no_weight(kernel):
 
 def test_rejects_what_it_cannot_read(kernel):
     k_buf = torch.randn(10, 1, 64)
-    with pytest.raises(ValueError, match="bfloat16"):
-        kernel(
-            torch.randn(1, 64), k_buf, k_buf, torch.zeros(1, 1, dtype=torch.int64), torch.ones(1)
-        )
+    one_slot = torch.zeros(1, 1, dtype=torch.int64), torch.ones(1, dtype=torch.int64)
+    with pytest.raises(ValueError, match="one dtype"):  # float16, and mixed dtypes
+        kernel(torch.randn(1, 64).half(), k_buf.half(), k_buf.half(), *one_slot)
+    with pytest.raises(ValueError, match="one dtype"):
+        kernel(torch.randn(1, 64).bfloat16(), k_buf, k_buf, *one_slot)
     big_group = torch.randn(1, 17 * 64).bfloat16()
     k16 = k_buf.bfloat16()
     with pytest.raises(ValueError, match="limits"):

@@ -17,8 +17,8 @@ splits into segments, merged by their log-sum-exp:
                      short extends all requests as one padded, masked problem; for long extends
                      one problem per request (causal over its new tokens, none of the padding).
 
-Decode steps with a native kernel (`decode_kernel.py`, bfloat16 on the CPU) read each request's
-own part in place from the pool instead of gathering and padding it.
+Decode steps with a native kernel (`decode_kernel.py`, bfloat16 or float32 on the CPU) read each
+request's own part in place from the pool instead of gathering and padding it.
 
 With 60 forks of 10 programs decoding over 400-token articles, a decode step reads one copy of
 each article instead of six and runs 10 wide attention problems instead of 60 narrow ones.

@@ -3,8 +3,8 @@
 The torch path of a decode step gathers every request's K/V into a padded [B, Hkv, L, D] copy
 and runs flash attention over it: the cache is read twice and written once, plus the padding to
 the longest request. This kernel reads each request's slots where they lie, once. It serves
-bfloat16 pools on the CPU; `load_decode_attention` returns None elsewhere or when native kernels
-are unavailable (see `native.py`), and the caller keeps the torch path.
+bfloat16 and float32 pools on the CPU; `load_decode_attention` returns None elsewhere or when
+native kernels are unavailable (see `native.py`), and the caller keeps the torch path.
 """
 
 from __future__ import annotations
@@ -16,19 +16,20 @@ import torch
 from radixgen.runtime.model.native import load_kernel
 
 _i64, _ptr = ctypes.c_int64, ctypes.c_void_p
+DTYPES = (torch.bfloat16, torch.float32)
 
 
 class DecodeAttentionKernel:
     def __init__(self, library: ctypes.PyDLL):
-        self._run = library.decode_attention_bf16
+        self._run = library.decode_attention
         self._run.restype = ctypes.c_int
         self._run.argtypes = [_ptr, _ptr, _ptr, _ptr, _ptr, _i64, _i64, _i64, _i64, _i64]
-        self._run.argtypes += [ctypes.c_float, ctypes.c_int, _ptr, _ptr]
+        self._run.argtypes += [ctypes.c_float, ctypes.c_int, ctypes.c_int, _ptr, _ptr]
 
     def __call__(
         self,
-        q: torch.Tensor,  # [B, H*D] bfloat16, one query token per request
-        k_buf: torch.Tensor,  # [S, Hkv, D] bfloat16, one layer of the pool
+        q: torch.Tensor,  # [B, H*D] bfloat16 or float32, one query token per request
+        k_buf: torch.Tensor,  # [S, Hkv, D] q's dtype, one layer of the pool
         v_buf: torch.Tensor,  # [S, Hkv, D]
         slots: torch.Tensor,  # [B, L] int64; row b's first lens[b] entries are its own KV
         lens: torch.Tensor,  # [B] int64
@@ -40,8 +41,12 @@ class DecodeAttentionKernel:
         B, L = slots.shape
         G = q.shape[1] // (Hkv * D)
         tensors = (q, k_buf, v_buf)
-        if any(t.dtype != torch.bfloat16 or t.device.type != "cpu" for t in tensors):
-            raise ValueError("the native decode kernel takes bfloat16 CPU tensors")
+        if q.dtype not in DTYPES or any(
+            t.dtype != q.dtype or t.device.type != "cpu" for t in tensors
+        ):
+            raise ValueError(
+                "the native decode kernel takes bfloat16 or float32 CPU tensors of one dtype"
+            )
         q = q.contiguous()
         slots, lens = slots.contiguous(), lens.contiguous()
         if not (k_buf.is_contiguous() and v_buf.is_contiguous()):
@@ -60,6 +65,7 @@ class DecodeAttentionKernel:
             G,
             D,
             D**-0.5,
+            q.dtype == torch.float32,
             torch.get_num_threads(),
             out.data_ptr(),
             lse.data_ptr(),
@@ -71,7 +77,7 @@ class DecodeAttentionKernel:
 
 def load_decode_attention(device: torch.device, dtype: torch.dtype) -> DecodeAttentionKernel | None:
     """The kernel for a pool of `dtype` on `device`, or None (use torch)."""
-    if device.type != "cpu" or dtype != torch.bfloat16:
+    if device.type != "cpu" or dtype not in DTYPES:
         return None
     library = load_kernel("decode_attention")
     return None if library is None else DecodeAttentionKernel(library)

@@ -1,14 +1,14 @@
 /*
- * Decode attention straight from the token-granular KV pool (bfloat16), for CPUs.
+ * Decode attention straight from the token-granular KV pool (bfloat16 or float32), for CPUs.
  *
  * One query token per request attends to that request's own KV slots, read in place through
  * its row of slot indices: no gathered copy of K/V and no padding to the longest request.
  * Grouped-query attention: the `group` query heads that share a KV head are computed together,
  * so each K/V row is loaded once per KV head.
  *
- * Layouts (all contiguous):
- *   q      [batch, kv_heads, group, head_dim]  bfloat16 bits
- *   k, v   [pool_slots, kv_heads, head_dim]    bfloat16 bits
+ * Layouts (all contiguous); q, k and v share one element type, bfloat16 bits or float32:
+ *   q      [batch, kv_heads, group, head_dim]
+ *   k, v   [pool_slots, kv_heads, head_dim]
  *   slots  [batch, max_len] int64; row b holds lens[b] valid slots, the rest is ignored
  *   out    [batch, kv_heads, group, head_dim]  float32
  *   lse    [batch, kv_heads, group]            float32, natural log-sum-exp of the scaled scores
@@ -34,12 +34,17 @@ static inline float bf16_to_float(uint16_t bits) {
     return value;
 }
 
+/* Element `i` of a bfloat16 (`is_f32` 0) or float32 array, widened to float. */
+static inline __attribute__((always_inline)) float load(const void *base, int64_t i, int is_f32) {
+    return is_f32 ? ((const float *)base)[i] : bf16_to_float(((const uint16_t *)base)[i]);
+}
+
 /* One (request, KV head) item. Inlined with a constant head_dim where it is common, so the
- * per-key loops unroll into whole vectors. */
+ * per-key loops unroll into whole vectors, and with a constant element type. */
 static inline __attribute__((always_inline)) void attend_item(
-    int64_t item, const uint16_t *q, const uint16_t *k, const uint16_t *v, const int64_t *slots,
+    int64_t item, const void *q, const void *k, const void *v, const int64_t *slots,
     const int64_t *lens, int64_t max_len, int64_t kv_heads, int64_t group, int64_t head_dim,
-    float scale, float *out, float *lse) {
+    float scale, int is_f32, float *out, float *lse) {
     const int64_t row_stride = kv_heads * head_dim; /* elements between pool slots */
     const int64_t b = item / kv_heads, h = item % kv_heads;
     const int64_t len = lens[b];
@@ -48,10 +53,10 @@ static inline __attribute__((always_inline)) void attend_item(
     float scores[MAX_GROUP][KEY_BLOCK], running_max[MAX_GROUP], running_sum[MAX_GROUP];
     float row[MAX_HEAD_DIM];
 
-    const uint16_t *q_item = q + item * group * head_dim;
+    const int64_t q_item = item * group * head_dim;
     for (int64_t g = 0; g < group; ++g) {
         for (int64_t d = 0; d < head_dim; ++d) {
-            query[g][d] = bf16_to_float(q_item[g * head_dim + d]) * scale;
+            query[g][d] = load(q, q_item + g * head_dim + d, is_f32) * scale;
             acc[g][d] = 0.0f;
         }
         running_max[g] = NO_MAX;
@@ -61,8 +66,8 @@ static inline __attribute__((always_inline)) void attend_item(
     for (int64_t start = 0; start < len; start += KEY_BLOCK) {
         const int64_t n = len - start < KEY_BLOCK ? len - start : KEY_BLOCK;
         for (int64_t j = 0; j < n; ++j) { /* scores = q . k for the block */
-            const uint16_t *k_row = k + row_slots[start + j] * row_stride + h * head_dim;
-            for (int64_t d = 0; d < head_dim; ++d) row[d] = bf16_to_float(k_row[d]);
+            const int64_t k_row = row_slots[start + j] * row_stride + h * head_dim;
+            for (int64_t d = 0; d < head_dim; ++d) row[d] = load(k, k_row + d, is_f32);
             for (int64_t g = 0; g < group; ++g) {
                 float dot = 0.0f;
                 for (int64_t d = 0; d < head_dim; ++d) dot += query[g][d] * row[d];
@@ -84,8 +89,8 @@ static inline __attribute__((always_inline)) void attend_item(
             for (int64_t d = 0; d < head_dim; ++d) acc[g][d] *= rescale;
         }
         for (int64_t j = 0; j < n; ++j) { /* acc += p . v */
-            const uint16_t *v_row = v + row_slots[start + j] * row_stride + h * head_dim;
-            for (int64_t d = 0; d < head_dim; ++d) row[d] = bf16_to_float(v_row[d]);
+            const int64_t v_row = row_slots[start + j] * row_stride + h * head_dim;
+            for (int64_t d = 0; d < head_dim; ++d) row[d] = load(v, v_row + d, is_f32);
             for (int64_t g = 0; g < group; ++g) {
                 const float p = scores[g][j];
                 for (int64_t d = 0; d < head_dim; ++d) acc[g][d] += p * row[d];
@@ -102,21 +107,37 @@ static inline __attribute__((always_inline)) void attend_item(
     }
 }
 
-/* Returns 0, or -1 when group or head_dim exceed the kernel's fixed limits. */
-int decode_attention_bf16(const uint16_t *q, const uint16_t *k, const uint16_t *v,
-                          const int64_t *slots, const int64_t *lens, int64_t batch,
-                          int64_t max_len, int64_t kv_heads, int64_t group, int64_t head_dim,
-                          float scale, int num_threads, float *out, float *lse) {
-    if (group > MAX_GROUP || head_dim > MAX_HEAD_DIM) return -1;
+/* Every item of the batch, for one constant element type. */
+static inline __attribute__((always_inline)) void attend_all(
+    const void *q, const void *k, const void *v, const int64_t *slots, const int64_t *lens,
+    int64_t batch, int64_t max_len, int64_t kv_heads, int64_t group, int64_t head_dim,
+    float scale, int is_f32, int num_threads, float *out, float *lse) {
 #pragma omp parallel for schedule(dynamic, 1) num_threads(num_threads)
     for (int64_t item = 0; item < batch * kv_heads; ++item) {
         if (head_dim == 64)
-            attend_item(item, q, k, v, slots, lens, max_len, kv_heads, group, 64, scale, out, lse);
+            attend_item(item, q, k, v, slots, lens, max_len, kv_heads, group, 64, scale, is_f32,
+                        out, lse);
         else if (head_dim == 128)
-            attend_item(item, q, k, v, slots, lens, max_len, kv_heads, group, 128, scale, out, lse);
+            attend_item(item, q, k, v, slots, lens, max_len, kv_heads, group, 128, scale, is_f32,
+                        out, lse);
         else
-            attend_item(item, q, k, v, slots, lens, max_len, kv_heads, group, head_dim, scale, out,
-                        lse);
+            attend_item(item, q, k, v, slots, lens, max_len, kv_heads, group, head_dim, scale,
+                        is_f32, out, lse);
     }
+}
+
+/* Returns 0, or -1 when group or head_dim exceed the kernel's fixed limits. `is_f32`: q, k and
+ * v are float32 (else bfloat16). */
+int decode_attention(const void *q, const void *k, const void *v, const int64_t *slots,
+                     const int64_t *lens, int64_t batch, int64_t max_len, int64_t kv_heads,
+                     int64_t group, int64_t head_dim, float scale, int is_f32, int num_threads,
+                     float *out, float *lse) {
+    if (group > MAX_GROUP || head_dim > MAX_HEAD_DIM) return -1;
+    if (is_f32)
+        attend_all(q, k, v, slots, lens, batch, max_len, kv_heads, group, head_dim, scale, 1,
+                   num_threads, out, lse);
+    else
+        attend_all(q, k, v, slots, lens, batch, max_len, kv_heads, group, head_dim, scale, 0,
+                   num_threads, out, lse);
     return 0;
 }
