@@ -145,18 +145,20 @@ def test_bfloat16_cascade_attention_is_close():
     torch.testing.assert_close(out.float(), reference(requests, q, pool), rtol=0.02, atol=0.02)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 @pytest.mark.parametrize("seed", range(4))
-def test_native_decode_reads_own_parts_in_place(seed, monkeypatch, kernel):
+def test_native_decode_reads_own_parts_in_place(seed, dtype, monkeypatch, kernel):
     """With the native kernel, decode own parts skip the gather; segments still merge in."""
     monkeypatch.setattr(attention, "MIN_IN_PLACE_SEGMENT_SAVING", 0)
     requests = tree_batch(random.Random(seed), decode=True)
-    out, q, pool, meta = run_backend(requests, torch.bfloat16, kernel)
+    out, q, pool, meta = run_backend(requests, dtype, kernel)
     assert isinstance(meta.own, InPlaceOwn)
     if len(requests) > 1:
         assert meta.shared_levels, "a batch with shared prefixes found none"
-    torch.testing.assert_close(out.float(), reference(requests, q, pool), rtol=0.02, atol=0.02)
-    torch_out, *_ = run_backend(requests, torch.bfloat16)
-    torch.testing.assert_close(out.float(), torch_out.float(), rtol=0.02, atol=0.02)
+    tol = {"rtol": 0.02, "atol": 0.02} if dtype == torch.bfloat16 else {"rtol": 1e-4, "atol": 1e-5}
+    torch.testing.assert_close(out.float(), reference(requests, q, pool), **tol)
+    torch_out, *_ = run_backend(requests, dtype)
+    torch.testing.assert_close(out.float(), torch_out.float(), **tol)
 
 
 def test_in_place_decode_splits_off_only_widely_shared_prefixes(kernel):

@@ -28,7 +28,8 @@ def reference(q, k_buf, v_buf, slots, lens, kv_heads):
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 @pytest.mark.parametrize(
     ("kv_heads", "group", "head_dim"),
-    [(3, 3, 64), (2, 4, 128), (1, 1, 48), (4, 2, 16)],  # 64 and 128 have unrolled variants
+    # 64 and 128 have unrolled variants; 20 is no multiple of 8 (the plain loops)
+    [(3, 3, 64), (2, 4, 128), (1, 1, 48), (4, 2, 16), (1, 2, 20)],
 )
 def test_matches_float32_attention_over_scattered_slots(kernel, kv_heads, group, head_dim, dtype):
     gen = torch.Generator().manual_seed(head_dim)
@@ -62,16 +63,20 @@ def test_rejects_what_it_cannot_read(kernel):
         kernel(torch.randn(1, 64).half(), k_buf.half(), k_buf.half(), *one_slot)
     with pytest.raises(ValueError, match="one dtype"):
         kernel(torch.randn(1, 64).bfloat16(), k_buf, k_buf, *one_slot)
-    big_group = torch.randn(1, 17 * 64).bfloat16()
-    k16 = k_buf.bfloat16()
-    with pytest.raises(ValueError, match="limits"):
-        kernel(
-            big_group,
-            k16,
-            k16,
-            torch.zeros(1, 1, dtype=torch.int64),
-            torch.ones(1, dtype=torch.int64),
-        )
+
+
+def test_many_query_rows_per_kv_head_share_one_read(kernel):
+    """A shared prefix as one "request": the queries of 6 requests x 3 heads (18 rows per KV
+    head) against the prefix's slots."""
+    gen = torch.Generator().manual_seed(7)
+    k_buf, v_buf = torch.randn(2, 500, 3, 64, generator=gen)
+    q = torch.randn(1, 3 * 18 * 64, generator=gen)
+    slots = torch.randperm(500, generator=gen)[None, :130]
+    lens = torch.tensor([130])
+    out, lse = kernel(q, k_buf, v_buf, slots, lens)
+    ref_out, ref_lse = reference(q, k_buf, v_buf, slots, lens, 3)
+    torch.testing.assert_close(out, ref_out, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(lse, ref_lse, rtol=1e-5, atol=1e-5)
 
 
 def test_disabled_or_without_a_compiler_the_torch_path_stays(monkeypatch):

@@ -28,15 +28,17 @@ class DecodeAttentionKernel:
 
     def __call__(
         self,
-        q: torch.Tensor,  # [B, H*D] bfloat16 or float32, one query token per request
+        q: torch.Tensor,  # [B, Hkv*G*D] bfloat16 or float32: G query rows per KV head
         k_buf: torch.Tensor,  # [S, Hkv, D] q's dtype, one layer of the pool
         v_buf: torch.Tensor,  # [S, Hkv, D]
         slots: torch.Tensor,  # [B, L] int64; row b's first lens[b] entries are its own KV
         lens: torch.Tensor,  # [B] int64
     ) -> tuple[torch.Tensor, torch.Tensor]:  # out [B, Hkv, G, D], lse [B, Hkv, G] float32
-        """Each request's query against its own slots: softmax(q k^T / sqrt(D)) v, with the
-        log-sum-exp for merging with other key segments. A request with no slots gets lse
-        -1e30 (its weight vanishes in a merge) and zero output."""
+        """Each request's queries against its slots: softmax(q k^T / sqrt(D)) v, with the
+        log-sum-exp for merging with other key segments. A decoding request has one query token
+        (G = its GQA group); a shared prefix is one "request" whose G rows are every query of
+        the requests sharing it, so its K/V is read once for all of them. A request with no
+        slots gets lse -1e30 (its weight vanishes in a merge) and zero output."""
         Hkv, D = k_buf.shape[1:]
         B, L = slots.shape
         G = q.shape[1] // (Hkv * D)
@@ -71,7 +73,7 @@ class DecodeAttentionKernel:
             lse.data_ptr(),
         )
         if status != 0:
-            raise ValueError(f"native decode kernel: group {G} or head_dim {D} over its limits")
+            raise MemoryError("native decode kernel: no memory for its scratch buffers")
         return out, lse
 
 
