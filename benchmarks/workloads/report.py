@@ -9,10 +9,17 @@ from typing import Any
 from benchmarks.workloads.base import Workload
 from benchmarks.workloads.metrics import RunResult, paired_ratio, round_ratios
 from benchmarks.workloads.systems import SPECS
-from radixgen.runtime.config import EngineConfig
+from radixgen.runtime.config import DTYPES, EngineConfig
+from radixgen.runtime.model.int4 import int4_max_tokens
 
 FIVE_X_WORKLOADS = ("mmlu", "tot", "judge")  # the ">= 5x cache off" target
 DASH = "—"
+
+
+def _int4_tokens(info: dict[str, Any]) -> int:
+    """The widest decode step on the 4-bit weights, for the run's compute dtype."""
+    dtype = DTYPES[info.get("dtype", "bfloat16")]
+    return int4_max_tokens(EngineConfig().int4_max_tokens, dtype)
 
 
 def _fmt(x: float | None, spec: str, suffix: str = "") -> str:
@@ -141,7 +148,7 @@ def markdown(
         f"`{command}` ({info['date']}, size `{size}`). Hardware: {info['cpu']}, "
         f"{info['cores']} cores, torch {info['torch']} CPU. Model: SmolLM2-135M-Instruct "
         f"Q4_1 GGUF (radixgen and transformers compute in {info.get('dtype', 'bfloat16')}, "
-        f"radixgen's decode steps of <= {EngineConfig().int4_max_tokens} requests on the 4-bit "
+        f"radixgen's decode steps of <= {_int4_tokens(info)} requests on the 4-bit "
         "blocks, llama.cpp on the Q4_1 "
         f"weights; llama-cpp-python {info.get('llama_cpp_python', 'n/a')}, 2 threads). "
         f"All programs greedy (temperature 0).{rounds}",

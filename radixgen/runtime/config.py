@@ -98,11 +98,12 @@ class EngineConfig:
     disable_jump_forward: bool = _opt(
         False, "Decode grammar-forced text token by token (the constrained-decoding baseline)."
     )
-    int4_max_tokens: int = _opt(
-        8,
+    int4_max_tokens: int | None = _opt(
+        None,
         "Forward passes of at most this many tokens multiply by the GGUF file's own 4-bit "
         "weights (Q4_0/Q4_1 blocks, as stored; CPU only, float32 up to 16), reading far fewer "
-        "bytes; wider ones use the dense weights. 0: always dense.",
+        "bytes; wider ones use the dense weights. Default: where the 4-bit kernel stops beating "
+        "the dense GEMM (8 for bfloat16, 12 for float32). 0: always dense.",
     )
     attention_backend: str = _opt(
         "auto",
@@ -126,7 +127,7 @@ class EngineConfig:
                 f"attention_backend must be one of {ATTENTION_BACKENDS}, "
                 f"got {self.attention_backend!r}"
             )
-        if self.int4_max_tokens < 0:
+        if self.int4_max_tokens is not None and self.int4_max_tokens < 0:
             raise ValueError(f"int4_max_tokens must be >= 0, got {self.int4_max_tokens}")
         for name in ("kv_cache_tokens", "max_running_requests", "max_prefill_tokens"):
             if getattr(self, name) < 1:

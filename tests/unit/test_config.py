@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from radixgen.runtime.config import EngineConfig, cpu_has_fast_bfloat16
+from radixgen.runtime.model.int4 import int4_max_tokens
 
 
 def test_auto_dtype_is_bfloat16_only_where_the_cpu_multiplies_it_natively():
@@ -20,3 +21,13 @@ def test_auto_dtype_is_bfloat16_only_where_the_cpu_multiplies_it_natively():
 def test_unknown_dtype_is_refused_naming_the_choices():
     with pytest.raises(ValueError, match="dtype must be one of .*'auto'"):
         EngineConfig(dtype="int8")
+
+
+def test_int4_width_defaults_per_kernel_and_explicit_values_win():
+    assert EngineConfig().int4_max_tokens is None
+    assert int4_max_tokens(None, torch.bfloat16) == 8  # PyTorch's kernel
+    assert int4_max_tokens(None, torch.float32) == 12  # the native float32 kernel
+    assert int4_max_tokens(None, torch.float16) == 0  # no 4-bit kernel: dense
+    assert int4_max_tokens(3, torch.float32) == 3 and int4_max_tokens(0, torch.bfloat16) == 0
+    with pytest.raises(ValueError, match="int4_max_tokens must be >= 0"):
+        EngineConfig(int4_max_tokens=-1)

@@ -17,7 +17,7 @@ from radixgen.runtime.config import EngineConfig, ModelConfig
 from radixgen.runtime.model.attention import TorchSDPABackend
 from radixgen.runtime.model.batch import AttentionBackend, ForwardBatch
 from radixgen.runtime.model.decode_kernel import load_decode_attention
-from radixgen.runtime.model.int4 import can_use_int4
+from radixgen.runtime.model.int4 import can_use_int4, int4_max_tokens
 from radixgen.runtime.model.layers import rope_inv_freq
 from radixgen.runtime.model.llama import LlamaForCausalLM
 from radixgen.runtime.model.loader import ModelSource
@@ -47,9 +47,10 @@ class ModelRunner:
         self.model = model.to(self.dtype).eval()
         self.model.rotary.float()  # rope tables stay float32, cast per batch
         self.model.prepack()
-        if engine_config.int4_max_tokens and can_use_int4(self.device, self.dtype):
+        int4_tokens = int4_max_tokens(engine_config.int4_max_tokens, self.dtype)
+        if int4_tokens and can_use_int4(self.device, self.dtype):
             switched = self.model.use_int4(
-                source.iter_int4_weights(model_config), engine_config.int4_max_tokens, self.dtype
+                source.iter_int4_weights(model_config), int4_tokens, self.dtype
             )
             logger.info("%d projections use 4-bit weights for small batches", switched)
         logger.info("loaded %s in %.1fs", source.path, time.perf_counter() - start)
