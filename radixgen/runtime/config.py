@@ -101,9 +101,9 @@ class EngineConfig:
     int4_max_tokens: int | None = _opt(
         None,
         "Forward passes of at most this many tokens multiply by the GGUF file's own 4-bit "
-        "weights (Q4_0/Q4_1 blocks, as stored; CPU only, float32 up to 16), reading far fewer "
-        "bytes; wider ones use the dense weights. Default: where the 4-bit kernel stops beating "
-        "the dense GEMM (8 for bfloat16, 12 for float32). 0: always dense.",
+        "weights (Q4_0/Q4_1 blocks, as stored; CPU only), reading far fewer bytes; wider ones "
+        "use the dense weights. Default: where the 4-bit kernel stops beating the dense GEMM "
+        "(8 for bfloat16, 48 for float32). 0: always dense.",
     )
     attention_backend: str = _opt(
         "auto",

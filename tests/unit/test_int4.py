@@ -53,7 +53,7 @@ def test_default_model_int4_groups_equal_dequantized_weights():
             assert torch.equal(groups[name].dequantize(), dense), name
 
 
-@pytest.mark.parametrize("rows", [1, 5, 16])
+@pytest.mark.parametrize("rows", [1, 5, 16, 37])  # register tiles of 2 rows, and a partial one
 @pytest.mark.parametrize("bias", [False, True])
 def test_int4_linear_matches_dequantized_dense(rows, bias):
     rng = torch.Generator().manual_seed(rows)
@@ -105,13 +105,12 @@ def test_float32_int4_kernel_matches_dequantized_dense_to_float32_rounding(rows,
     summation order (and one fused rounding per weight) differs from the dense GEMM."""
     needs_float32_kernel()
     rng = torch.Generator().manual_seed(rows)
-    groups = random_groups(rng, 48, 96)
-    layer = Linear(96, 48, bias=bias)
+    groups = random_groups(rng, 50, 96)  # panels of 4 columns, and a partial one
+    layer = Linear(96, 50, bias=bias)
     layer.weight.data.copy_(groups.dequantize())
     x = torch.randn(rows, 96, generator=rng)
     dense = layer(x)
     layer.use_int4([groups], max_tokens=64, dtype=torch.float32)
-    assert layer.int4_max_tokens == 16  # the kernel's row limit
     out = layer(x)
     assert out.dtype == torch.float32
     torch.testing.assert_close(out, dense, rtol=1e-5, atol=1e-6)
@@ -136,8 +135,6 @@ def test_float32_int4_kernel_refuses_what_it_cannot_serve():
     rng = torch.Generator().manual_seed(0)
     g = random_groups(rng, 8, 64)
     packed = NibbleInt4.pack(g.codes, g.scales, g.zeros)
-    with pytest.raises(ValueError, match="over its limits"):
-        load_int4_matmul()(torch.zeros(17, 64), packed)
     with pytest.raises(ValueError, match="does not fit"):
         load_int4_matmul()(torch.zeros(1, 32), packed)
     with pytest.raises(ValueError, match="float32"):

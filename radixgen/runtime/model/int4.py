@@ -25,9 +25,9 @@ GROUP_SIZE = 32  # inputs per scale/zero: the block size of GGUF's Q4_0 and Q4_1
 # Widest pass (tokens) that the 4-bit kernel of each activation dtype runs faster than the dense
 # GEMM, measured on 2 cores with SmolLM2's 30 layers of projections streaming from memory:
 # PyTorch's bfloat16 kernel against oneDNN's AMX GEMM on a Xeon (2026-12-01); the native float32
-# kernel against oneDNN's float32 GEMM on an AVX2 EPYC (2026-12-02: per layer 887-1,015 vs
-# 1,758-1,815 us at 8 rows, 1,351-1,616 vs 1,785-2,001 at 12, 1,967-2,247 vs 1,905-2,470 at 16).
-DEFAULT_MAX_TOKENS = {torch.bfloat16: 8, torch.float32: 12}
+# kernel against oneDNN's float32 GEMM on an AVX2 EPYC (2026-12-02, per layer: 1.29 vs 2.06 ms
+# at 12 rows, 2.91 vs 3.24 at 32, 4.14 vs 4.59 at 48, 5.40 vs 5.63 at 64, 9.26 vs 8.05 at 96).
+DEFAULT_MAX_TOKENS = {torch.bfloat16: 8, torch.float32: 48}
 
 
 @dataclass(frozen=True)

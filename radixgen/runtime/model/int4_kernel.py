@@ -3,9 +3,10 @@
 PyTorch's int4 CPU kernel is fast for bfloat16 activations only (float32 ones take a path ~10x
 slower than the dense GEMM). This kernel serves float32 engines: it rebuilds each weight from
 its 4-bit code in float32 and multiplies, so a decode step reads 4.5 bits per weight instead of
-32. On a 2-core AVX2 EPYC, SmolLM2's projections at one row take ~17 ms per decode step this
-way (~10 ms with the weights hot in cache), against ~45 ms for the dense float32 weights
-streamed from memory.
+32. Each thread decodes four columns at a time into a float32 panel and multiplies every row by
+it in register tiles. On a 2-core AVX2 EPYC (Zen 3), SmolLM2's 30 layers of projections,
+streamed from memory, per layer: 0.47 vs 1.40 ms for oneDNN's dense float32 GEMM at one row,
+1.29 vs 2.06 at 12 rows, 4.1 vs 4.6 at 48; from ~64 rows the dense GEMM is faster.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ import torch
 
 from radixgen.runtime.model.native import load_kernel
 
-MAX_ROWS = 16  # the kernel's limit on input rows
 _i64, _ptr = ctypes.c_int64, ctypes.c_void_p
 
 
@@ -48,7 +48,7 @@ class Int4MatmulKernel:
         self._run.argtypes = [_ptr, _i64, _i64, _ptr, _ptr, _ptr, _i64, ctypes.c_int, _ptr]
 
     def __call__(self, x: torch.Tensor, weight: NibbleInt4) -> torch.Tensor:
-        """x [M, K] float32 (M <= MAX_ROWS) @ w.T -> [M, N] float32."""
+        """x [M, K] float32 @ w.T -> [M, N] float32."""
         if x.dtype != torch.float32 or x.device.type != "cpu":
             raise ValueError("the int4 matmul kernel takes float32 CPU inputs")
         x = x.contiguous()
@@ -71,7 +71,7 @@ class Int4MatmulKernel:
             out.data_ptr(),
         )
         if status != 0:
-            raise ValueError(f"int4 matmul kernel: {rows} rows or width {k} over its limits")
+            raise MemoryError("int4 matmul kernel: no memory for its decoding panel")
         return out
 
 

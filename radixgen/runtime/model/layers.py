@@ -10,7 +10,6 @@ from torch import nn
 from radixgen.runtime.config import ModelConfig, cpu_has_fast_bfloat16
 from radixgen.runtime.model.fused import fused_ops
 from radixgen.runtime.model.int4 import Int4Groups, PackedInt4, int4_linear, pack_int4
-from radixgen.runtime.model.int4_kernel import MAX_ROWS as INT4_KERNEL_MAX_ROWS
 from radixgen.runtime.model.int4_kernel import NibbleInt4
 
 
@@ -139,8 +138,6 @@ class Linear(nn.Linear):
                 f"{self.out_features}x{self.in_features} projection"
             )
         self.int4 = pack_int4(groups, dtype)
-        if isinstance(self.int4, NibbleInt4):  # the float32 kernel's row limit
-            max_tokens = min(max_tokens, INT4_KERNEL_MAX_ROWS)
         self.int4_max_tokens = max_tokens
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -1,6 +1,7 @@
 /*
  * float32 activations times a 4-bit grouped weight, for CPUs: the GGUF file's Q4_0/Q4_1 blocks
- * multiplied as stored, for the few-row passes (decode steps) that are bound by reading weights.
+ * multiplied as stored, for the passes of a few dozen rows (decode steps) where reading the
+ * weights, not multiplying them, bounds a dense GEMM.
  *
  *   out[m, c] = sum_k x[m, k] * w[c, k],   w[c, k] = (code[c, k] - 8) * scale[c, g] + zero[c, g]
  *
@@ -11,7 +12,7 @@
  * multiply needs AVX2 (x86); elsewhere `int4_matmul_available` says 0 and nothing else exists.
  *
  * Layouts (all contiguous):
- *   x       [rows, k]        float32, rows <= MAX_ROWS
+ *   x       [rows, k]        float32
  *   codes   [cols, k / 2]    uint8: per group of 32, byte i holds element i (low nibble) and
  *                            element i + 16 (high nibble), as a GGUF Q4 block stores them
  *   scales  [cols, k / 32]   float32
@@ -19,13 +20,13 @@
  *   out     [rows, cols]     float32
  */
 #include <stdint.h>
+#include <stdlib.h>
 #ifdef __AVX2__
 #include <immintrin.h>
 #endif
 
 #define GROUP 32
 #define LANES 8
-#define MAX_ROWS 16
 
 /* 1 where this build can multiply (x86 with AVX2), else 0: callers keep the dense path. */
 int int4_matmul_available(void) {
@@ -37,12 +38,12 @@ int int4_matmul_available(void) {
 }
 
 #ifdef __AVX2__
-/* One output column: four 8-lane accumulators per row, one per quarter of a group. */
-static void column(const float *x, int64_t rows, int64_t k, const uint8_t *col_codes,
-                   const float *col_scales, const float *col_zeros, float *sums) {
-    __m256 acc[MAX_ROWS][4];
-    for (int64_t m = 0; m < rows; ++m)
-        for (int j = 0; j < 4; ++j) acc[m][j] = _mm256_setzero_ps();
+#define COL_BLOCK 4 /* columns decoded into a panel together */
+#define ROW_BLOCK 2 /* rows of x per register tile: ROW_BLOCK x COL_BLOCK accumulators */
+
+/* One column's weights rebuilt in float32 into `dest` [k]: per group of 32, four vectors. */
+static void decode_column(int64_t k, const uint8_t *col_codes, const float *col_scales,
+                          const float *col_zeros, float *dest) {
     const __m128i low_bits = _mm_set1_epi8(15);
     const __m256i eight = _mm256_set1_epi32(8);
     for (int64_t g = 0; g < k / GROUP; ++g) {
@@ -50,41 +51,87 @@ static void column(const float *x, int64_t rows, int64_t k, const uint8_t *col_c
         const __m128i low = _mm_and_si128(bytes, low_bits);                     /* elements 0-15 */
         const __m128i high = _mm_and_si128(_mm_srli_epi16(bytes, 4), low_bits); /* 16-31 */
         const __m256 scale = _mm256_set1_ps(col_scales[g]), zero = _mm256_set1_ps(col_zeros[g]);
-        __m256 w[4];
         const __m128i quarters[4] = {low, _mm_srli_si128(low, 8), high, _mm_srli_si128(high, 8)};
         for (int j = 0; j < 4; ++j) {
             const __m256i centred = _mm256_sub_epi32(_mm256_cvtepu8_epi32(quarters[j]), eight);
-            w[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(centred), scale, zero);
+            _mm256_storeu_ps(dest + g * GROUP + LANES * j,
+                             _mm256_fmadd_ps(_mm256_cvtepi32_ps(centred), scale, zero));
         }
-        for (int64_t m = 0; m < rows; ++m) {
-            const float *x_group = x + m * k + g * GROUP;
-            for (int j = 0; j < 4; ++j)
-                acc[m][j] = _mm256_fmadd_ps(_mm256_loadu_ps(x_group + LANES * j), w[j], acc[m][j]);
-        }
-    }
-    for (int64_t m = 0; m < rows; ++m) {
-        const __m256 total = _mm256_add_ps(_mm256_add_ps(acc[m][0], acc[m][1]),
-                                           _mm256_add_ps(acc[m][2], acc[m][3]));
-        float lanes[LANES];
-        _mm256_storeu_ps(lanes, total);
-        float sum = 0.0f;
-        for (int l = 0; l < LANES; ++l) sum += lanes[l];
-        sums[m] = sum;
     }
 }
 
-/* Returns 0, or -1 when rows or k are outside the kernel's limits. */
+static inline float sum_lanes(__m256 a) {
+    const __m128 half = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+    const __m128 pair = _mm_add_ps(half, _mm_movehl_ps(half, half));
+    return _mm_cvtss_f32(_mm_add_ss(pair, _mm_movehdup_ps(pair)));
+}
+
+/* out[r, c] = x[r] . panel[c] for nr rows and nc columns (constants after inlining): every
+ * accumulator in a register, each x vector loaded once for all nc columns. */
+static inline __attribute__((always_inline)) void tile(const float *x, int64_t k,
+                                                       const float *panel, int nr, int nc,
+                                                       float *out, int64_t out_stride) {
+    __m256 acc[ROW_BLOCK][COL_BLOCK];
+    for (int r = 0; r < nr; ++r)
+        for (int c = 0; c < nc; ++c) acc[r][c] = _mm256_setzero_ps();
+    for (int64_t d = 0; d < k; d += LANES) {
+        __m256 w[COL_BLOCK];
+        for (int c = 0; c < nc; ++c) w[c] = _mm256_loadu_ps(panel + c * k + d);
+        for (int r = 0; r < nr; ++r) {
+            const __m256 xv = _mm256_loadu_ps(x + r * k + d);
+            for (int c = 0; c < nc; ++c) acc[r][c] = _mm256_fmadd_ps(xv, w[c], acc[r][c]);
+        }
+    }
+    for (int r = 0; r < nr; ++r)
+        for (int c = 0; c < nc; ++c) out[r * out_stride + c] = sum_lanes(acc[r][c]);
+}
+
+/* A tile of any shape up to ROW_BLOCK x COL_BLOCK, dispatched to a constant-shape body. */
+static void any_tile(const float *x, int64_t k, const float *panel, int nr, int nc, float *out,
+                     int64_t out_stride) {
+#define TILE(R, C)                                          \
+    if (nr == R && nc == C) {                               \
+        tile(x, k, panel, R, C, out, out_stride);           \
+        return;                                             \
+    }
+    TILE(2, 4) TILE(1, 4) TILE(2, 3) TILE(1, 3)
+    TILE(2, 2) TILE(1, 2) TILE(2, 1) TILE(1, 1)
+#undef TILE
+}
+
+/* Returns 0, or -1 when k is no multiple of the group size or scratch memory is lacking. Each
+ * thread decodes COL_BLOCK columns at a time into a float32 panel (it stays in L1/L2) and
+ * multiplies every row of x by it in register tiles, so a weight is decoded once per call and
+ * x is read once per panel rather than once per column. */
 int int4_matmul_f32(const float *x, int64_t rows, int64_t k, const uint8_t *codes,
                     const float *scales, const float *zeros, int64_t cols, int num_threads,
                     float *out) {
-    if (rows < 1 || rows > MAX_ROWS || k % GROUP != 0) return -1;
+    if (rows < 1 || k % GROUP != 0) return -1;
     const int64_t groups = k / GROUP;
-#pragma omp parallel for schedule(static) num_threads(num_threads)
-    for (int64_t c = 0; c < cols; ++c) {
-        float sums[MAX_ROWS];
-        column(x, rows, k, codes + c * (k / 2), scales + c * groups, zeros + c * groups, sums);
-        for (int64_t m = 0; m < rows; ++m) out[m * cols + c] = sums[m];
+    const int64_t blocks = (cols + COL_BLOCK - 1) / COL_BLOCK;
+    int failed = 0;
+#pragma omp parallel num_threads(num_threads)
+    {
+        float *panel = aligned_alloc(64, COL_BLOCK * k * sizeof(float)); /* k % 32 == 0 */
+        if (panel == NULL) {
+#pragma omp atomic write
+            failed = 1;
+        }
+#pragma omp for schedule(static)
+        for (int64_t block = 0; block < blocks; ++block) {
+            if (panel == NULL) continue;
+            const int64_t c0 = block * COL_BLOCK;
+            const int nc = cols - c0 < COL_BLOCK ? (int)(cols - c0) : COL_BLOCK;
+            for (int c = 0; c < nc; ++c)
+                decode_column(k, codes + (c0 + c) * (k / 2), scales + (c0 + c) * groups,
+                              zeros + (c0 + c) * groups, panel + c * k);
+            for (int64_t r0 = 0; r0 < rows; r0 += ROW_BLOCK) {
+                const int nr = rows - r0 < ROW_BLOCK ? (int)(rows - r0) : ROW_BLOCK;
+                any_tile(x + r0 * k, k, panel, nr, nc, out + r0 * cols + c0, cols);
+            }
+        }
+        free(panel);
     }
-    return 0;
+    return failed ? -1 : 0;
 }
 #endif
