@@ -35,10 +35,10 @@ class DecodeAttentionKernel:
         lens: torch.Tensor,  # [B] int64
     ) -> tuple[torch.Tensor, torch.Tensor]:  # out [B, Hkv, G, D], lse [B, Hkv, G] float32
         """Each request's queries against its slots: softmax(q k^T / sqrt(D)) v, with the
-        log-sum-exp for merging with other key segments. A decoding request has one query token
-        (G = its GQA group); a shared prefix is one "request" whose G rows are every query of
-        the requests sharing it, so its K/V is read once for all of them. A request with no
-        slots gets lse -1e30 (its weight vanishes in a merge) and zero output."""
+        log-sum-exp for merging with other key segments. A decoding request's G rows are its
+        GQA group; any G works (the queries of several requests over one prefix, say), but with
+        many rows gather + flash attention is faster, so the engine sends decode steps only. A
+        request with no slots gets lse -1e30 (its weight vanishes in a merge) and zero output."""
         Hkv, D = k_buf.shape[1:]
         B, L = slots.shape
         G = q.shape[1] // (Hkv * D)

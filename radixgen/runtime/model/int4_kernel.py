@@ -6,7 +6,7 @@ its 4-bit code in float32 and multiplies, so a decode step reads 4.5 bits per we
 32. Each thread decodes four columns at a time into a float32 panel and multiplies every row by
 it in register tiles. On a 2-core AVX2 EPYC (Zen 3), SmolLM2's 30 layers of projections,
 streamed from memory, per layer: 0.47 vs 1.40 ms for oneDNN's dense float32 GEMM at one row,
-1.29 vs 2.06 at 12 rows, 4.1 vs 4.6 at 48; from ~64 rows the dense GEMM is faster.
+1.29 vs 2.06 at 12 rows, 4.1 vs 4.6 at 48; beyond ~64 rows the dense GEMM is faster.
 """
 
 from __future__ import annotations
