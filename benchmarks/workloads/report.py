@@ -16,10 +16,9 @@ FIVE_X_WORKLOADS = ("mmlu", "tot", "judge")  # the ">= 5x cache off" target
 DASH = "—"
 
 
-def _int4_tokens(info: dict[str, Any]) -> int:
+def _int4_tokens(dtype: str) -> int:
     """The widest decode step on the 4-bit weights, for the run's compute dtype."""
-    dtype = DTYPES[info.get("dtype", "bfloat16")]
-    return int4_max_tokens(EngineConfig().int4_max_tokens, dtype)
+    return int4_max_tokens(EngineConfig().int4_max_tokens, DTYPES[dtype])
 
 
 def _fmt(x: float | None, spec: str, suffix: str = "") -> str:
@@ -144,11 +143,12 @@ def markdown(
             "Throughputs are each system's median round (the details list every round); "
             "speedups are the median of the per-round ratios."
         )
+    dtype = info.get("dtype", "bfloat16")  # runs from before the field computed in bfloat16
     lines = [
         f"`{command}` ({info['date']}, size `{size}`). Hardware: {info['cpu']}, "
         f"{info['cores']} cores, torch {info['torch']} CPU. Model: SmolLM2-135M-Instruct "
-        f"Q4_1 GGUF (radixgen and transformers compute in {info.get('dtype', 'bfloat16')}, "
-        f"radixgen's decode steps of <= {_int4_tokens(info)} requests on the 4-bit "
+        f"Q4_1 GGUF (radixgen and transformers compute in {dtype}, "
+        f"radixgen's decode steps of <= {_int4_tokens(dtype)} requests on the 4-bit "
         "blocks, llama.cpp on the Q4_1 "
         f"weights; llama-cpp-python {info.get('llama_cpp_python', 'n/a')}, 2 threads). "
         f"All programs greedy (temperature 0).{rounds}",

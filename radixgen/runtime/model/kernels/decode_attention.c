@@ -4,8 +4,8 @@
  * Each "request" of the batch attends `group` query rows to its KV slots, read in place through
  * its row of slot indices: no gathered copy of K/V and no padding to the longest request. The
  * query rows that share a KV head are computed together, so each K/V block is loaded from
- * memory once for all of them: the GQA group of one decoding request, or (for a prefix that
- * several requests share) every query of those requests against the prefix.
+ * memory once for all of them: the GQA group of one decoding request (any number of rows
+ * works; the engine sends decode steps only).
  *
  * Layouts (all contiguous); q, k and v share one element type, bfloat16 bits or float32:
  *   q      [batch, kv_heads, group, head_dim]
@@ -141,8 +141,8 @@ static inline __attribute__((always_inline)) void attend_item(
     const int64_t b = item / kv_heads, h = item % kv_heads;
     const int64_t len = lens[b];
     const int64_t *row_slots = slots + b * max_len;
-    float *query = scratch, *acc = query + group * head_dim;     /* [group][head_dim] each */
-    float *scores = acc + group * head_dim;                        /* [group][KEY_BLOCK] */
+    float *query = scratch, *acc = query + group * head_dim; /* [group][head_dim] each */
+    float *scores = acc + group * head_dim;                    /* [group][KEY_BLOCK] */
     float *running_max = scores + group * KEY_BLOCK, *running_sum = running_max + group;
     int64_t rows[KEY_BLOCK];
 
@@ -161,7 +161,8 @@ static inline __attribute__((always_inline)) void attend_item(
         for (int64_t j = 0; j < n; ++j) rows[j] = row_slots[start + j] * row_stride + h * head_dim;
         /* K's block is read once per query head while it is hot in L1, then V's */
         for (int64_t g = 0; g < group; ++g)
-            block_scores(query + g * head_dim, k, rows, n, head_dim, is_f32, scores + g * KEY_BLOCK);
+            block_scores(query + g * head_dim, k, rows, n, head_dim, is_f32,
+                         scores + g * KEY_BLOCK);
         for (int64_t g = 0; g < group; ++g) { /* online softmax: rescale, exponentiate */
             float *p = scores + g * KEY_BLOCK;
             float block_max = p[0];
@@ -186,7 +187,8 @@ static inline __attribute__((always_inline)) void attend_item(
     float *lse_item = lse + item * group;
     for (int64_t g = 0; g < group; ++g) {
         const float inverse = len > 0 ? 1.0f / running_sum[g] : 0.0f;
-        for (int64_t d = 0; d < head_dim; ++d) out_item[g * head_dim + d] = acc[g * head_dim + d] * inverse;
+        for (int64_t d = 0; d < head_dim; ++d)
+            out_item[g * head_dim + d] = acc[g * head_dim + d] * inverse;
         lse_item[g] = len > 0 ? running_max[g] + logf(running_sum[g]) : EMPTY_LSE;
     }
 }
