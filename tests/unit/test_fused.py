@@ -66,11 +66,35 @@ def test_rotary_in_place_is_exact_on_a_column_slice(native, rows):
     assert not torch.equal(qkv, before)
 
 
+def test_float32_variants_match_the_torch_chain_to_float32_rounding(native):
+    """float32 rows take the kernels' float32 variants: nothing rounded between steps."""
+    torch.manual_seed(0)
+    x, delta = torch.randn(200, 576) * 3, torch.randn(200, 576)
+    weight = torch.rand(576) + 0.5
+    normed, total = native.add_rms_norm(x, delta, weight, 1e-5)
+    expected_normed, expected_total = TORCH.add_rms_norm(x, delta, weight, 1e-5)
+    assert torch.equal(total, expected_total)  # one float32 add, as torch does it
+    torch.testing.assert_close(normed, expected_normed, rtol=1e-5, atol=1e-6)
+    alone, same = native.add_rms_norm(x[:1], None, weight, 1e-5)
+    assert torch.equal(same, x[:1])
+    torch.testing.assert_close(alone, TORCH.add_rms_norm(x[:1], None, weight, 1e-5)[0])
+    gate_up = torch.randn(3, 2 * 1536) * 4
+    torch.testing.assert_close(native.silu_mul(gate_up), TORCH.silu_mul(gate_up))
+    qkv = torch.randn(5, 15 * 64)
+    angles = torch.rand(5, 1, 32) * 6
+    cos, sin = torch.cat((angles.cos(),) * 2, -1), torch.cat((angles.sin(),) * 2, -1)
+    expected = qkv.clone()
+    TORCH.rotary_(expected[:, : 12 * 64].view(5, 12, 64), cos, sin)
+    native.rotary_(qkv[:, : 12 * 64].view(5, 12, 64), cos, sin)
+    torch.testing.assert_close(qkv, expected)
+    assert torch.equal(qkv[:, 12 * 64 :], expected[:, 12 * 64 :])  # v untouched
+
+
 def test_other_dtypes_take_the_torch_chain(native):
-    x = torch.randn(4, 32)
-    weight = torch.rand(32)
+    x = torch.randn(4, 32, dtype=torch.float64)
+    weight = torch.rand(32, dtype=torch.float64)
     normed, total = native.add_rms_norm(x, x, weight, 1e-6)
-    assert normed.dtype == torch.float32
+    assert normed.dtype == torch.float64
     assert torch.equal(total, x + x)
     expected = weight * torch.rms_norm(x + x, (32,), eps=1e-6)
     torch.testing.assert_close(normed, expected)

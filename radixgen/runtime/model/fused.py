@@ -3,9 +3,9 @@
 A layer runs ~30 element-wise torch operators besides its matmuls (residual adds, RMSNorm's
 float32 round trip, SiLU and the gate product, rotary's negate/concatenate/multiply/add), each a
 pass over memory and a thread-pool wake-up. On 2 cores that is ~25% of a prefill and ~20% of a
-decode step. `FusedOps` runs each chain as one native call over bfloat16 CPU tensors, rounding
-where the torch chain rounds (see the C source); for any other dtype or device, or without
-native kernels, each method runs the torch chain itself, so callers never branch.
+decode step. `FusedOps` runs each chain as one native call over bfloat16 or float32 CPU tensors,
+rounding where the torch chain rounds (see the C source); for any other dtype or device, or
+without native kernels, each method runs the torch chain itself, so callers never branch.
 """
 
 from __future__ import annotations
@@ -21,8 +21,15 @@ from radixgen.runtime.model.native import load_kernel
 _i64, _ptr, _int, _float = ctypes.c_int64, ctypes.c_void_p, ctypes.c_int, ctypes.c_float
 
 
-def _native(*tensors: torch.Tensor) -> bool:
-    return all(t.dtype == torch.bfloat16 and t.device.type == "cpu" for t in tensors)
+_SUFFIXES = {torch.bfloat16: "bf16", torch.float32: "f32"}
+
+
+def _suffix(*tensors: torch.Tensor) -> str | None:
+    """The kernel variant serving these tensors ("bf16", "f32"), or None (torch chain)."""
+    dtype = tensors[0].dtype
+    if any(t.dtype != dtype or t.device.type != "cpu" for t in tensors):
+        return None
+    return _SUFFIXES.get(dtype)
 
 
 class FusedOps:
@@ -32,13 +39,16 @@ class FusedOps:
         self._library = library
         if library is None:
             return
-        library.add_rms_norm_bf16.restype = None
-        library.add_rms_norm_bf16.argtypes = [_ptr, _ptr, _ptr, _i64, _i64, _float, _int]
-        library.add_rms_norm_bf16.argtypes += [_ptr, _ptr]
-        library.silu_mul_bf16.restype = None
-        library.silu_mul_bf16.argtypes = [_ptr, _i64, _i64, _int, _ptr]
-        library.rotary_bf16.restype = None
-        library.rotary_bf16.argtypes = [_ptr, _i64, _i64, _i64, _i64, _ptr, _ptr, _int]
+        for suffix in _SUFFIXES.values():
+            add_rms_norm = getattr(library, f"add_rms_norm_{suffix}")
+            add_rms_norm.restype = None
+            add_rms_norm.argtypes = [_ptr, _ptr, _ptr, _i64, _i64, _float, _int, _ptr, _ptr]
+            silu_mul = getattr(library, f"silu_mul_{suffix}")
+            silu_mul.restype = None
+            silu_mul.argtypes = [_ptr, _i64, _i64, _int, _ptr]
+            rotary = getattr(library, f"rotary_{suffix}")
+            rotary.restype = None
+            rotary.argtypes = [_ptr, _i64, _i64, _i64, _i64, _ptr, _ptr, _int]
 
     @property
     def is_native(self) -> bool:
@@ -53,7 +63,8 @@ class FusedOps:
     ) -> tuple[torch.Tensor, torch.Tensor]:  # normed [T, hidden], x + delta (or x)
         """transformers' LlamaRMSNorm of x + delta: normalise in float32, scale in x's dtype."""
         tensors = (x, weight) if delta is None else (x, delta, weight)
-        if self._library is None or not _native(*tensors):
+        suffix = _suffix(*tensors)
+        if self._library is None or suffix is None:
             total = x if delta is None else x + delta
             normed = F.rms_norm(total.float(), (total.shape[-1],), eps=eps).to(total.dtype)
             return weight * normed, total
@@ -62,7 +73,7 @@ class FusedOps:
         out = torch.empty_like(x)
         total = x if delta is None else torch.empty_like(x)
         delta_ptr = None if delta is None else delta.contiguous().data_ptr()
-        self._library.add_rms_norm_bf16(
+        getattr(self._library, f"add_rms_norm_{suffix}")(
             x.data_ptr(),
             delta_ptr,
             weight.data_ptr(),
@@ -77,13 +88,14 @@ class FusedOps:
 
     def silu_mul(self, gate_up: torch.Tensor) -> torch.Tensor:  # [T, 2I] -> [T, I]
         """SiLU(gate) * up for the merged [gate | up] projection."""
-        if self._library is None or not _native(gate_up):
+        suffix = _suffix(gate_up)
+        if self._library is None or suffix is None:
             gate, up = gate_up.chunk(2, dim=-1)
             return F.silu(gate) * up
         gate_up = gate_up.contiguous()
         rows, width = gate_up.shape
         out = gate_up.new_empty(rows, width // 2)
-        self._library.silu_mul_bf16(
+        getattr(self._library, f"silu_mul_{suffix}")(
             gate_up.data_ptr(), rows, width // 2, torch.get_num_threads(), out.data_ptr()
         )
         return out
@@ -97,12 +109,13 @@ class FusedOps:
         """Rotate-half rotary embedding of x in place; returns x."""
         T, heads, D = x.shape
         packed_heads = x.stride(2) == 1 and x.stride(1) == D
-        if self._library is None or not _native(x, cos, sin) or not packed_heads:
+        suffix = _suffix(x, cos, sin)
+        if self._library is None or suffix is None or not packed_heads:
             half = D // 2
             rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
             return x.copy_(x * cos + rotated * sin)
         cos, sin = cos.contiguous(), sin.contiguous()
-        self._library.rotary_bf16(
+        getattr(self._library, f"rotary_{suffix}")(
             x.data_ptr(),
             T,
             x.stride(0),

@@ -1,5 +1,5 @@
 /*
- * Fused element-wise steps of a decoder layer on bfloat16 activations, for CPUs.
+ * Fused element-wise steps of a decoder layer on bfloat16 or float32 activations, for CPUs.
  *
  * Each function replaces a chain of small torch operators (residual add + RMSNorm, SiLU(gate) *
  * up, rotary embedding): one pass over the rows instead of one pass, one allocation and one
@@ -8,9 +8,13 @@
  * arithmetic is reordered (RMSNorm's sum of squares) or approximated (expf): a rare last-bit
  * difference in bfloat16.
  *
- * Tensors are bfloat16 bits in contiguous rows (rotary: rows `row_stride` apart, its heads at
- * the start of each). Small problems run on the calling thread: waking the pool costs more
- * than they do.
+ * In float32 nothing is rounded between steps, as in the torch chain; results agree with it
+ * to float32 rounding (the same reordered sums and approximated expf).
+ *
+ * Each step is written once for one row (`*_row`, always inlined) over a `Floats` flag, and
+ * exported per dtype with its row loop: `*_bf16` takes bfloat16 bits (uint16), `*_f32` float32.
+ * Tensors are contiguous rows (rotary: rows `row_stride` apart, its heads at the start of each).
+ * Small problems run on the calling thread: waking the pool costs more than they do.
  */
 #include <math.h>
 #include <stdint.h>
@@ -36,88 +40,119 @@ static inline uint16_t float_to_bf16(float value) {
 
 static inline float round_bf16(float value) { return bf16_to_float(float_to_bf16(value)); }
 
+typedef enum { BF16 = 1, F32 = 0 } Floats;
+
+#define INLINE static inline __attribute__((always_inline))
+
+INLINE float load(const void *base, int64_t i, Floats kind) {
+    return kind == BF16 ? bf16_to_float(((const uint16_t *)base)[i]) : ((const float *)base)[i];
+}
+
+INLINE void store(void *base, int64_t i, float value, Floats kind) {
+    if (kind == BF16)
+        ((uint16_t *)base)[i] = float_to_bf16(value);
+    else
+        ((float *)base)[i] = value;
+}
+
+/* The value the torch chain holds after a step: rounded to bfloat16, or float32 as is. */
+INLINE float held(float value, Floats kind) { return kind == BF16 ? round_bf16(value) : value; }
+
 /*
- * out = weight * bf16(rms_norm(float32(s))), s = bf16(x + delta) (or x when delta is NULL),
+ * out = weight * held(rms_norm(float32(s))), s = held(x + delta) (or x when delta is NULL),
  * as transformers' LlamaRMSNorm on the residual stream; s is stored to `sum_out` when delta is
  * given (the new residual). All of x, delta, sum_out, out: [rows, dim] contiguous.
  */
-void add_rms_norm_bf16(const uint16_t *x, const uint16_t *delta, const uint16_t *weight,
-                       int64_t rows, int64_t dim, float eps, int num_threads, uint16_t *sum_out,
-                       uint16_t *out) {
-#pragma omp parallel for schedule(static) num_threads(num_threads) \
-    if (rows * dim >= PARALLEL_MIN_ELEMENTS)
-    for (int64_t r = 0; r < rows; ++r) {
-        const uint16_t *x_row = x + r * dim;
-        const uint16_t *source = x_row;
-        float squares = 0.0f;
-        if (delta != NULL) {
-            const uint16_t *delta_row = delta + r * dim;
-            uint16_t *sum_row = sum_out + r * dim;
-            for (int64_t d = 0; d < dim; ++d) {
-                float value = round_bf16(bf16_to_float(x_row[d]) + bf16_to_float(delta_row[d]));
-                sum_row[d] = float_to_bf16(value);
-                squares += value * value;
-            }
-            source = sum_row;
-        } else {
-            for (int64_t d = 0; d < dim; ++d) {
-                float value = bf16_to_float(x_row[d]);
-                squares += value * value;
-            }
+INLINE void add_rms_norm_row(const void *x, const void *delta, const void *weight, int64_t r,
+                             int64_t dim, float eps, void *sum_out, void *out, Floats kind) {
+    const int64_t first = r * dim;
+    const void *source = x;
+    float squares = 0.0f;
+    if (delta != NULL) {
+        for (int64_t d = first; d < first + dim; ++d) {
+            const float value = held(load(x, d, kind) + load(delta, d, kind), kind);
+            store(sum_out, d, value, kind);
+            squares += value * value;
         }
-        const float inverse_rms = 1.0f / sqrtf(squares / (float)dim + eps);
-        uint16_t *out_row = out + r * dim;
-        for (int64_t d = 0; d < dim; ++d) {
-            float normed = round_bf16(bf16_to_float(source[d]) * inverse_rms);
-            out_row[d] = float_to_bf16(bf16_to_float(weight[d]) * normed);
+        source = sum_out;
+    } else {
+        for (int64_t d = first; d < first + dim; ++d) {
+            const float value = load(x, d, kind);
+            squares += value * value;
         }
+    }
+    const float inverse_rms = 1.0f / sqrtf(squares / (float)dim + eps);
+    for (int64_t d = 0; d < dim; ++d) {
+        const float normed = held(load(source, first + d, kind) * inverse_rms, kind);
+        store(out, first + d, load(weight, d, kind) * normed, kind);
     }
 }
 
 /*
- * out = bf16(bf16(silu(gate)) * up) for gate_up rows [gate (inter) | up (inter)]:
+ * out = held(held(silu(gate)) * up) for gate_up rows [gate (inter) | up (inter)]:
  * the MLP's activation on the merged gate/up projection. out: [rows, inter].
  */
-void silu_mul_bf16(const uint16_t *gate_up, int64_t rows, int64_t inter, int num_threads,
-                   uint16_t *out) {
-#pragma omp parallel for schedule(static) num_threads(num_threads) \
-    if (rows * inter >= PARALLEL_MIN_ELEMENTS)
-    for (int64_t r = 0; r < rows; ++r) {
-        const uint16_t *gate = gate_up + r * 2 * inter;
-        const uint16_t *up = gate + inter;
-        uint16_t *out_row = out + r * inter;
-        for (int64_t i = 0; i < inter; ++i) {
-            float g = bf16_to_float(gate[i]);
-            float activated = round_bf16(g / (1.0f + expf(-g)));
-            out_row[i] = float_to_bf16(activated * bf16_to_float(up[i]));
-        }
+INLINE void silu_mul_row(const void *gate_up, int64_t r, int64_t inter, void *out, Floats kind) {
+    const int64_t gate = r * 2 * inter, up = gate + inter;
+    for (int64_t i = 0; i < inter; ++i) {
+        const float g = load(gate_up, gate + i, kind);
+        const float activated = held(g / (1.0f + expf(-g)), kind);
+        store(out, r * inter + i, activated * load(gate_up, up + i, kind), kind);
     }
 }
 
 /*
  * Rotate-half rotary embedding in place: for each of `heads` heads of head_dim D at the start
- * of every row (row stride `row_stride`), x <- bf16(bf16(x * cos) + bf16(rotate_half(x) * sin)),
- * rotate_half(x) = [-x2, x1]. cos, sin: [rows, D] bfloat16, one row per token.
+ * of every row (row stride `row_stride`), x <- held(held(x * cos) + held(rotate_half(x) * sin)),
+ * rotate_half(x) = [-x2, x1]. cos, sin: [rows, D], one row per token.
  */
-void rotary_bf16(uint16_t *x, int64_t rows, int64_t row_stride, int64_t heads, int64_t head_dim,
-                 const uint16_t *cos, const uint16_t *sin, int num_threads) {
+INLINE void rotary_row(void *x, int64_t r, int64_t row_stride, int64_t heads, int64_t head_dim,
+                       const void *cos, const void *sin, Floats kind) {
     const int64_t half = head_dim / 2;
-#pragma omp parallel for schedule(static) num_threads(num_threads) \
-    if (rows * heads * head_dim >= PARALLEL_MIN_ELEMENTS)
-    for (int64_t r = 0; r < rows; ++r) {
-        const uint16_t *cos_row = cos + r * head_dim;
-        const uint16_t *sin_row = sin + r * head_dim;
-        for (int64_t h = 0; h < heads; ++h) {
-            uint16_t *head = x + r * row_stride + h * head_dim;
-            for (int64_t i = 0; i < half; ++i) {
-                float x1 = bf16_to_float(head[i]), x2 = bf16_to_float(head[i + half]);
-                float first = round_bf16(x1 * bf16_to_float(cos_row[i])) +
-                              round_bf16(-x2 * bf16_to_float(sin_row[i]));
-                float second = round_bf16(x2 * bf16_to_float(cos_row[i + half])) +
-                               round_bf16(x1 * bf16_to_float(sin_row[i + half]));
-                head[i] = float_to_bf16(first);
-                head[i + half] = float_to_bf16(second);
-            }
+    const int64_t angle = r * head_dim;
+    for (int64_t h = 0; h < heads; ++h) {
+        const int64_t head = r * row_stride + h * head_dim;
+        for (int64_t i = 0; i < half; ++i) {
+            const float x1 = load(x, head + i, kind), x2 = load(x, head + i + half, kind);
+            const float first = held(x1 * load(cos, angle + i, kind), kind) +
+                                held(-x2 * load(sin, angle + i, kind), kind);
+            const float second = held(x2 * load(cos, angle + i + half, kind), kind) +
+                                 held(x1 * load(sin, angle + i + half, kind), kind);
+            store(x, head + i, first, kind);
+            store(x, head + i + half, second, kind);
         }
     }
 }
+
+/* The row loops live in the exported functions, where `kind` is a literal: an OpenMP region
+ * outlines its body before inlining, and a `kind` captured as a variable would keep the
+ * per-element branches (and the scalar expf) in the loops. */
+#define PARALLEL_ROWS \
+    _Pragma("omp parallel for schedule(static) num_threads(num_threads) if (parallel)")
+
+#define EXPORT_PER_DTYPE(suffix, ctype, kind)                                                  \
+    void add_rms_norm_##suffix(const ctype *x, const ctype *delta, const ctype *weight,        \
+                               int64_t rows, int64_t dim, float eps, int num_threads,          \
+                               ctype *sum_out, ctype *out) {                                   \
+        const int parallel = rows * dim >= PARALLEL_MIN_ELEMENTS;                              \
+        PARALLEL_ROWS                                                                          \
+        for (int64_t r = 0; r < rows; ++r)                                                     \
+            add_rms_norm_row(x, delta, weight, r, dim, eps, sum_out, out, kind);               \
+    }                                                                                          \
+    void silu_mul_##suffix(const ctype *gate_up, int64_t rows, int64_t inter, int num_threads, \
+                           ctype *out) {                                                       \
+        const int parallel = rows * inter >= PARALLEL_MIN_ELEMENTS;                            \
+        PARALLEL_ROWS                                                                          \
+        for (int64_t r = 0; r < rows; ++r) silu_mul_row(gate_up, r, inter, out, kind);         \
+    }                                                                                          \
+    void rotary_##suffix(ctype *x, int64_t rows, int64_t row_stride, int64_t heads,            \
+                         int64_t head_dim, const ctype *cos, const ctype *sin,                 \
+                         int num_threads) {                                                    \
+        const int parallel = rows * heads * head_dim >= PARALLEL_MIN_ELEMENTS;                 \
+        PARALLEL_ROWS                                                                          \
+        for (int64_t r = 0; r < rows; ++r)                                                     \
+            rotary_row(x, r, row_stride, heads, head_dim, cos, sin, kind);                     \
+    }
+
+EXPORT_PER_DTYPE(bf16, uint16_t, BF16)
+EXPORT_PER_DTYPE(f32, float, F32)
