@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
+from radixgen.runtime.model.block_matmul import NibbleInt4, load_block_matmul
 from radixgen.runtime.model.int4 import GROUP_SIZE, Int4Groups
-from radixgen.runtime.model.int4_kernel import NibbleInt4, load_int4_matmul
 from radixgen.runtime.model.layers import Linear, MergedLinear
 from radixgen.runtime.model.loader import default_model_path
 from radixgen.runtime.model.loader.gguf_loader import (
@@ -94,8 +94,8 @@ def test_merged_int4_shards_stack_in_output_order():
 
 
 def needs_float32_kernel() -> None:
-    if load_int4_matmul() is None:
-        pytest.skip("no C compiler for the native int4 kernel")
+    if load_block_matmul() is None:
+        pytest.skip("no C compiler (or no AVX2) for the native block kernel")
 
 
 @pytest.mark.parametrize("rows", [1, 5, 16])
@@ -127,7 +127,7 @@ def test_float32_int4_nibbles_follow_the_gguf_block_order():
     x = torch.zeros(1, 64)
     x[0, 17] = 1.0  # picks element 17 of the first group: (code 1 - 8) * 1 + 0
     needs_float32_kernel()
-    assert load_int4_matmul()(x, packed).item() == -7.0
+    assert load_block_matmul().int4(x, packed).item() == -7.0
 
 
 def test_float32_int4_kernel_refuses_what_it_cannot_serve():
@@ -136,6 +136,6 @@ def test_float32_int4_kernel_refuses_what_it_cannot_serve():
     g = random_groups(rng, 8, 64)
     packed = NibbleInt4.pack(g.codes, g.scales, g.zeros)
     with pytest.raises(ValueError, match="does not fit"):
-        load_int4_matmul()(torch.zeros(1, 32), packed)
+        load_block_matmul().int4(torch.zeros(1, 32), packed)
     with pytest.raises(ValueError, match="float32"):
-        load_int4_matmul()(torch.zeros(1, 64, dtype=torch.bfloat16), packed)
+        load_block_matmul().int4(torch.zeros(1, 64, dtype=torch.bfloat16), packed)

@@ -9,7 +9,7 @@ eighth of float32). Both kernels multiply by exactly this form,
 
 so the weights are the file's own values, not a second quantization: PyTorch's CPU kernel
 `_weight_int4pack_mm_for_cpu` for bfloat16 activations (scales and zeros rounded to bfloat16),
-radixgen's native kernel (`int4_kernel.py`) for float32 ones. Wide batches (prefill) stay on
+radixgen's native kernel (`block_matmul.py`) for float32 ones. Wide batches (prefill) stay on
 the dense GEMM, which is faster there.
 """
 
@@ -19,9 +19,8 @@ from dataclasses import dataclass
 
 import torch
 
-from radixgen.runtime.model.int4_kernel import NibbleInt4, load_int4_matmul
+from radixgen.runtime.model.block_matmul import GROUP_SIZE, NibbleInt4, load_block_matmul
 
-GROUP_SIZE = 32  # inputs per scale/zero: the block size of GGUF's Q4_0 and Q4_1
 # Widest pass (tokens) that the 4-bit kernel of each activation dtype runs faster than the dense
 # GEMM, measured on 2 cores with SmolLM2's 30 layers of projections streaming from memory:
 # PyTorch's bfloat16 kernel against oneDNN's AMX GEMM on a Xeon (2026-12-01); the native float32
@@ -66,7 +65,7 @@ def can_use_int4(device: torch.device, dtype: torch.dtype) -> bool:
     takes a slow path for them), where it builds."""
     if device.type != "cpu":
         return False
-    return dtype == torch.bfloat16 or (dtype == torch.float32 and load_int4_matmul() is not None)
+    return dtype == torch.bfloat16 or (dtype == torch.float32 and load_block_matmul() is not None)
 
 
 def int4_max_tokens(configured: int | None, dtype: torch.dtype) -> int:
@@ -86,7 +85,7 @@ def pack_int4(groups: Int4Groups, dtype: torch.dtype) -> PackedInt4 | NibbleInt4
 def int4_linear(x: torch.Tensor, packed: PackedInt4 | NibbleInt4) -> torch.Tensor:
     """x [M, K] @ w.T -> [M, N]."""
     if isinstance(packed, NibbleInt4):
-        return load_int4_matmul()(x, packed)
+        return load_block_matmul().int4(x, packed)
     return torch.ops.aten._weight_int4pack_mm_for_cpu(
         x, packed.weight, GROUP_SIZE, packed.scales_and_zeros
     )

@@ -8,9 +8,9 @@ import torch
 from torch import nn
 
 from radixgen.runtime.config import ModelConfig, cpu_has_fast_bfloat16
+from radixgen.runtime.model.block_matmul import NibbleInt4
 from radixgen.runtime.model.fused import fused_ops
 from radixgen.runtime.model.int4 import Int4Groups, PackedInt4, int4_linear, pack_int4
-from radixgen.runtime.model.int4_kernel import NibbleInt4
 
 
 class RMSNorm(nn.Module):

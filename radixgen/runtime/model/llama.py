@@ -15,6 +15,7 @@ from torch import nn
 
 from radixgen.runtime.config import ModelConfig
 from radixgen.runtime.model.batch import AttentionBackend
+from radixgen.runtime.model.block_matmul import Int8Blocks, load_block_matmul
 from radixgen.runtime.model.fused import fused_ops
 from radixgen.runtime.model.int4 import Int4Groups
 from radixgen.runtime.model.layers import (
@@ -119,6 +120,8 @@ class LlamaForCausalLM(nn.Module):
         if not config.tie_word_embeddings:
             self.lm_head = Linear(config.hidden_size, config.vocab_size, bias=False)
         self.packed_tied_head: torch.Tensor | None = None
+        self.int8_head: Int8Blocks | None = None  # the head's Q8_0 blocks (see use_int8_head)
+        self.int8_head_max_tokens = 0
 
     @torch.inference_mode()
     def forward(
@@ -135,6 +138,13 @@ class LlamaForCausalLM(nn.Module):
         for layer in self.layers:
             x, residual = layer(x, residual, rope, attn, meta)
         x, _ = self.norm.add_and_norm(x[logit_rows], residual[logit_rows])  # [R, hidden]
+        return self.logits(x)
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:  # [R, hidden] normed -> [R, vocab] f32
+        """The output head: its 8-bit blocks for narrow passes, else the dense (or prepacked)
+        head, or the embedding matrix when they are tied."""
+        if self.int8_head is not None and x.shape[0] <= self.int8_head_max_tokens:
+            return load_block_matmul().int8(x, self.int8_head)
         if self.lm_head is not None:
             return self.lm_head(x).float()
         if self.packed_tied_head is not None:
@@ -197,6 +207,19 @@ class LlamaForCausalLM(nn.Module):
                 module.use_int4([parts[i] for i in range(count)], max_tokens, dtype)
                 switched += 1
         return switched
+
+    def use_int8_head(self, weights: Iterable[tuple[str, Int8Blocks]], max_tokens: int) -> bool:
+        """Multiply passes of at most `max_tokens` rows by the output head's 8-bit blocks, if
+        `weights` (HF names) hold them: the tied embedding or `lm_head`. float32 models only
+        (the native kernel's inputs); returns whether the head switched."""
+        name = "model.embed_tokens.weight" if self.lm_head is None else "lm_head.weight"
+        blocks = next((blocks for n, blocks in weights if n == name), None)
+        if blocks is None:
+            return False
+        if tuple(blocks.codes.shape) != (self.config.vocab_size, self.config.hidden_size):
+            raise ValueError(f"8-bit head {tuple(blocks.codes.shape)} does not fit the model")
+        self.int8_head, self.int8_head_max_tokens = blocks, max_tokens
+        return True
 
 
 def _module_of(name: str) -> tuple[str, int | None]:

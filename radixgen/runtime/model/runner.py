@@ -16,6 +16,7 @@ from radixgen.runtime.cache.req_table import ReqToTokenTable
 from radixgen.runtime.config import EngineConfig, ModelConfig
 from radixgen.runtime.model.attention import TorchSDPABackend
 from radixgen.runtime.model.batch import AttentionBackend, ForwardBatch
+from radixgen.runtime.model.block_matmul import INT8_HEAD_MAX_TOKENS
 from radixgen.runtime.model.decode_kernel import load_decode_attention
 from radixgen.runtime.model.int4 import can_use_int4, int4_max_tokens
 from radixgen.runtime.model.layers import rope_inv_freq
@@ -53,6 +54,10 @@ class ModelRunner:
                 source.iter_int4_weights(model_config), int4_tokens, self.dtype
             )
             logger.info("%d projections use 4-bit weights for small batches", switched)
+            if self.dtype == torch.float32 and self.model.use_int8_head(
+                source.iter_int8_weights(model_config), INT8_HEAD_MAX_TOKENS
+            ):
+                logger.info("the output head uses its 8-bit weights for small batches")
         logger.info("loaded %s in %.1fs", source.path, time.perf_counter() - start)
 
         self.kv_pool = KVPool(

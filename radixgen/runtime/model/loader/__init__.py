@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from radixgen.runtime.config import ModelConfig
+from radixgen.runtime.model.block_matmul import Int8Blocks
 from radixgen.runtime.model.int4 import Int4Groups
 
 DEFAULT_MODEL_ALIASES = ("smollm2", "default", "SmolLM2-135M-Instruct")
@@ -54,6 +55,15 @@ class ModelSource:
         from radixgen.runtime.model.loader.gguf_loader import iter_gguf_int4
 
         return iter_gguf_int4(self.path, config)
+
+    def iter_int8_weights(self, config: ModelConfig) -> Iterator[tuple[str, Int8Blocks]]:
+        """The weights stored as 8-bit blocks (GGUF Q8_0), undequantized; none for other
+        files."""
+        if self.format != "gguf":
+            return iter(())
+        from radixgen.runtime.model.loader.gguf_loader import iter_gguf_int8
+
+        return iter_gguf_int8(self.path, config)
 
 
 def default_model_path() -> Path:

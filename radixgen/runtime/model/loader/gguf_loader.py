@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from radixgen.runtime.config import ModelConfig
+from radixgen.runtime.model.block_matmul import Int8Blocks
 from radixgen.runtime.model.int4 import Int4Groups
 
 # llama.cpp architectures we can run, and whether their q/k rows are permuted in GGUF.
@@ -177,3 +178,35 @@ def _q4_blocks(raw: np.ndarray, has_min: bool) -> tuple[np.ndarray, np.ndarray, 
         m = blocks[..., 2:4].copy().view(np.float16)[..., 0].astype(np.float32)
         return codes, d, m + 8 * d
     return codes, d, np.zeros_like(d)
+
+
+def iter_gguf_int8(path: Path, config: ModelConfig) -> Iterator[tuple[str, Int8Blocks]]:
+    """Yield (hf_name, codes/scales) for every Q8_0 tensor, as stored (no dequantization)."""
+    from gguf import GGMLQuantizationType
+
+    for tensor in _reader(path).tensors:
+        if tensor.tensor_type is not GGMLQuantizationType.Q8_0:
+            continue
+        name, heads = _hf_name(tensor.name, config)
+        if name is None:
+            continue
+        codes, scales = _q8_0_blocks(np.asarray(tensor.data))
+        if heads is not None:
+            codes, scales = _unpermute_rows(codes, heads), _unpermute_rows(scales, heads)
+        yield (
+            name,
+            Int8Blocks(
+                torch.from_numpy(np.ascontiguousarray(codes)),
+                torch.from_numpy(np.ascontiguousarray(scales)),
+            ),
+        )
+
+
+def _q8_0_blocks(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Split Q8_0 rows ([N, blocks * 34] uint8) into codes [N, K] int8 and per-block scales
+    [N, blocks] float32 with w = code * scale. Block layout (ggml): d (f16), 32 int8 codes."""
+    rows = raw.shape[0]
+    blocks = raw.reshape(rows, -1, 2 + 32)  # [N, B, bytes]
+    d = blocks[..., 0:2].copy().view(np.float16)[..., 0].astype(np.float32)  # [N, B]
+    codes = blocks[..., 2:].copy().view(np.int8).reshape(rows, -1)  # [N, K]
+    return codes, d
