@@ -147,10 +147,12 @@ def test_bfloat16_cascade_attention_is_close():
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 @pytest.mark.parametrize("seed", range(4))
-def test_native_decode_reads_own_parts_in_place(seed, dtype, monkeypatch, kernel):
-    """With the native kernel, decode own parts skip the gather; segments still merge in."""
+@pytest.mark.parametrize("decode", [True, False])
+def test_native_kernel_reads_own_parts_in_place(seed, dtype, decode, monkeypatch, kernel):
+    """With the native kernel, decode and short-extend own parts skip the gather (an extend's
+    new tokens are query rows, each over its request's KV up to itself); segments merge in."""
     monkeypatch.setattr(attention, "MIN_IN_PLACE_SEGMENT_SAVING", 0)
-    requests = tree_batch(random.Random(seed), decode=True)
+    requests = tree_batch(random.Random(seed), decode=decode)  # extends of 1-12 tokens
     out, q, pool, meta = run_backend(requests, dtype, kernel)
     assert isinstance(meta.own, InPlaceOwn)
     if len(requests) > 1:
@@ -159,6 +161,15 @@ def test_native_decode_reads_own_parts_in_place(seed, dtype, monkeypatch, kernel
     torch.testing.assert_close(out.float(), reference(requests, q, pool), **tol)
     torch_out, *_ = run_backend(requests, dtype)
     torch.testing.assert_close(out.float(), torch_out.float(), **tol)
+
+
+def test_wide_extends_keep_gather_and_flash_attention(kernel):
+    """More new tokens per request than `MAX_IN_PLACE_EXTEND`: one wide problem runs faster."""
+    slots, wide = SlotSource(), attention.MAX_IN_PLACE_EXTEND + 1
+    requests = [(slots.take(100) + slots.take(wide), wide), (slots.take(9), 3)]
+    out, q, pool, meta = run_backend(requests, torch.float32, kernel)
+    assert not isinstance(meta.own, InPlaceOwn)
+    torch.testing.assert_close(out, reference(requests, q, pool), rtol=1e-4, atol=1e-5)
 
 
 def test_in_place_decode_splits_off_only_widely_shared_prefixes(kernel):

@@ -18,7 +18,8 @@ splits into segments, merged by their log-sum-exp:
                      one problem per request (causal over its new tokens, none of the padding).
 
 Decode steps with a native kernel (`decode_kernel.py`, bfloat16 or float32 on the CPU) read each
-request's own part in place from the pool instead of gathering and padding it.
+request's own part in place from the pool instead of gathering and padding it; so do extends of
+a few tokens per request (a follow-up turn, a fork's suffix), each new token a query row.
 
 With 60 forks of 10 programs decoding over 400-token articles, a decode step reads one copy of
 each article instead of six and runs 10 wide attention problems instead of 60 narrow ones.
@@ -58,6 +59,11 @@ RAGGED_WASTE_RATIO = 2.0
 # (Few-shot batches, MMLU-style questions over one prefix, keep the segment: their short own
 # parts pad well next to it, and segment + padded own parts beat one padded problem by ~15%.)
 MIN_COMPUTE_BOUND_EXTEND = 16
+# Extends of at most this many new tokens per request also run on the native decode kernel, each
+# new token a query row over its request's KV up to itself: 11 requests over 250-word histories,
+# one process alternating (2-core EPYC, float32), 6.5 / 14.7 / 21.7 new tokens per request ran
+# 1.07x / 1.08x / 1.09x faster than gather + flash attention, 29.9 tokens 0.97x, ~80 tokens 0.91x.
+MAX_IN_PLACE_EXTEND = 24
 
 
 def _flash_with_lse(q, k, v, mask=None, is_causal=False):
@@ -233,14 +239,23 @@ class TorchSDPABackend:
             own = RaggedOwn((batch.num_tokens,), (None,))
             return AttentionMetadata(batch.out_cache_loc, (), own)
         kv_indices = self.req_table.table[batch.req_pool_indices, : int(seq_lens.max())]  # [B, L]
-        E = 1 if batch.mode is ForwardMode.DECODE else int(extend_lens.max())
-        in_place = batch.mode is ForwardMode.DECODE and self.decode_kernel is not None
+        decode = batch.mode is ForwardMode.DECODE
+        E = 1 if decode else int(extend_lens.max())
+        in_place = self.decode_kernel is not None and E <= MAX_IN_PLACE_EXTEND
         min_saving = MIN_IN_PLACE_SEGMENT_SAVING if in_place else None
         levels, own_start = find_shared_segments(kv_indices, prefix_lens, min_saving=min_saving)
         own_lens = seq_lens - own_start  # [B]
-        if in_place:
+        if in_place and decode:
             own = InPlaceOwn(_own_slots(kv_indices, own_start, own_lens), own_lens)
             return AttentionMetadata(batch.out_cache_loc, token_levels(levels, None), own)
+        if in_place:  # each new token a query row over its request's own KV up to itself
+            token_req = torch.repeat_interleave(torch.arange(B), extend_lens)  # [T]
+            firsts = torch.cumsum(extend_lens, 0) - extend_lens  # [B] flat index of each first
+            offsets = torch.arange(batch.num_tokens) - firsts[token_req]  # [T]
+            token_lens = (prefix_lens - own_start)[token_req] + offsets + 1  # [T]
+            own_slots = _own_slots(kv_indices, own_start, own_lens)[token_req]  # [T, Lo]
+            own = InPlaceOwn(own_slots, token_lens)
+            return AttentionMetadata(batch.out_cache_loc, token_levels(levels, token_req), own)
         shared_pairs = _shared_pairs(levels, extend_lens)
         ragged = _pads_wastefully(B, E, own_lens, extend_lens, shared_pairs)
         if (

@@ -37,7 +37,8 @@ class DecodeAttentionKernel:
         """Each request's queries against its slots: softmax(q k^T / sqrt(D)) v, with the
         log-sum-exp for merging with other key segments. A decoding request's G rows are its
         GQA group; any G works (the queries of several requests over one prefix, say), but with
-        many rows gather + flash attention is faster, so the engine sends decode steps only. A
+        many rows gather + flash attention is faster, so the engine sends decode steps and
+        extends of a few tokens per request (one row per new token, its own lens). A
         request with no slots gets lse -1e30 (its weight vanishes in a merge) and zero output."""
         Hkv, D = k_buf.shape[1:]
         B, L = slots.shape
