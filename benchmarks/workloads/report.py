@@ -10,6 +10,7 @@ from benchmarks.workloads.base import Workload
 from benchmarks.workloads.metrics import RunResult, paired_ratio, round_ratios
 from benchmarks.workloads.systems import SPECS
 from radixgen.runtime.config import DTYPES, EngineConfig
+from radixgen.runtime.model.block_matmul import INT8_HEAD_MAX_TOKENS
 from radixgen.runtime.model.int4 import int4_max_tokens
 
 FIVE_X_WORKLOADS = ("mmlu", "tot", "judge")  # the ">= 5x cache off" target
@@ -19,6 +20,12 @@ DASH = "—"
 def _int4_tokens(dtype: str) -> int:
     """The widest decode step on the 4-bit weights, for the run's compute dtype."""
     return int4_max_tokens(EngineConfig().int4_max_tokens, DTYPES[dtype])
+
+
+def _head_note(dtype: str) -> str:
+    """How the run's output head multiplied: float32 engines use its Q8_0 blocks for narrow
+    passes (since dcf26f7)."""
+    return "" if dtype != "float32" else f" and of <= {INT8_HEAD_MAX_TOKENS} on the Q8_0 head"
 
 
 def _fmt(x: float | None, spec: str, suffix: str = "") -> str:
@@ -149,7 +156,7 @@ def markdown(
         f"{info['cores']} cores, torch {info['torch']} CPU. Model: SmolLM2-135M-Instruct "
         f"Q4_1 GGUF (radixgen and transformers compute in {dtype}, "
         f"radixgen's decode steps of <= {_int4_tokens(dtype)} requests on the 4-bit "
-        "blocks, llama.cpp on the Q4_1 "
+        f"blocks{_head_note(dtype)}, llama.cpp on the Q4_1 "
         f"weights; llama-cpp-python {info.get('llama_cpp_python', 'n/a')}, 2 threads). "
         f"All programs greedy (temperature 0).{rounds}",
         "",
