@@ -245,16 +245,17 @@ class TorchSDPABackend:
         min_saving = MIN_IN_PLACE_SEGMENT_SAVING if in_place else None
         levels, own_start = find_shared_segments(kv_indices, prefix_lens, min_saving=min_saving)
         own_lens = seq_lens - own_start  # [B]
-        if in_place and decode:
-            own = InPlaceOwn(_own_slots(kv_indices, own_start, own_lens), own_lens)
-            return AttentionMetadata(batch.out_cache_loc, token_levels(levels, None), own)
-        if in_place:  # each new token a query row over its request's own KV up to itself
-            token_req = torch.repeat_interleave(torch.arange(B), extend_lens)  # [T]
-            firsts = torch.cumsum(extend_lens, 0) - extend_lens  # [B] flat index of each first
-            offsets = torch.arange(batch.num_tokens) - firsts[token_req]  # [T]
-            token_lens = (prefix_lens - own_start)[token_req] + offsets + 1  # [T]
-            own_slots = _own_slots(kv_indices, own_start, own_lens)[token_req]  # [T, Lo]
-            own = InPlaceOwn(own_slots, token_lens)
+        # Request of each flat token (None in decode, where token b is request b).
+        token_req = None if decode else torch.repeat_interleave(torch.arange(B), extend_lens)
+        if in_place:  # a query row per token, over its request's own KV up to itself
+            own_slots = _own_slots(kv_indices, own_start, own_lens)  # [B, Lo]
+            if token_req is None:
+                own = InPlaceOwn(own_slots, own_lens)
+            else:
+                firsts = torch.cumsum(extend_lens, 0) - extend_lens  # [B] flat index of first
+                offsets = torch.arange(batch.num_tokens) - firsts[token_req]  # [T]
+                token_lens = (prefix_lens - own_start)[token_req] + offsets + 1  # [T]
+                own = InPlaceOwn(own_slots[token_req], token_lens)  # slots [T, Lo]
             return AttentionMetadata(batch.out_cache_loc, token_levels(levels, token_req), own)
         shared_pairs = _shared_pairs(levels, extend_lens)
         ragged = _pads_wastefully(B, E, own_lens, extend_lens, shared_pairs)
@@ -279,9 +280,6 @@ class TorchSDPABackend:
             )
         else:
             own = self._padded_own(batch, kv_indices, prefix_lens, own_start, own_lens, E)
-        token_req = None
-        if batch.mode is ForwardMode.EXTEND:
-            token_req = torch.repeat_interleave(torch.arange(B), extend_lens)  # [T]
         return AttentionMetadata(batch.out_cache_loc, token_levels(levels, token_req), own)
 
     def _padded_own(self, batch, kv_indices, prefix_lens, own_start, own_lens, E) -> PaddedOwn:

@@ -70,50 +70,33 @@ class BlockMatmulKernel:
 
     def int4(self, x: torch.Tensor, weight: NibbleInt4) -> torch.Tensor:
         """x [M, K] float32 @ w.T -> [M, N] float32."""
-        x, out = self._check(x, weight.codes.shape[1] * 2, weight.codes.shape[0])
-        status = self._int4(
-            x.data_ptr(),
-            x.shape[0],
-            x.shape[1],
-            weight.codes.data_ptr(),
-            weight.scales.data_ptr(),
-            weight.zeros.data_ptr(),
-            out.shape[1],
-            torch.get_num_threads(),
-            out.data_ptr(),
-        )
-        return self._result(status, out)
+        codes = weight.codes  # [N, K / 2]
+        return _multiply(self._int4, x, codes.shape[1] * 2, codes, weight.scales, weight.zeros)
 
     def int8(self, x: torch.Tensor, weight: Int8Blocks) -> torch.Tensor:
         """x [M, K] float32 @ w.T -> [M, N] float32."""
-        x, out = self._check(x, weight.codes.shape[1], weight.codes.shape[0])
-        status = self._int8(
-            x.data_ptr(),
-            x.shape[0],
-            x.shape[1],
-            weight.codes.data_ptr(),
-            weight.scales.data_ptr(),
-            out.shape[1],
-            torch.get_num_threads(),
-            out.data_ptr(),
-        )
-        return self._result(status, out)
+        return _multiply(self._int8, x, weight.codes.shape[1], weight.codes, weight.scales)
 
-    @staticmethod
-    def _check(x: torch.Tensor, width: int, cols: int) -> tuple[torch.Tensor, torch.Tensor]:
-        if x.dtype != torch.float32 or x.device.type != "cpu":
-            raise ValueError("the block matmul kernel takes float32 CPU inputs")
-        if x.shape[1] != width:
-            raise ValueError(f"input width {x.shape[1]} does not fit a weight of width {width}")
-        return x.contiguous(), torch.empty(x.shape[0], cols, dtype=torch.float32)
 
-    @staticmethod
-    def _result(status: int, out: torch.Tensor) -> torch.Tensor:
-        if status == -1:
-            raise ValueError("block matmul kernel: the input width is no multiple of 32")
-        if status != 0:
-            raise MemoryError("block matmul kernel: no memory for its decoding panel")
-        return out
+def _multiply(run, x: torch.Tensor, width: int, *weight: torch.Tensor) -> torch.Tensor:
+    """Call one of the kernel's entry points: x, its shape, the weight's tensors (the codes
+    first, [N, ...]), N, threads, out."""
+    if x.dtype != torch.float32 or x.device.type != "cpu":
+        raise ValueError("the block matmul kernel takes float32 CPU inputs")
+    if x.shape[1] != width:
+        raise ValueError(f"input width {x.shape[1]} does not fit a weight of width {width}")
+    x = x.contiguous()
+    rows, cols = x.shape[0], weight[0].shape[0]
+    out = torch.empty(rows, cols, dtype=torch.float32)
+    pointers = (t.data_ptr() for t in weight)
+    status = run(
+        x.data_ptr(), rows, width, *pointers, cols, torch.get_num_threads(), out.data_ptr()
+    )
+    if status == -1:
+        raise ValueError("block matmul kernel: the input width is no multiple of 32")
+    if status != 0:
+        raise MemoryError("block matmul kernel: no memory for its decoding panel")
+    return out
 
 
 @functools.cache
