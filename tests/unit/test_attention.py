@@ -163,13 +163,28 @@ def test_native_kernel_reads_own_parts_in_place(seed, dtype, decode, monkeypatch
     torch.testing.assert_close(out.float(), torch_out.float(), **tol)
 
 
-def test_wide_extends_keep_gather_and_flash_attention(kernel):
-    """More new tokens per request than `MAX_IN_PLACE_EXTEND`: one wide problem runs faster."""
-    slots, wide = SlotSource(), attention.MAX_IN_PLACE_EXTEND + 1
+@pytest.mark.parametrize(
+    ("dtype", "limit"),
+    [(torch.float32, "MAX_IN_PLACE_EXTEND"), (torch.bfloat16, "MAX_IN_PLACE_EXTEND_BFLOAT16")],
+)
+def test_extends_up_to_the_limit_run_in_place_and_wider_ones_gather(kernel, dtype, limit):
+    """float32 pools take long extends (blocks of new tokens, register-tiled) and fresh prompts
+    in place; bfloat16 pools (row by row) only short ones. Past its limit an extend gathers."""
+    tol = {"rtol": 0.02, "atol": 0.02} if dtype == torch.bfloat16 else {"rtol": 1e-4, "atol": 1e-5}
+    slots, most = SlotSource(), getattr(attention, limit)
+    article = slots.take(120)
+    for requests in (
+        [(article + slots.take(most), most), (article + slots.take(37), 17), (slots.take(9), 3)],
+        [(slots.take(most), most)],  # a fresh prompt
+    ):
+        out, q, pool, meta = run_backend(requests, dtype, kernel)
+        assert isinstance(meta.own, InPlaceOwn)
+        torch.testing.assert_close(out.float(), reference(requests, q, pool), **tol)
+    wide = most + 1
     requests = [(slots.take(100) + slots.take(wide), wide), (slots.take(9), 3)]
-    out, q, pool, meta = run_backend(requests, torch.float32, kernel)
+    out, q, pool, meta = run_backend(requests, dtype, kernel)
     assert not isinstance(meta.own, InPlaceOwn)
-    torch.testing.assert_close(out, reference(requests, q, pool), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(out.float(), reference(requests, q, pool), **tol)
 
 
 def test_in_place_decode_splits_off_only_widely_shared_prefixes(kernel):

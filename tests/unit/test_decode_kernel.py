@@ -1,4 +1,5 @@
-"""The native decode kernel (kernels/decode_attention.c) against float32 attention in torch."""
+"""The native pool attention kernel (kernels/decode_attention.c) against float32 attention in
+torch: decode steps (a token per request) and extends (blocks of a request's new tokens)."""
 
 from __future__ import annotations
 
@@ -77,6 +78,65 @@ def test_many_query_rows_per_kv_head_share_one_read(kernel):
     ref_out, ref_lse = reference(q, k_buf, v_buf, slots, lens, 3)
     torch.testing.assert_close(out, ref_out, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(lse, ref_lse, rtol=1e-5, atol=1e-5)
+
+
+def extend_reference(q, k_buf, v_buf, slots, lens, token_rows, kv_heads):
+    """Per token: softmax(q k^T / sqrt(D)) v over the first lens[t] slots of its row."""
+    per_token_slots = slots[token_rows]  # [T, L]
+    return reference(q, k_buf, v_buf, per_token_slots, lens, kv_heads)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize(
+    ("kv_heads", "group", "head_dim"),
+    # float32 blocks of >= 12 query rows run register-tiled (head_dim a multiple of 16: 64 and
+    # 128 unrolled, 48 generic); 20 takes the row-by-row loops; group 1 pads 16-row tiles
+    [(3, 3, 64), (2, 4, 128), (1, 3, 48), (2, 1, 16), (1, 2, 20)],
+)
+def test_extends_match_causal_attention_per_token(kernel, kv_heads, group, head_dim, dtype):
+    """Requests extended by 1-40 tokens (blocks of up to 16 computed together, the last one
+    partial), each new token over its request's KV up to itself; rows interleave in the pool."""
+    gen = torch.Generator().manual_seed(head_dim + group)
+    pool_size = 4000
+    k_buf = torch.randn(pool_size, kv_heads, head_dim, generator=gen).to(dtype)
+    v_buf = torch.randn(pool_size, kv_heads, head_dim, generator=gen).to(dtype)
+    cached, extends = [0, 63, 5, 130, 17], [40, 1, 16, 33, 7]
+    slots = torch.randint(0, pool_size, (len(cached), max(cached) + max(extends)), generator=gen)
+    token_rows = torch.cat([torch.full((e,), r) for r, e in enumerate(extends)])
+    lens = torch.cat([torch.arange(c + 1, c + e + 1) for c, e in zip(cached, extends, strict=True)])
+    q = torch.randn(len(lens), kv_heads * group * head_dim, generator=gen).to(dtype)
+    out, lse = kernel(q, k_buf, v_buf, slots, lens, token_rows)
+    ref_out, ref_lse = extend_reference(q, k_buf, v_buf, slots, lens, token_rows, kv_heads)
+    torch.testing.assert_close(out, ref_out, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(lse, ref_lse, rtol=1e-5, atol=1e-5)
+
+
+def test_extend_tokens_without_keys_get_no_weight(kernel):
+    """A tiled block whose rows see 0 keys (lens 0) next to rows that see some."""
+    k_buf = torch.randn(50, 1, 64)
+    slots = torch.arange(50)[None]
+    lens = torch.tensor([0, 3, 0, 9, 1, 0, 2, 50])
+    q = torch.randn(8, 3 * 64)  # group 3: 24 rows in one block
+    out, lse = kernel(q, k_buf, k_buf, slots, lens, torch.zeros(8, dtype=torch.int64))
+    empty = lens == 0
+    assert bool((out[empty] == 0).all()) and float(lse[empty].max()) < -1e29
+    ref_out, ref_lse = extend_reference(
+        q, k_buf, k_buf, slots, lens.clamp(min=1), torch.zeros(8, dtype=torch.int64), 1
+    )
+    torch.testing.assert_close(out[~empty], ref_out[~empty], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(lse[~empty], ref_lse[~empty], rtol=1e-5, atol=1e-5)
+
+
+def test_tokens_need_a_length_and_a_row_each(kernel):
+    k_buf = torch.randn(10, 1, 64)
+    with pytest.raises(ValueError, match="3 query tokens"):
+        kernel(
+            torch.randn(3, 64),
+            k_buf,
+            k_buf,
+            torch.zeros(1, 4, dtype=torch.int64),
+            torch.ones(3, dtype=torch.int64),
+        )
 
 
 def test_disabled_or_without_a_compiler_the_torch_path_stays(monkeypatch):

@@ -17,9 +17,11 @@ splits into segments, merged by their log-sum-exp:
                      short extends all requests as one padded, masked problem; for long extends
                      one problem per request (causal over its new tokens, none of the padding).
 
-Decode steps with a native kernel (`decode_kernel.py`, bfloat16 or float32 on the CPU) read each
-request's own part in place from the pool instead of gathering and padding it; so do extends of
-a few tokens per request (a follow-up turn, a fork's suffix), each new token a query row.
+With the native kernel (`decode_kernel.py`, bfloat16 or float32 on the CPU) own parts are read
+in place from the pool instead of gathered and padded: decode steps, and extends, each new token
+over its request's KV up to itself (float32 pools up to `MAX_IN_PLACE_EXTEND` new tokens per
+request, fresh prompts included; bfloat16 pools, whose kernel path goes row by row, short ones).
+Only widely shared prefixes split off as segments then (`MIN_IN_PLACE_SEGMENT_SAVING`).
 
 With 60 forks of 10 programs decoding over 400-token articles, a decode step reads one copy of
 each article instead of six and runs 10 wide attention problems instead of 60 narrow ones.
@@ -44,10 +46,13 @@ MIN_SHARED_PREFIX = 16  # shorter common prefixes are not worth a second attenti
 # A segment costs a few kernel calls per layer; it pays off once the KV it stops re-reading,
 # (requests - 1) * prefix tokens, is at least this large.
 MIN_SEGMENT_SAVING = 1024
-# With the native decode kernel, re-reading a shared prefix in place costs little (its rows stay
-# in cache between the requests that share it), so a decode segment must save more: measured
-# per step, 6 forks over 650 tokens ran 60 ms without a segment vs 80 with; 12 requests over
-# 1,000 tokens broke even; 32 over 1,000 ran 125 ms with one vs 215 without.
+# With the native kernel, re-reading a shared prefix in place costs little (its rows stay in
+# cache between the requests that share it), so a segment must save more: measured per decode
+# step, 6 forks over 650 tokens ran 60 ms without a segment vs 80 with; 12 requests over 1,000
+# tokens broke even; 32 over 1,000 ran 125 ms with one vs 215 without. Extends (one layer x 30,
+# float32): 7 / 12 RAG questions of ~90 new tokens over a 210-token demo ran 1.29x / 1.22x
+# faster without a segment, 6 forks x 30 tokens over 650 even, 48 forks over 650 1.09x faster
+# with one.
 MIN_IN_PLACE_SEGMENT_SAVING = 12 * 1024
 # Own parts run one problem per request when padding the batch to its longest extend and longest
 # KV would multiply the (query, key) pairs by more than this; the per-request calls and merges
@@ -59,11 +64,16 @@ RAGGED_WASTE_RATIO = 2.0
 # (Few-shot batches, MMLU-style questions over one prefix, keep the segment: their short own
 # parts pad well next to it, and segment + padded own parts beat one padded problem by ~15%.)
 MIN_COMPUTE_BOUND_EXTEND = 16
-# Extends of at most this many new tokens per request also run on the native decode kernel, each
-# new token a query row over its request's KV up to itself: 11 requests over 250-word histories,
-# one process alternating (2-core EPYC, float32), 6.5 / 14.7 / 21.7 new tokens per request ran
-# 1.07x / 1.08x / 1.09x faster than gather + flash attention, 29.9 tokens 0.97x, ~80 tokens 0.91x.
-MAX_IN_PLACE_EXTEND = 24
+# Extends of at most this many new tokens per request also run on the native kernel, blocks of
+# each request's new tokens over its KV in place. float32 pools (register-tiled blocks), one
+# layer, 2-core EPYC, against gather + flash attention: 1.2-2.8x faster on chat-, RAG- and
+# judge-shaped batches (10 requests x 8-90 new tokens over 60-650 cached), 1.6x on six fresh
+# 650-token prompts; one fresh prompt of 1,000 tokens 1.3x, of 2,000 tokens even.
+MAX_IN_PLACE_EXTEND = 1024
+# bfloat16 pools take the kernel's row-by-row path, which re-reads K/V per token: 11 requests
+# over 250-word histories, 6.5 / 14.7 / 21.7 new tokens ran 1.07x / 1.08x / 1.09x faster than
+# gather + flash, 29.9 tokens 0.97x, ~80 tokens 0.91x.
+MAX_IN_PLACE_EXTEND_BFLOAT16 = 24
 
 
 def _flash_with_lse(q, k, v, mask=None, is_causal=False):
@@ -124,10 +134,12 @@ class RaggedOwn:
 
 @dataclass(frozen=True)
 class InPlaceOwn:
-    """Decode with the native kernel: each request's own KV read where it lies in the pool."""
+    """Own parts read by the native kernel where they lie in the pool: each flat token's
+    queries over the first lens[t] slots of its request's row (decode: token b is request b)."""
 
-    slots: torch.Tensor  # [B, Lo] slots after each request's shared segments; row b: lens[b]
-    lens: torch.Tensor  # [B] own KV length of each request
+    slots: torch.Tensor  # [B, Lo] slots after each request's shared segments
+    lens: torch.Tensor  # [T] own keys each token sees (an extend's new tokens: up to itself)
+    token_rows: torch.Tensor | None  # [T] request of each token (None: decode, token b is b)
 
 
 @dataclass(frozen=True)
@@ -235,13 +247,13 @@ class TorchSDPABackend:
         seq_lens, extend_lens = batch.seq_lens, batch.extend_lens
         B = batch.batch_size
         prefix_lens = seq_lens - extend_lens  # [B]
-        if B == 1 and int(prefix_lens[0]) == 0:  # a fresh prompt: plain causal attention
+        decode = batch.mode is ForwardMode.DECODE
+        E = 1 if decode else int(extend_lens.max())
+        in_place = self.decode_kernel is not None and self._fits_in_place(E)
+        if B == 1 and int(prefix_lens[0]) == 0 and not in_place:  # a long fresh prompt
             own = RaggedOwn((batch.num_tokens,), (None,))
             return AttentionMetadata(batch.out_cache_loc, (), own)
         kv_indices = self.req_table.table[batch.req_pool_indices, : int(seq_lens.max())]  # [B, L]
-        decode = batch.mode is ForwardMode.DECODE
-        E = 1 if decode else int(extend_lens.max())
-        in_place = self.decode_kernel is not None and E <= MAX_IN_PLACE_EXTEND
         min_saving = MIN_IN_PLACE_SEGMENT_SAVING if in_place else None
         levels, own_start = find_shared_segments(kv_indices, prefix_lens, min_saving=min_saving)
         own_lens = seq_lens - own_start  # [B]
@@ -250,12 +262,12 @@ class TorchSDPABackend:
         if in_place:  # a query row per token, over its request's own KV up to itself
             own_slots = _own_slots(kv_indices, own_start, own_lens)  # [B, Lo]
             if token_req is None:
-                own = InPlaceOwn(own_slots, own_lens)
+                own = InPlaceOwn(own_slots, own_lens, None)
             else:
                 firsts = torch.cumsum(extend_lens, 0) - extend_lens  # [B] flat index of first
                 offsets = torch.arange(batch.num_tokens) - firsts[token_req]  # [T]
                 token_lens = (prefix_lens - own_start)[token_req] + offsets + 1  # [T]
-                own = InPlaceOwn(own_slots[token_req], token_lens)  # slots [T, Lo]
+                own = InPlaceOwn(own_slots, token_lens, token_req)
             return AttentionMetadata(batch.out_cache_loc, token_levels(levels, token_req), own)
         shared_pairs = _shared_pairs(levels, extend_lens)
         ragged = _pads_wastefully(B, E, own_lens, extend_lens, shared_pairs)
@@ -281,6 +293,12 @@ class TorchSDPABackend:
         else:
             own = self._padded_own(batch, kv_indices, prefix_lens, own_start, own_lens, E)
         return AttentionMetadata(batch.out_cache_loc, token_levels(levels, token_req), own)
+
+    def _fits_in_place(self, new_tokens: int) -> bool:
+        """May own parts of `new_tokens` per request run on the native kernel?"""
+        if self.kv_pool.k.dtype == torch.float32:
+            return new_tokens <= MAX_IN_PLACE_EXTEND
+        return new_tokens <= MAX_IN_PLACE_EXTEND_BFLOAT16
 
     def _padded_own(self, batch, kv_indices, prefix_lens, own_start, own_lens, E) -> PaddedOwn:
         B, T = batch.batch_size, batch.num_tokens
@@ -322,7 +340,8 @@ class TorchSDPABackend:
         self.kv_pool.write(layer, meta.out_cache_loc, k, v)
         k_buf, v_buf = self.kv_pool.buffers(layer)  # [S, Hkv, D] each
         if isinstance(meta.own, InPlaceOwn):
-            out, lse = self.decode_kernel(q, k_buf, v_buf, meta.own.slots, meta.own.lens)
+            own = meta.own
+            out, lse = self.decode_kernel(q, k_buf, v_buf, own.slots, own.lens, own.token_rows)
         elif isinstance(meta.own, RaggedOwn):
             out, lse = self._ragged_own(q.view(T, Hkv, G, D), k, v, k_buf, v_buf, meta.own)
         else:

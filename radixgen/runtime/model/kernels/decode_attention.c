@@ -1,18 +1,21 @@
 /*
- * Decode attention straight from the token-granular KV pool (bfloat16 or float32), for CPUs.
+ * Attention straight from the token-granular KV pool (bfloat16 or float32), for CPUs: decode
+ * steps and extends, each query token over its request's KV slots read in place through a row
+ * of slot indices, with no gathered copy of K/V and no padding to the longest request.
  *
- * Each "request" of the batch attends `group` query rows to its KV slots, read in place through
- * its row of slot indices: no gathered copy of K/V and no padding to the longest request. The
- * query rows that share a KV head are computed together, so each K/V block is loaded from
- * memory once for all of them: the GQA group of one decoding request (any number of rows
- * works; the engine sends decode steps only).
+ * A decoding token's `group` query rows (its GQA group) share each KV head, so every K/V block
+ * is loaded from memory once for all of them. An extend's new tokens are consecutive tokens on
+ * one slot row, each seeing the keys up to itself (its own length): blocks of them are computed
+ * together, so a K/V block is read once per block of tokens rather than once per token.
  *
  * Layouts (all contiguous); q, k and v share one element type, bfloat16 bits or float32:
- *   q      [batch, kv_heads, group, head_dim]
- *   k, v   [pool_slots, kv_heads, head_dim]
- *   slots  [batch, max_len] int64; row b holds lens[b] valid slots, the rest is ignored
- *   out    [batch, kv_heads, group, head_dim]  float32
- *   lse    [batch, kv_heads, group]            float32, natural log-sum-exp of the scaled scores
+ *   q           [tokens, kv_heads, group, head_dim]
+ *   k, v        [pool_slots, kv_heads, head_dim]
+ *   slots       [rows, max_len] int64; a token of row r sees its first lens[token] slots
+ *   token_rows  [tokens] int64, the slot row of each token (NULL: token t reads row t)
+ *   lens        [tokens] int64
+ *   out         [tokens, kv_heads, group, head_dim]  float32
+ *   lse         [tokens, kv_heads, group]            float32, log-sum-exp of the scaled scores
  *
  * Softmax runs online over blocks of keys in float32 (the running maximum rescales the
  * accumulator), like a flash-attention kernel. With AVX2 and head_dim a multiple of 8, q . k
@@ -131,111 +134,312 @@ static inline __attribute__((always_inline)) void block_accumulate(
         for (int64_t d = 0; d < head_dim; ++d) acc[d] += p[j] * load(v, rows[j] + d, is_f32);
 }
 
-/* One (request, KV head) item. Inlined with a constant head_dim where it is common, so the
- * per-key loops unroll into whole vectors, and with a constant element type. */
-static inline __attribute__((always_inline)) void attend_item(
-    int64_t item, const void *q, const void *k, const void *v, const int64_t *slots,
-    const int64_t *lens, int64_t max_len, int64_t kv_heads, int64_t group, int64_t head_dim,
-    float scale, int is_f32, float *scratch, float *out, float *lse) {
-    const int64_t row_stride = kv_heads * head_dim; /* elements between pool slots */
-    const int64_t b = item / kv_heads, h = item % kv_heads;
-    const int64_t len = lens[b];
-    const int64_t *row_slots = slots + b * max_len;
-    float *query = scratch, *acc = query + group * head_dim; /* [group][head_dim] each */
-    float *scores = acc + group * head_dim;                    /* [group][KEY_BLOCK] */
-    float *running_max = scores + group * KEY_BLOCK, *running_sum = running_max + group;
-    int64_t rows[KEY_BLOCK];
+/* Per-thread scratch, in floats, for items of up to `rows` query rows. */
+static inline size_t scratch_floats(int64_t rows, int64_t head_dim) {
+    const int64_t padded = (rows + 15) / 16 * 16; /* the tiled items' row padding */
+    return (size_t)padded * (2 * head_dim + KEY_BLOCK + 6);
+}
 
-    const int64_t q_item = item * group * head_dim;
-    for (int64_t g = 0; g < group; ++g) {
-        for (int64_t d = 0; d < head_dim; ++d) {
-            query[g * head_dim + d] = load(q, q_item + g * head_dim + d, is_f32) * scale;
-            acc[g * head_dim + d] = 0.0f;
+/* One item: a block of `count` consecutive tokens from `first`, all reading slot row `row`, and
+ * one KV head `h`: count * group query rows, row r = (token r / group, head r % group), each over
+ * the first lens[token] keys of the row. Every K/V block is loaded once for all of them. Inlined
+ * with a constant head_dim where it is common, so the per-key loops unroll into whole vectors,
+ * and with a constant element type. */
+static inline __attribute__((always_inline)) void attend_item(
+    int64_t first, int64_t count, int64_t row, int64_t h, const void *q, const void *k,
+    const void *v, const int64_t *slots, const int64_t *lens, int64_t max_len, int64_t kv_heads,
+    int64_t group, int64_t head_dim, float scale, int is_f32, float *scratch, float *out,
+    float *lse) {
+    const int64_t row_stride = kv_heads * head_dim; /* elements between pool slots */
+    const int64_t rows_n = count * group;
+    const int64_t *row_slots = slots + row * max_len;
+    float *query = scratch, *acc = query + rows_n * head_dim; /* [rows][head_dim] each */
+    float *scores = acc + rows_n * head_dim;                    /* [rows][KEY_BLOCK] */
+    float *running_max = scores + rows_n * KEY_BLOCK, *running_sum = running_max + rows_n;
+    int64_t key_rows[KEY_BLOCK];
+
+    int64_t item_len = 0; /* the longest of the block's rows */
+    for (int64_t t = 0; t < count; ++t) {
+        const int64_t len = lens[first + t];
+        if (len > item_len) item_len = len;
+        const int64_t q_row = ((first + t) * kv_heads + h) * group * head_dim;
+        for (int64_t g = 0; g < group; ++g) {
+            const int64_t r = t * group + g;
+            for (int64_t d = 0; d < head_dim; ++d) {
+                query[r * head_dim + d] = load(q, q_row + g * head_dim + d, is_f32) * scale;
+                acc[r * head_dim + d] = 0.0f;
+            }
+            running_max[r] = NO_MAX;
+            running_sum[r] = 0.0f;
         }
-        running_max[g] = NO_MAX;
-        running_sum[g] = 0.0f;
     }
 
-    for (int64_t start = 0; start < len; start += KEY_BLOCK) {
-        const int64_t n = len - start < KEY_BLOCK ? len - start : KEY_BLOCK;
-        for (int64_t j = 0; j < n; ++j) rows[j] = row_slots[start + j] * row_stride + h * head_dim;
-        /* K's block is read once per query head while it is hot in L1, then V's */
-        for (int64_t g = 0; g < group; ++g)
-            block_scores(query + g * head_dim, k, rows, n, head_dim, is_f32,
-                         scores + g * KEY_BLOCK);
-        for (int64_t g = 0; g < group; ++g) { /* online softmax: rescale, exponentiate */
-            float *p = scores + g * KEY_BLOCK;
+    for (int64_t start = 0; start < item_len; start += KEY_BLOCK) {
+        const int64_t n = item_len - start < KEY_BLOCK ? item_len - start : KEY_BLOCK;
+        for (int64_t j = 0; j < n; ++j)
+            key_rows[j] = row_slots[start + j] * row_stride + h * head_dim;
+        /* K's block is read once per query row while it is hot in L1, then V's */
+        for (int64_t r = 0; r < rows_n; ++r) {
+            const int64_t visible = lens[first + r / group] - start;
+            if (visible > 0)
+                block_scores(query + r * head_dim, k, key_rows, visible < n ? visible : n,
+                             head_dim, is_f32, scores + r * KEY_BLOCK);
+        }
+        for (int64_t r = 0; r < rows_n; ++r) { /* online softmax: rescale, exponentiate */
+            const int64_t visible = lens[first + r / group] - start;
+            if (visible <= 0) continue;
+            const int64_t m = visible < n ? visible : n;
+            float *p = scores + r * KEY_BLOCK;
             float block_max = p[0];
-            for (int64_t j = 1; j < n; ++j) block_max = fmaxf(block_max, p[j]);
-            const float new_max = fmaxf(running_max[g], block_max);
-            const float rescale = expf(running_max[g] - new_max);
+            for (int64_t j = 1; j < m; ++j) block_max = fmaxf(block_max, p[j]);
+            const float new_max = fmaxf(running_max[r], block_max);
+            const float rescale = expf(running_max[r] - new_max);
             float block_sum = 0.0f;
-            for (int64_t j = 0; j < n; ++j) {
+            for (int64_t j = 0; j < m; ++j) {
                 p[j] = expf(p[j] - new_max);
                 block_sum += p[j];
             }
-            running_sum[g] = running_sum[g] * rescale + block_sum;
-            running_max[g] = new_max;
-            for (int64_t d = 0; d < head_dim; ++d) acc[g * head_dim + d] *= rescale;
+            running_sum[r] = running_sum[r] * rescale + block_sum;
+            running_max[r] = new_max;
+            for (int64_t d = 0; d < head_dim; ++d) acc[r * head_dim + d] *= rescale;
         }
-        for (int64_t g = 0; g < group; ++g)
-            block_accumulate(scores + g * KEY_BLOCK, v, rows, n, head_dim, is_f32,
-                             acc + g * head_dim);
+        for (int64_t r = 0; r < rows_n; ++r) {
+            const int64_t visible = lens[first + r / group] - start;
+            if (visible > 0)
+                block_accumulate(scores + r * KEY_BLOCK, v, key_rows, visible < n ? visible : n,
+                                 head_dim, is_f32, acc + r * head_dim);
+        }
     }
 
-    float *out_item = out + item * group * head_dim;
-    float *lse_item = lse + item * group;
-    for (int64_t g = 0; g < group; ++g) {
-        const float inverse = len > 0 ? 1.0f / running_sum[g] : 0.0f;
-        for (int64_t d = 0; d < head_dim; ++d)
-            out_item[g * head_dim + d] = acc[g * head_dim + d] * inverse;
-        lse_item[g] = len > 0 ? running_max[g] + logf(running_sum[g]) : EMPTY_LSE;
+    for (int64_t r = 0; r < rows_n; ++r) {
+        const int64_t token = first + r / group, g = r % group;
+        const int64_t len = lens[token];
+        float *out_row = out + ((token * kv_heads + h) * group + g) * head_dim;
+        const float inverse = len > 0 ? 1.0f / running_sum[r] : 0.0f;
+        for (int64_t d = 0; d < head_dim; ++d) out_row[d] = acc[r * head_dim + d] * inverse;
+        lse[(token * kv_heads + h) * group + g] =
+            len > 0 ? running_max[r] + logf(running_sum[r]) : EMPTY_LSE;
     }
 }
 
+#ifdef __AVX2__
+/* Items of at least this many query rows (an extend's block of tokens) run as small matrix
+ * products over a float32 pool: query rows sit in vector lanes, so each key's element is
+ * broadcast once for 16 rows and each value row loaded once for 4 rows. */
+#define TILED_MIN_ROWS 12
+#define ROW_TILE 16  /* score rows per register tile (two vectors) */
+#define KEY_TILE 6   /* keys per score tile: 12 accumulators */
+#define OUT_ROWS 4   /* output rows per value tile */
+
+static inline int64_t padded_rows(int64_t rows) { return (rows + ROW_TILE - 1) / ROW_TILE * ROW_TILE; }
+
+/* attend_item for float32 pools and rows >= TILED_MIN_ROWS (head_dim a multiple of 16). Layout
+ * in scratch, P = rows padded to ROW_TILE: query_t [head_dim][P] (scaled, transposed), probs
+ * [KEY_BLOCK][P] (scores, then probabilities, key-major), acc [P][head_dim], and per row its
+ * visible keys in the current block, running max, running sum, block max, rescale, block sum.
+ * Padding rows see no keys. */
+static inline __attribute__((always_inline)) void attend_item_tiled(
+    int64_t first, int64_t count, int64_t row, int64_t h, const float *q, const float *k,
+    const float *v, const int64_t *slots, const int64_t *lens, int64_t max_len,
+    int64_t kv_heads, int64_t group, int64_t head_dim, float scale, float *scratch, float *out,
+    float *lse) {
+    const int64_t row_stride = kv_heads * head_dim;
+    const int64_t rows_n = count * group, P = padded_rows(rows_n);
+    const int64_t *row_slots = slots + row * max_len;
+    float *query_t = scratch, *probs = query_t + head_dim * P, *acc = probs + KEY_BLOCK * P;
+    float *visible = acc + P * head_dim, *run_max = visible + P, *run_sum = run_max + P;
+    float *block_max = run_sum + P, *rescale = block_max + P, *block_sum = rescale + P;
+    int64_t key_rows[KEY_BLOCK];
+
+    int64_t item_len = 0;
+    for (int64_t r = 0; r < P; ++r) {
+        const int64_t token = first + r / group;
+        const int64_t len = r < rows_n ? lens[token] : 0;
+        if (len > item_len) item_len = len;
+        const float *q_row = q + ((token * kv_heads + h) * group + r % group) * head_dim;
+        for (int64_t d = 0; d < head_dim; ++d) {
+            query_t[d * P + r] = r < rows_n ? q_row[d] * scale : 0.0f;
+            acc[r * head_dim + d] = 0.0f;
+        }
+        run_max[r] = NO_MAX;
+        run_sum[r] = 0.0f;
+    }
+
+    for (int64_t start = 0; start < item_len; start += KEY_BLOCK) {
+        const int64_t n = item_len - start < KEY_BLOCK ? item_len - start : KEY_BLOCK;
+        for (int64_t j = 0; j < n; ++j)
+            key_rows[j] = row_slots[start + j] * row_stride + h * head_dim;
+        for (int64_t r = 0; r < P; ++r) {
+            const int64_t len = r < rows_n ? lens[first + r / group] : 0;
+            visible[r] = (float)(len - start);
+        }
+        /* probs[j][r] = query r . key j: ROW_TILE rows x KEY_TILE keys per register tile */
+        for (int64_t r0 = 0; r0 < P; r0 += ROW_TILE) {
+            int64_t j0 = 0;
+            for (; j0 + KEY_TILE <= n; j0 += KEY_TILE) {
+                __m256 sum[KEY_TILE][2];
+                for (int t = 0; t < KEY_TILE; ++t)
+                    sum[t][0] = sum[t][1] = _mm256_setzero_ps();
+                for (int64_t d = 0; d < head_dim; ++d) {
+                    const __m256 q0 = _mm256_loadu_ps(query_t + d * P + r0);
+                    const __m256 q1 = _mm256_loadu_ps(query_t + d * P + r0 + 8);
+                    for (int t = 0; t < KEY_TILE; ++t) {
+                        const __m256 key = _mm256_broadcast_ss(k + key_rows[j0 + t] + d);
+                        sum[t][0] = _mm256_fmadd_ps(q0, key, sum[t][0]);
+                        sum[t][1] = _mm256_fmadd_ps(q1, key, sum[t][1]);
+                    }
+                }
+                for (int t = 0; t < KEY_TILE; ++t) {
+                    _mm256_storeu_ps(probs + (j0 + t) * P + r0, sum[t][0]);
+                    _mm256_storeu_ps(probs + (j0 + t) * P + r0 + 8, sum[t][1]);
+                }
+            }
+            for (; j0 < n; ++j0) {
+                __m256 sum0 = _mm256_setzero_ps(), sum1 = _mm256_setzero_ps();
+                for (int64_t d = 0; d < head_dim; ++d) {
+                    const __m256 key = _mm256_broadcast_ss(k + key_rows[j0] + d);
+                    sum0 = _mm256_fmadd_ps(_mm256_loadu_ps(query_t + d * P + r0), key, sum0);
+                    sum1 = _mm256_fmadd_ps(_mm256_loadu_ps(query_t + d * P + r0 + 8), key, sum1);
+                }
+                _mm256_storeu_ps(probs + j0 * P + r0, sum0);
+                _mm256_storeu_ps(probs + j0 * P + r0 + 8, sum1);
+            }
+        }
+        /* online softmax across the rows' lanes (plain loops: gcc vectorizes them, expf too) */
+        for (int64_t r = 0; r < P; ++r) block_max[r] = NO_MAX, block_sum[r] = 0.0f;
+        for (int64_t j = 0; j < n; ++j)
+            for (int64_t r = 0; r < P; ++r)
+                block_max[r] = (float)j < visible[r] ? fmaxf(block_max[r], probs[j * P + r])
+                                                     : block_max[r];
+        for (int64_t r = 0; r < P; ++r) {
+            const float new_max = fmaxf(run_max[r], block_max[r]);
+            rescale[r] = expf(run_max[r] - new_max);
+            run_max[r] = new_max;
+        }
+        for (int64_t j = 0; j < n; ++j)
+            for (int64_t r = 0; r < P; ++r) {
+                const float p = (float)j < visible[r] ? expf(probs[j * P + r] - run_max[r]) : 0.0f;
+                probs[j * P + r] = p;
+                block_sum[r] += p;
+            }
+        for (int64_t r = 0; r < P; ++r) run_sum[r] = run_sum[r] * rescale[r] + block_sum[r];
+        /* acc[r] = acc[r] * rescale[r] + sum_j probs[j][r] v[j]: OUT_ROWS rows x 16 elements */
+        for (int64_t r0 = 0; r0 < P; r0 += OUT_ROWS) {
+            for (int64_t d = 0; d < head_dim; d += 16) {
+                __m256 sum[OUT_ROWS][2];
+                for (int i = 0; i < OUT_ROWS; ++i) {
+                    const __m256 factor = _mm256_set1_ps(rescale[r0 + i]);
+                    float *acc_row = acc + (r0 + i) * head_dim + d;
+                    sum[i][0] = _mm256_mul_ps(_mm256_loadu_ps(acc_row), factor);
+                    sum[i][1] = _mm256_mul_ps(_mm256_loadu_ps(acc_row + 8), factor);
+                }
+                for (int64_t j = 0; j < n; ++j) {
+                    const __m256 v0 = _mm256_loadu_ps(v + key_rows[j] + d);
+                    const __m256 v1 = _mm256_loadu_ps(v + key_rows[j] + d + 8);
+                    for (int i = 0; i < OUT_ROWS; ++i) {
+                        const __m256 p = _mm256_broadcast_ss(probs + j * P + r0 + i);
+                        sum[i][0] = _mm256_fmadd_ps(p, v0, sum[i][0]);
+                        sum[i][1] = _mm256_fmadd_ps(p, v1, sum[i][1]);
+                    }
+                }
+                for (int i = 0; i < OUT_ROWS; ++i) {
+                    float *acc_row = acc + (r0 + i) * head_dim + d;
+                    _mm256_storeu_ps(acc_row, sum[i][0]);
+                    _mm256_storeu_ps(acc_row + 8, sum[i][1]);
+                }
+            }
+        }
+    }
+
+    for (int64_t r = 0; r < rows_n; ++r) {
+        const int64_t token = first + r / group, g = r % group;
+        const int64_t len = lens[token];
+        float *out_row = out + ((token * kv_heads + h) * group + g) * head_dim;
+        const float inverse = len > 0 ? 1.0f / run_sum[r] : 0.0f;
+        for (int64_t d = 0; d < head_dim; ++d) out_row[d] = acc[r * head_dim + d] * inverse;
+        lse[(token * kv_heads + h) * group + g] =
+            len > 0 ? run_max[r] + logf(run_sum[r]) : EMPTY_LSE;
+    }
+}
+#endif
+
 /* Every item of the batch, for one constant element type. Returns -1 if scratch memory for
- * a thread cannot be allocated (nothing else can fail). */
+ * a thread cannot be allocated (nothing else can fail). blocks: [num_blocks][3] of (first
+ * token, token count, slot row). */
 static inline __attribute__((always_inline)) int attend_all(
     const void *q, const void *k, const void *v, const int64_t *slots, const int64_t *lens,
-    int64_t batch, int64_t max_len, int64_t kv_heads, int64_t group, int64_t head_dim,
-    float scale, int is_f32, int num_threads, float *out, float *lse) {
-    const size_t scratch_floats = (size_t)group * (2 * head_dim + KEY_BLOCK + 2);
+    const int64_t *blocks, int64_t num_blocks, int64_t max_len, int64_t kv_heads, int64_t group,
+    int64_t head_dim, int64_t max_rows, float scale, int is_f32, int num_threads, float *out,
+    float *lse) {
     int failed = 0;
 #pragma omp parallel num_threads(num_threads)
     {
-        float *scratch = malloc(scratch_floats * sizeof(float));
+        float *scratch = malloc(scratch_floats(max_rows, head_dim) * sizeof(float));
         if (scratch == NULL) {
 #pragma omp atomic write
             failed = 1;
         }
 #pragma omp for schedule(dynamic, 1)
-        for (int64_t item = 0; item < batch * kv_heads; ++item) {
+        for (int64_t item = 0; item < num_blocks * kv_heads; ++item) {
             if (scratch == NULL) continue;
+            const int64_t *block = blocks + 3 * (item / kv_heads), h = item % kv_heads;
+#ifdef __AVX2__
+            if (is_f32 && head_dim % 16 == 0 && block[1] * group >= TILED_MIN_ROWS) {
+                if (head_dim == 64)
+                    attend_item_tiled(block[0], block[1], block[2], h, q, k, v, slots, lens,
+                                      max_len, kv_heads, group, 64, scale, scratch, out, lse);
+                else
+                    attend_item_tiled(block[0], block[1], block[2], h, q, k, v, slots, lens,
+                                      max_len, kv_heads, group, head_dim, scale, scratch, out,
+                                      lse);
+                continue;
+            }
+#endif
             if (head_dim == 64)
-                attend_item(item, q, k, v, slots, lens, max_len, kv_heads, group, 64, scale,
-                            is_f32, scratch, out, lse);
+                attend_item(block[0], block[1], block[2], h, q, k, v, slots, lens, max_len,
+                            kv_heads, group, 64, scale, is_f32, scratch, out, lse);
             else if (head_dim == 128)
-                attend_item(item, q, k, v, slots, lens, max_len, kv_heads, group, 128, scale,
-                            is_f32, scratch, out, lse);
+                attend_item(block[0], block[1], block[2], h, q, k, v, slots, lens, max_len,
+                            kv_heads, group, 128, scale, is_f32, scratch, out, lse);
             else
-                attend_item(item, q, k, v, slots, lens, max_len, kv_heads, group, head_dim, scale,
-                            is_f32, scratch, out, lse);
+                attend_item(block[0], block[1], block[2], h, q, k, v, slots, lens, max_len,
+                            kv_heads, group, head_dim, scale, is_f32, scratch, out, lse);
         }
         free(scratch);
     }
     return failed ? -1 : 0;
 }
 
-/* Returns 0, or -1 when scratch memory could not be allocated. `is_f32`: q, k and v are
- * float32 (else bfloat16). `group` query rows share each KV head: a GQA group of one request,
- * or every query of the requests that share a prefix. */
+/* Returns 0, or -1 when memory could not be allocated. Query token t (q, out: [tokens, kv_heads, group, head_dim]; lse:
+ * [tokens, kv_heads, group]) reads the first lens[t] slots of row token_rows[t] of `slots`
+ * ([rows, max_len]); token_rows NULL: row t. Consecutive tokens of one row (an extend's new
+ * tokens) form blocks of up to `block_tokens`, which read each K/V block once. `is_f32`: q, k
+ * and v are float32 (else bfloat16). */
 int decode_attention(const void *q, const void *k, const void *v, const int64_t *slots,
-                     const int64_t *lens, int64_t batch, int64_t max_len, int64_t kv_heads,
-                     int64_t group, int64_t head_dim, float scale, int is_f32, int num_threads,
-                     float *out, float *lse) {
-    if (is_f32)
-        return attend_all(q, k, v, slots, lens, batch, max_len, kv_heads, group, head_dim, scale,
-                          1, num_threads, out, lse);
-    return attend_all(q, k, v, slots, lens, batch, max_len, kv_heads, group, head_dim, scale, 0,
-                      num_threads, out, lse);
+                     const int64_t *token_rows, const int64_t *lens, int64_t tokens,
+                     int64_t max_len, int64_t kv_heads, int64_t group, int64_t head_dim,
+                     int64_t block_tokens, float scale, int is_f32, int num_threads, float *out,
+                     float *lse) {
+    if (block_tokens < 1) block_tokens = 1;
+    int64_t *blocks = malloc((size_t)(tokens > 0 ? tokens : 1) * 3 * sizeof(int64_t));
+    if (blocks == NULL) return -1;
+    int64_t num_blocks = 0;
+    for (int64_t t = 0; t < tokens; ++t) {
+        const int64_t row = token_rows == NULL ? t : token_rows[t];
+        int64_t *last = blocks + 3 * (num_blocks - 1);
+        if (num_blocks > 0 && last[2] == row && last[0] + last[1] == t && last[1] < block_tokens) {
+            ++last[1];
+        } else {
+            int64_t *block = blocks + 3 * num_blocks++;
+            block[0] = t, block[1] = 1, block[2] = row;
+        }
+    }
+    const int64_t max_rows = (tokens < block_tokens && tokens > 0 ? tokens : block_tokens) * group;
+    const int status =
+        is_f32 ? attend_all(q, k, v, slots, lens, blocks, num_blocks, max_len, kv_heads, group,
+                            head_dim, max_rows, scale, 1, num_threads, out, lse)
+               : attend_all(q, k, v, slots, lens, blocks, num_blocks, max_len, kv_heads, group,
+                            head_dim, max_rows, scale, 0, num_threads, out, lse);
+    free(blocks);
+    return status;
 }
