@@ -134,6 +134,24 @@ static inline __attribute__((always_inline)) void block_accumulate(
         for (int64_t d = 0; d < head_dim; ++d) acc[d] += p[j] * load(v, rows[j] + d, is_f32);
 }
 
+/* The finished rows of an item: out = acc / running sum, lse = running max + log(sum); row r is
+ * token first + r / group, query head r % group of KV head h. A row that saw no keys gets zero
+ * output and EMPTY_LSE. */
+static inline void write_rows(int64_t first, int64_t rows_n, int64_t h, const int64_t *lens,
+                              int64_t kv_heads, int64_t group, int64_t head_dim,
+                              const float *acc, const float *running_max,
+                              const float *running_sum, float *out, float *lse) {
+    for (int64_t r = 0; r < rows_n; ++r) {
+        const int64_t token = first + r / group, g = r % group;
+        const int64_t len = lens[token];
+        float *out_row = out + ((token * kv_heads + h) * group + g) * head_dim;
+        const float inverse = len > 0 ? 1.0f / running_sum[r] : 0.0f;
+        for (int64_t d = 0; d < head_dim; ++d) out_row[d] = acc[r * head_dim + d] * inverse;
+        lse[(token * kv_heads + h) * group + g] =
+            len > 0 ? running_max[r] + logf(running_sum[r]) : EMPTY_LSE;
+    }
+}
+
 /* Per-thread scratch, in floats, for items of up to `rows` query rows. */
 static inline size_t scratch_floats(int64_t rows, int64_t head_dim) {
     const int64_t padded = (rows + 15) / 16 * 16; /* the tiled items' row padding */
@@ -211,15 +229,8 @@ static inline __attribute__((always_inline)) void attend_item(
         }
     }
 
-    for (int64_t r = 0; r < rows_n; ++r) {
-        const int64_t token = first + r / group, g = r % group;
-        const int64_t len = lens[token];
-        float *out_row = out + ((token * kv_heads + h) * group + g) * head_dim;
-        const float inverse = len > 0 ? 1.0f / running_sum[r] : 0.0f;
-        for (int64_t d = 0; d < head_dim; ++d) out_row[d] = acc[r * head_dim + d] * inverse;
-        lse[(token * kv_heads + h) * group + g] =
-            len > 0 ? running_max[r] + logf(running_sum[r]) : EMPTY_LSE;
-    }
+    write_rows(first, rows_n, h, lens, kv_heads, group, head_dim, acc, running_max, running_sum,
+               out, lse);
 }
 
 #ifdef __AVX2__
@@ -351,15 +362,8 @@ static inline __attribute__((always_inline)) void attend_item_tiled(
         }
     }
 
-    for (int64_t r = 0; r < rows_n; ++r) {
-        const int64_t token = first + r / group, g = r % group;
-        const int64_t len = lens[token];
-        float *out_row = out + ((token * kv_heads + h) * group + g) * head_dim;
-        const float inverse = len > 0 ? 1.0f / run_sum[r] : 0.0f;
-        for (int64_t d = 0; d < head_dim; ++d) out_row[d] = acc[r * head_dim + d] * inverse;
-        lse[(token * kv_heads + h) * group + g] =
-            len > 0 ? run_max[r] + logf(run_sum[r]) : EMPTY_LSE;
-    }
+    write_rows(first, rows_n, h, lens, kv_heads, group, head_dim, acc, run_max, run_sum, out,
+               lse);
 }
 #endif
 
