@@ -152,10 +152,15 @@ static inline void write_rows(int64_t first, int64_t rows_n, int64_t h, const in
     }
 }
 
-/* Per-thread scratch, in floats, for items of up to `rows` query rows. */
+#define ROW_TILE 16 /* rows per register tile of the tiled items (two vectors) */
+
+static inline int64_t padded_rows(int64_t rows) {
+    return (rows + ROW_TILE - 1) / ROW_TILE * ROW_TILE;
+}
+
+/* Per-thread scratch, in floats, for items of up to `rows` query rows (either path). */
 static inline size_t scratch_floats(int64_t rows, int64_t head_dim) {
-    const int64_t padded = (rows + 15) / 16 * 16; /* the tiled items' row padding */
-    return (size_t)padded * (2 * head_dim + KEY_BLOCK + 6);
+    return (size_t)padded_rows(rows) * (2 * head_dim + KEY_BLOCK + 6);
 }
 
 /* One item: a block of `count` consecutive tokens from `first`, all reading slot row `row`, and
@@ -238,11 +243,9 @@ static inline __attribute__((always_inline)) void attend_item(
  * products over a float32 pool: query rows sit in vector lanes, so each key's element is
  * broadcast once for 16 rows and each value row loaded once for 4 rows. */
 #define TILED_MIN_ROWS 12
-#define ROW_TILE 16  /* score rows per register tile (two vectors) */
 #define KEY_TILE 6   /* keys per score tile: 12 accumulators */
 #define OUT_ROWS 4   /* output rows per value tile */
 
-static inline int64_t padded_rows(int64_t rows) { return (rows + ROW_TILE - 1) / ROW_TILE * ROW_TILE; }
 
 /* attend_item for float32 pools and rows >= TILED_MIN_ROWS (head_dim a multiple of 16). Layout
  * in scratch, P = rows padded to ROW_TILE: query_t [head_dim][P] (scaled, transposed), probs
@@ -414,11 +417,11 @@ static inline __attribute__((always_inline)) int attend_all(
     return failed ? -1 : 0;
 }
 
-/* Returns 0, or -1 when memory could not be allocated. Query token t (q, out: [tokens, kv_heads, group, head_dim]; lse:
- * [tokens, kv_heads, group]) reads the first lens[t] slots of row token_rows[t] of `slots`
- * ([rows, max_len]); token_rows NULL: row t. Consecutive tokens of one row (an extend's new
- * tokens) form blocks of up to `block_tokens`, which read each K/V block once. `is_f32`: q, k
- * and v are float32 (else bfloat16). */
+/* Returns 0, or -1 when memory could not be allocated. Query token t (q, out: [tokens,
+ * kv_heads, group, head_dim]; lse: [tokens, kv_heads, group]) reads the first lens[t] slots of
+ * row token_rows[t] of `slots` ([rows, max_len]); token_rows NULL: row t. Consecutive tokens of
+ * one row (an extend's new tokens) form blocks of up to `block_tokens`, which read each K/V
+ * block once. `is_f32`: q, k and v are float32 (else bfloat16). */
 int decode_attention(const void *q, const void *k, const void *v, const int64_t *slots,
                      const int64_t *token_rows, const int64_t *lens, int64_t tokens,
                      int64_t max_len, int64_t kv_heads, int64_t group, int64_t head_dim,
@@ -427,18 +430,18 @@ int decode_attention(const void *q, const void *k, const void *v, const int64_t 
     if (block_tokens < 1) block_tokens = 1;
     int64_t *blocks = malloc((size_t)(tokens > 0 ? tokens : 1) * 3 * sizeof(int64_t));
     if (blocks == NULL) return -1;
-    int64_t num_blocks = 0;
+    int64_t num_blocks = 0, widest = 1;
     for (int64_t t = 0; t < tokens; ++t) {
         const int64_t row = token_rows == NULL ? t : token_rows[t];
         int64_t *last = blocks + 3 * (num_blocks - 1);
         if (num_blocks > 0 && last[2] == row && last[0] + last[1] == t && last[1] < block_tokens) {
-            ++last[1];
+            if (++last[1] > widest) widest = last[1];
         } else {
             int64_t *block = blocks + 3 * num_blocks++;
             block[0] = t, block[1] = 1, block[2] = row;
         }
     }
-    const int64_t max_rows = (tokens < block_tokens && tokens > 0 ? tokens : block_tokens) * group;
+    const int64_t max_rows = widest * group;
     const int status =
         is_f32 ? attend_all(q, k, v, slots, lens, blocks, num_blocks, max_len, kv_heads, group,
                             head_dim, max_rows, scale, 1, num_threads, out, lse)
