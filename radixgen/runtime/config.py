@@ -103,8 +103,8 @@ class EngineConfig:
         "Forward passes of at most this many tokens multiply by the GGUF file's own 4-bit "
         "weights (Q4_0/Q4_1 blocks, as stored; CPU only), reading far fewer bytes; wider ones "
         "use the dense weights. Default: where the 4-bit kernel stops beating the dense GEMM "
-        "(8 for bfloat16, 48 for float32). In float32 the output head likewise multiplies "
-        "passes of <= 16 rows by its Q8_0 blocks. 0: always dense (the head too).",
+        "(8 for bfloat16, 128 for float32). In float32 the output head likewise multiplies "
+        "passes of <= 24 rows by its Q8_0 blocks. 0: always dense (the head too).",
     )
     attention_backend: str = _opt(
         "auto",

@@ -26,7 +26,7 @@ def test_unknown_dtype_is_refused_naming_the_choices():
 def test_int4_width_defaults_per_kernel_and_explicit_values_win():
     assert EngineConfig().int4_max_tokens is None
     assert int4_max_tokens(None, torch.bfloat16) == 8  # PyTorch's kernel
-    assert int4_max_tokens(None, torch.float32) == 48  # the native float32 kernel
+    assert int4_max_tokens(None, torch.float32) == 128  # the native float32 kernel
     assert int4_max_tokens(None, torch.float16) == 0  # no 4-bit kernel: dense
     assert int4_max_tokens(3, torch.float32) == 3 and int4_max_tokens(0, torch.bfloat16) == 0
     with pytest.raises(ValueError, match="int4_max_tokens must be >= 0"):

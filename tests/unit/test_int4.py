@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from radixgen.runtime.model.block_matmul import NibbleInt4, load_block_matmul
+from radixgen.runtime.model.block_matmul import Int4Panels, load_block_matmul
 from radixgen.runtime.model.int4 import GROUP_SIZE, Int4Groups
 from radixgen.runtime.model.layers import Linear, MergedLinear
 from radixgen.runtime.model.loader import default_model_path
@@ -98,43 +98,49 @@ def needs_float32_kernel() -> None:
         pytest.skip("no C compiler (or no AVX2) for the native block kernel")
 
 
-@pytest.mark.parametrize("rows", [1, 5, 16])
+# 1-4 rows decode in registers; more go through panels in tiles of 6 rows (and a partial one)
+@pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 6, 16, 37])
 @pytest.mark.parametrize("bias", [False, True])
 def test_float32_int4_kernel_matches_dequantized_dense_to_float32_rounding(rows, bias):
     """The native float32 kernel multiplies by exactly the dequantized weights: only the
     summation order (and one fused rounding per weight) differs from the dense GEMM."""
     needs_float32_kernel()
     rng = torch.Generator().manual_seed(rows)
-    groups = random_groups(rng, 50, 96)  # panels of 4 columns, and a partial one
-    layer = Linear(96, 50, bias=bias)
+    groups = random_groups(rng, 50, 576)  # 50 columns pad to 64; 576 inputs span 2 slices
+    layer = Linear(576, 50, bias=bias)
     layer.weight.data.copy_(groups.dequantize())
-    x = torch.randn(rows, 96, generator=rng)
+    x = torch.randn(rows, 576, generator=rng)
     dense = layer(x)
     layer.use_int4([groups], max_tokens=64, dtype=torch.float32)
     out = layer(x)
-    assert out.dtype == torch.float32
-    torch.testing.assert_close(out, dense, rtol=1e-5, atol=1e-6)
+    assert out.dtype == torch.float32 and out.shape == (rows, 50)
+    # sums of 576 products: float32 rounding reaches ~1e-5; a misplaced weight would be ~0.1
+    torch.testing.assert_close(out, dense, rtol=1e-5, atol=1e-4)
 
 
-def test_float32_int4_nibbles_follow_the_gguf_block_order():
-    """Byte i of a group holds element i (low nibble) and element i + 16 (high nibble)."""
-    codes = (torch.arange(64) % 16).to(torch.uint8)[None]  # one row, two groups
-    packed = NibbleInt4.pack(codes, torch.ones(1, 2), torch.zeros(1, 2))
-    assert packed.codes.shape == (1, 32)
-    assert packed.codes[0, 0].item() == 0 | (0 << 4)  # elements 0 and 16: codes 0 and 0
-    assert packed.codes[0, 3].item() == 3 | (3 << 4)
-    assert packed.codes[0, 16].item() == 0 | (0 << 4)  # second group: elements 32 and 48
+def test_float32_int4_panels_interleave_eight_columns():
+    """Word (b, p, i) holds the codes of column 8b + i at inputs 8p .. 8p + 7, one nibble
+    each (input 8p + j in bits 4j .. 4j + 3); scales and zeros interleave the same columns."""
+    codes = (torch.arange(16 * 64) % 16).to(torch.uint8).reshape(16, 64)
+    scales = torch.arange(16 * 2, dtype=torch.float32).reshape(16, 2)
+    packed = Int4Panels.pack(codes, scales, torch.zeros(16, 2))
+    assert packed.codes.shape == (2, 8, 8) and packed.cols == 16
+    word = int(packed.codes[1, 3, 2]) & 0xFFFFFFFF  # column 10, inputs 24..31
+    assert [(word >> (4 * j)) & 15 for j in range(8)] == [int(codes[10, 24 + j]) for j in range(8)]
+    assert packed.scales[1, 1, 2].item() == scales[10, 1].item()
     x = torch.zeros(1, 64)
-    x[0, 17] = 1.0  # picks element 17 of the first group: (code 1 - 8) * 1 + 0
+    x[0, 17] = 1.0  # picks input 17 of every column: (code 1 - 8) * scale + 0
     needs_float32_kernel()
-    assert load_block_matmul().int4(x, packed).item() == -7.0
+    expected = (codes[:, 17].float() - 8) * scales[:, 0]
+    assert torch.equal(load_block_matmul().int4(x, packed)[0], expected)
 
 
 def test_float32_int4_kernel_refuses_what_it_cannot_serve():
     needs_float32_kernel()
     rng = torch.Generator().manual_seed(0)
     g = random_groups(rng, 8, 64)
-    packed = NibbleInt4.pack(g.codes, g.scales, g.zeros)
+    packed = Int4Panels.pack(g.codes, g.scales, g.zeros)
+    assert load_block_matmul().int4(torch.zeros(0, 64), packed).shape == (0, 8)
     with pytest.raises(ValueError, match="does not fit"):
         load_block_matmul().int4(torch.zeros(1, 32), packed)
     with pytest.raises(ValueError, match="float32"):

@@ -56,19 +56,22 @@ def test_default_model_head_blocks_equal_the_dequantized_embedding():
     assert torch.equal(blocks["model.embed_tokens.weight"].dequantize(), dense)
 
 
-@pytest.mark.parametrize("rows", [1, 5, 16, 37])  # register tiles of 2 rows, and a partial one
+# 1-4 rows decode in registers; more go through panels in tiles of 6 rows (and a partial one)
+@pytest.mark.parametrize("rows", [1, 2, 4, 5, 16, 37])
 def test_int8_kernel_matches_the_dense_product_to_float32_rounding(rows):
     needs_kernel()
     rng = torch.Generator().manual_seed(rows)
-    blocks = random_blocks(rng, 50, 96)  # panels of 4 columns, and a partial one
-    x = torch.randn(rows, 96, generator=rng)
-    out = load_block_matmul().int8(x, blocks)
-    torch.testing.assert_close(out, x @ blocks.dequantize().T, rtol=1e-5, atol=1e-5)
+    blocks = random_blocks(rng, 50, 576)  # 50 columns pad to 64; 576 inputs span 2 slices
+    x = torch.randn(rows, 576, generator=rng)
+    out = load_block_matmul().int8(x, blocks.panels())
+    assert out.shape == (rows, 50)
+    # sums of 576 products of size ~1: float32 rounding reaches ~1e-5; a misplaced weight ~1
+    torch.testing.assert_close(out, x @ blocks.dequantize().T, rtol=1e-5, atol=1e-4)
 
 
 def test_int8_kernel_refuses_what_it_cannot_serve():
     needs_kernel()
-    blocks = random_blocks(torch.Generator().manual_seed(0), 8, 64)
+    blocks = random_blocks(torch.Generator().manual_seed(0), 8, 64).panels()
     with pytest.raises(ValueError, match="does not fit"):
         load_block_matmul().int8(torch.zeros(1, 32), blocks)
     with pytest.raises(ValueError, match="float32"):
@@ -92,5 +95,5 @@ def test_float32_engine_head_uses_its_8_bit_blocks_for_narrow_passes(engine):
 def test_no_rows_give_an_empty_product():
     """A prefill chunk that ends no request asks the head for zero rows of logits."""
     needs_kernel()
-    blocks = random_blocks(torch.Generator().manual_seed(0), 8, 64)
+    blocks = random_blocks(torch.Generator().manual_seed(0), 8, 64).panels()
     assert load_block_matmul().int8(torch.zeros(0, 64), blocks).shape == (0, 8)

@@ -3,12 +3,14 @@
 PyTorch's int4 CPU kernel is fast for bfloat16 activations only (float32 ones take a path ~10x
 slower than the dense GEMM), and it has no 8-bit counterpart. This kernel serves float32
 engines: it rebuilds each weight from the file's 4-bit (Q4_0/Q4_1) or 8-bit (Q8_0) code in
-float32 and multiplies, so a decode step reads 4.5 or 8.5 bits per weight instead of 32. Each
-thread decodes four columns at a time into a float32 panel and multiplies every row by it in
-register tiles. On a 2-core AVX2 EPYC (Zen 3): SmolLM2's 30 layers of 4-bit projections,
-streamed from memory, per layer 0.47 vs 1.40 ms for oneDNN's dense float32 GEMM at one row,
-1.29 vs 2.06 at 12 rows, 4.1 vs 4.6 at 48, slower beyond ~64 rows; its Q8_0 output head
-(49,152 x 576) 2.6 vs 7.6 ms at one row, 9.4 vs 12.8 at 12, even at 24.
+float32 and multiplies, so a decode step reads 4.5 or 8.5 bits per weight instead of 32. The
+codes are repacked once into column panels (8 columns interleaved, `Int4Panels`/`Int8Panels`):
+each thread decodes 16 columns at a time and multiplies every row by them in register tiles
+that keep outputs in vector lanes; up to 4 rows decode in registers without a panel. On a
+2-core AVX2 EPYC (Zen 3), SmolLM2's 30 layers of 4-bit projections streamed from memory, per
+layer: 0.34 vs 0.88 ms for oneDNN's prepacked float32 GEMM at one row, 1.04 vs 1.46 at 12, 3.2
+vs 4.5 at 48, still ahead at 160 rows; its Q8_0 output head (49,152 x 576) 1.7 vs 4.8 ms at one
+row, 7.1 vs 8.4 at 12, 14.9 vs 15.6 at 24.
 """
 
 from __future__ import annotations
@@ -23,29 +25,59 @@ from radixgen.runtime.model.native import load_kernel
 
 _i64, _ptr, _int = ctypes.c_int64, ctypes.c_void_p, ctypes.c_int
 GROUP_SIZE = 32  # inputs per scale: the block size of GGUF's Q4_0, Q4_1 and Q8_0
-# Widest pass (rows) for which the output head multiplies by its Q8_0 blocks: SmolLM2's head on
-# the EPYC, 2 threads, best of 7: 2.6 vs 7.6 ms (oneDNN, dense float32) at 1 row, 9.4 vs 12.8
-# at 12, 18.2 vs 18.9 at 24, 35.0 vs 30.6 at 48.
-INT8_HEAD_MAX_TOKENS = 16
+# Widest pass (rows) for which the output head multiplies by its Q8_0 codes: SmolLM2's head on
+# the EPYC, 2 threads, median of 9 (2026-12-03): 1.7 vs 4.8 ms (oneDNN, dense float32) at 1 row,
+# 7.1 vs 8.4 at 12, 14.9 vs 15.6 at 24, 19.4 vs 18.3 at 32.
+INT8_HEAD_MAX_TOKENS = 24
+
+
+PANEL_COLS = 16  # the kernel decodes this many columns at a time; packing pads N to it
+_BLOCK_COLS = 8  # columns whose codes lie interleaved (one vector lane each)
+
+
+def _column_blocks(t: torch.Tensor) -> torch.Tensor:
+    """[N, ...] -> [N', ...] with zero rows appended up to a multiple of PANEL_COLS."""
+    missing = -t.shape[0] % PANEL_COLS
+    return torch.cat([t, t.new_zeros(missing, *t.shape[1:])]) if missing else t
+
+
+def _interleave(t: torch.Tensor) -> torch.Tensor:
+    """[N', W] -> [N' / 8, W, 8]: element (b, w, i) is t[8b + i, w]."""
+    return t.reshape(-1, _BLOCK_COLS, t.shape[1]).transpose(1, 2).contiguous()
 
 
 @dataclass(frozen=True)
-class NibbleInt4:
-    """A weight [N, K] in the kernel's layout: GGUF's Q4 block order, float32 scales/zeros."""
+class Int4Panels:
+    """A 4-bit weight [N, K] in the kernel's column-panel layout (see `block_matmul.c`):
+    w[n, k] = (code - 8) * scale + zero, per group of 32 inputs."""
 
-    codes: torch.Tensor  # [N, K / 2] uint8: per group of 32, byte i = element i | element i+16 << 4
-    scales: torch.Tensor  # [N, K / 32] float32
-    zeros: torch.Tensor  # [N, K / 32] float32
+    codes: torch.Tensor  # [N' / 8, K / 8, 8] int32: nibble j of (b, p, i) = code[8b + i, 8p + j]
+    scales: torch.Tensor  # [N' / 8, K / 32, 8] float32
+    zeros: torch.Tensor  # [N' / 8, K / 32, 8] float32
+    cols: int  # N; N' pads it to a multiple of PANEL_COLS with zero weights
 
     @staticmethod
-    def pack(codes: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor) -> NibbleInt4:
+    def pack(codes: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor) -> Int4Panels:
         """From codes [N, K] (uint8 0..15) and per-group scales and zeros [N, K / 32]."""
         n, k = codes.shape
-        halves = codes.reshape(n, k // 32, 2, 16)
-        packed = (halves[:, :, 0] | (halves[:, :, 1] << 4)).reshape(n, k // 2)
-        return NibbleInt4(
-            packed.contiguous(), scales.float().contiguous(), zeros.float().contiguous()
+        nibbles = _interleave(_column_blocks(codes.to(torch.uint8)))  # [N'/8, K, 8]
+        words = nibbles.reshape(-1, k // 8, 8, _BLOCK_COLS).transpose(2, 3)  # [.., i, j]
+        pairs = words[..., 0::2] | (words[..., 1::2] << 4)  # little-endian bytes of the words
+        return Int4Panels(
+            pairs.contiguous().view(torch.int32).reshape(-1, k // 8, _BLOCK_COLS),
+            _interleave(_column_blocks(scales.float())),
+            _interleave(_column_blocks(zeros.float())),
+            n,
         )
+
+
+@dataclass(frozen=True)
+class Int8Panels:
+    """An 8-bit weight [N, K] in the kernel's column-panel layout: w[n, k] = code * scale."""
+
+    codes: torch.Tensor  # [N' / 8, K, 8] int8: (b, k, i) = code[8b + i, k]
+    scales: torch.Tensor  # [N' / 8, K / 32, 8] float32
+    cols: int  # N; N' pads it to a multiple of PANEL_COLS with zero weights
 
 
 @dataclass(frozen=True)
@@ -58,6 +90,14 @@ class Int8Blocks:
     def dequantize(self) -> torch.Tensor:  # [N, K] float32, exact
         return self.codes.float() * self.scales.repeat_interleave(GROUP_SIZE, dim=1)
 
+    def panels(self) -> Int8Panels:
+        """The same weights in the kernel's layout."""
+        return Int8Panels(
+            _interleave(_column_blocks(self.codes)),
+            _interleave(_column_blocks(self.scales.float())),
+            self.codes.shape[0],
+        )
+
 
 class BlockMatmulKernel:
     def __init__(self, library: ctypes.PyDLL):
@@ -68,35 +108,39 @@ class BlockMatmulKernel:
         self._int8.restype = ctypes.c_int
         self._int8.argtypes = [_ptr, _i64, _i64, _ptr, _ptr, _i64, _int, _ptr]
 
-    def int4(self, x: torch.Tensor, weight: NibbleInt4) -> torch.Tensor:
+    def int4(self, x: torch.Tensor, weight: Int4Panels) -> torch.Tensor:
         """x [M, K] float32 @ w.T -> [M, N] float32."""
-        codes = weight.codes  # [N, K / 2]
-        return _multiply(self._int4, x, codes.shape[1] * 2, codes, weight.scales, weight.zeros)
+        width = weight.codes.shape[1] * 8
+        return _multiply(
+            self._int4, x, width, weight.cols, weight.codes, weight.scales, weight.zeros
+        )
 
-    def int8(self, x: torch.Tensor, weight: Int8Blocks) -> torch.Tensor:
+    def int8(self, x: torch.Tensor, weight: Int8Panels) -> torch.Tensor:
         """x [M, K] float32 @ w.T -> [M, N] float32."""
-        return _multiply(self._int8, x, weight.codes.shape[1], weight.codes, weight.scales)
+        return _multiply(
+            self._int8, x, weight.codes.shape[1], weight.cols, weight.codes, weight.scales
+        )
 
 
-def _multiply(run, x: torch.Tensor, width: int, *weight: torch.Tensor) -> torch.Tensor:
+def _multiply(run, x: torch.Tensor, width: int, cols: int, *weight: torch.Tensor) -> torch.Tensor:
     """Call one of the kernel's entry points: x, its shape, the weight's tensors (the codes
-    first, [N, ...]), N, threads, out."""
+    first, [N' / 8, ...]), N', threads, out; returns the first `cols` columns."""
     if x.dtype != torch.float32 or x.device.type != "cpu":
         raise ValueError("the block matmul kernel takes float32 CPU inputs")
     if x.shape[1] != width:
         raise ValueError(f"input width {x.shape[1]} does not fit a weight of width {width}")
     x = x.contiguous()
-    rows, cols = x.shape[0], weight[0].shape[0]
-    out = torch.empty(rows, cols, dtype=torch.float32)
+    rows, padded_cols = x.shape[0], weight[0].shape[0] * _BLOCK_COLS
+    out = torch.empty(rows, padded_cols, dtype=torch.float32)
     pointers = (t.data_ptr() for t in weight)
     status = run(
-        x.data_ptr(), rows, width, *pointers, cols, torch.get_num_threads(), out.data_ptr()
+        x.data_ptr(), rows, width, *pointers, padded_cols, torch.get_num_threads(), out.data_ptr()
     )
     if status == -1:
         raise ValueError("block matmul kernel: the input width is no multiple of 32")
     if status != 0:
         raise MemoryError("block matmul kernel: no memory for its decoding panel")
-    return out
+    return out if padded_cols == cols else out[:, :cols]
 
 
 @functools.cache

@@ -19,14 +19,15 @@ from dataclasses import dataclass
 
 import torch
 
-from radixgen.runtime.model.block_matmul import GROUP_SIZE, NibbleInt4, load_block_matmul
+from radixgen.runtime.model.block_matmul import GROUP_SIZE, Int4Panels, load_block_matmul
 
 # Widest pass (tokens) that the 4-bit kernel of each activation dtype runs faster than the dense
 # GEMM, measured on 2 cores with SmolLM2's 30 layers of projections streaming from memory:
 # PyTorch's bfloat16 kernel against oneDNN's AMX GEMM on a Xeon (2026-12-01); the native float32
-# kernel against oneDNN's float32 GEMM on an AVX2 EPYC (2026-12-02, per layer: 1.29 vs 2.06 ms
-# at 12 rows, 2.91 vs 3.24 at 32, 4.14 vs 4.59 at 48, 5.40 vs 5.63 at 64, 9.26 vs 8.05 at 96).
-DEFAULT_MAX_TOKENS = {torch.bfloat16: 8, torch.float32: 48}
+# kernel against oneDNN's prepacked float32 GEMM on an AVX2 EPYC (2026-12-03, per layer: 0.34 vs
+# 0.88 ms at 1 row, 1.04 vs 1.46 at 12, 3.24 vs 4.52 at 48, 6.0 vs 6.4 at 96, 7.4 vs 8.2 at 128,
+# 9.0 vs 9.5 at 160).
+DEFAULT_MAX_TOKENS = {torch.bfloat16: 8, torch.float32: 128}
 
 
 @dataclass(frozen=True)
@@ -73,18 +74,18 @@ def int4_max_tokens(configured: int | None, dtype: torch.dtype) -> int:
     return DEFAULT_MAX_TOKENS.get(dtype, 0) if configured is None else configured
 
 
-def pack_int4(groups: Int4Groups, dtype: torch.dtype) -> PackedInt4 | NibbleInt4:
+def pack_int4(groups: Int4Groups, dtype: torch.dtype) -> PackedInt4 | Int4Panels:
     """`groups` in the layout of the kernel that serves `dtype` activations."""
     if dtype == torch.float32:
-        return NibbleInt4.pack(groups.codes, groups.scales, groups.zeros)
+        return Int4Panels.pack(groups.codes, groups.scales, groups.zeros)
     weight = torch.ops.aten._convert_weight_to_int4pack_for_cpu(groups.codes.to(torch.int32), 1)
     scales_and_zeros = torch.stack((groups.scales.t(), groups.zeros.t()), dim=-1)  # [K/32, N, 2]
     return PackedInt4(weight, scales_and_zeros.to(dtype).contiguous())
 
 
-def int4_linear(x: torch.Tensor, packed: PackedInt4 | NibbleInt4) -> torch.Tensor:
+def int4_linear(x: torch.Tensor, packed: PackedInt4 | Int4Panels) -> torch.Tensor:
     """x [M, K] @ w.T -> [M, N]."""
-    if isinstance(packed, NibbleInt4):
+    if isinstance(packed, Int4Panels):
         return load_block_matmul().int4(x, packed)
     return torch.ops.aten._weight_int4pack_mm_for_cpu(
         x, packed.weight, GROUP_SIZE, packed.scales_and_zeros

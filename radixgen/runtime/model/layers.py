@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from radixgen.runtime.config import ModelConfig, cpu_has_fast_bfloat16
-from radixgen.runtime.model.block_matmul import NibbleInt4
+from radixgen.runtime.model.block_matmul import Int4Panels
 from radixgen.runtime.model.fused import fused_ops
 from radixgen.runtime.model.int4 import Int4Groups, PackedInt4, int4_linear, pack_int4
 
@@ -122,7 +122,7 @@ class Linear(nn.Linear):
     """
 
     packed: torch.Tensor | None = None
-    int4: PackedInt4 | NibbleInt4 | None = None
+    int4: PackedInt4 | Int4Panels | None = None
     int4_max_tokens: int = 0
 
     def prepack(self) -> None:

@@ -15,7 +15,7 @@ from torch import nn
 
 from radixgen.runtime.config import ModelConfig
 from radixgen.runtime.model.batch import AttentionBackend
-from radixgen.runtime.model.block_matmul import Int8Blocks, load_block_matmul
+from radixgen.runtime.model.block_matmul import Int8Blocks, Int8Panels, load_block_matmul
 from radixgen.runtime.model.fused import fused_ops
 from radixgen.runtime.model.int4 import Int4Groups
 from radixgen.runtime.model.layers import (
@@ -120,7 +120,7 @@ class LlamaForCausalLM(nn.Module):
         if not config.tie_word_embeddings:
             self.lm_head = Linear(config.hidden_size, config.vocab_size, bias=False)
         self.packed_tied_head: torch.Tensor | None = None
-        self.int8_head: Int8Blocks | None = None  # the head's Q8_0 blocks (see use_int8_head)
+        self.int8_head: Int8Panels | None = None  # the head's Q8_0 codes (see use_int8_head)
         self.int8_head_max_tokens = 0
 
     @torch.inference_mode()
@@ -218,7 +218,7 @@ class LlamaForCausalLM(nn.Module):
             return False
         if tuple(blocks.codes.shape) != (self.config.vocab_size, self.config.hidden_size):
             raise ValueError(f"8-bit head {tuple(blocks.codes.shape)} does not fit the model")
-        self.int8_head, self.int8_head_max_tokens = blocks, max_tokens
+        self.int8_head, self.int8_head_max_tokens = blocks.panels(), max_tokens
         return True
 
 
