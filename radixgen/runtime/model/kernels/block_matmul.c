@@ -9,9 +9,9 @@
  *
  * Each weight is rebuilt in float32 as the dequantized dense matrix holds it (4-bit: one fused
  * multiply-add instead of a rounded multiply and add, at most one rounding apart; 8-bit: the
- * product is exact), and each output is summed over k in order, as one chain (or, for one or
- * two rows, a few interleaved chains), so results agree with a dense GEMM to float32 rounding.
- * A weight is decoded once per call and used for every row of x. The multiply needs AVX2
+ * product is exact), and each output is summed over k in order (up to 4 rows: two interleaved
+ * chains), so results agree with a dense GEMM to float32 rounding. A weight is decoded once
+ * per call and used for every row of x. The multiply needs AVX2
  * (x86); elsewhere `block_matmul_available` says 0 and nothing else exists.
  *
  * The codes are not in the file's order but in column panels (`block_matmul.py` packs them):
@@ -65,58 +65,67 @@ typedef struct BlockWeight {
                      int64_t x_stride, int nr, float *out, int64_t out_stride);
 } BlockWeight;
 
-/* 4-bit: a word per column holds 8 inputs; shifting all 8 words at once yields one input. */
+/* 4-bit: a word per column holds 8 inputs; shifting all 8 words at once yields input j of the
+ * 8 columns, rebuilt as (code - 8) * scale + zero. */
+static inline __attribute__((always_inline)) __m256 int4_weights(__m256i words, int j,
+                                                                 __m256 scale, __m256 zero) {
+    const __m256i nibble = _mm256_and_si256(_mm256_srli_epi32(words, 4 * j), _mm256_set1_epi32(15));
+    const __m256 centred = _mm256_cvtepi32_ps(_mm256_sub_epi32(nibble, _mm256_set1_epi32(8)));
+    return _mm256_fmadd_ps(centred, scale, zero);
+}
+
+/* 8-bit: 8 bytes per input, one per column, widened and scaled (exact in float32). */
+static inline __attribute__((always_inline)) __m256 int8_weights(const int8_t *bytes,
+                                                                 __m256 scale) {
+    const __m128i codes = _mm_loadl_epi64((const __m128i *)bytes);
+    return _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(codes)), scale);
+}
+
 static void decode_int4_block(const BlockWeight *w, int64_t k, int64_t block, int64_t g0,
                               int64_t g1, float *dest) {
     const __m256i *codes = (const __m256i *)w->codes + block * (k / LANES);
     const float *scales = w->scales + block * (k / GROUP) * LANES;
     const float *zeros = w->zeros + block * (k / GROUP) * LANES;
-    const __m256i low_bits = _mm256_set1_epi32(15), eight = _mm256_set1_epi32(8);
     for (int64_t g = g0; g < g1; ++g) {
         const __m256 scale = _mm256_loadu_ps(scales + g * LANES);
         const __m256 zero = _mm256_loadu_ps(zeros + g * LANES);
         for (int p = 0; p < GROUP / LANES; ++p) {
             const __m256i words = _mm256_loadu_si256(codes + g * (GROUP / LANES) + p);
             float *row = dest + ((g - g0) * GROUP + p * LANES) * PANEL_COLS;
-            for (int j = 0; j < LANES; ++j) {
-                const __m256i nibble = _mm256_and_si256(_mm256_srli_epi32(words, 4 * j), low_bits);
-                const __m256 centred = _mm256_cvtepi32_ps(_mm256_sub_epi32(nibble, eight));
-                _mm256_store_ps(row + j * PANEL_COLS, _mm256_fmadd_ps(centred, scale, zero));
-            }
+            for (int j = 0; j < LANES; ++j)
+                _mm256_store_ps(row + j * PANEL_COLS, int4_weights(words, j, scale, zero));
         }
     }
 }
 
-/* 8-bit: 8 bytes per input, one per column, widened and scaled (exact in float32). */
 static void decode_int8_block(const BlockWeight *w, int64_t k, int64_t block, int64_t g0,
                               int64_t g1, float *dest) {
     const int8_t *codes = (const int8_t *)w->codes + block * k * LANES;
     const float *scales = w->scales + block * (k / GROUP) * LANES;
     for (int64_t g = g0; g < g1; ++g) {
         const __m256 scale = _mm256_loadu_ps(scales + g * LANES);
-        for (int64_t d = g * GROUP; d < (g + 1) * GROUP; ++d) {
-            const __m128i bytes = _mm_loadl_epi64((const __m128i *)(codes + d * LANES));
-            const __m256 values = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(bytes));
-            _mm256_store_ps(dest + (d - g0 * GROUP) * PANEL_COLS, _mm256_mul_ps(values, scale));
-        }
+        for (int64_t d = g * GROUP; d < (g + 1) * GROUP; ++d)
+            _mm256_store_ps(dest + (d - g0 * GROUP) * PANEL_COLS,
+                            int8_weights(codes + d * LANES, scale));
     }
 }
 
-/* Rows 0..nr-1 (nr <= FEW_ROWS, a constant after inlining) each take the weight vector `weight`
- * of input `d`, in chain c (named accumulators acc<row>_<c>; two chains, every other input,
- * hide the multiply-add latency). */
+/* Rows 0..nr-1 (nr <= FEW_ROWS, a constant after inlining) each multiply the weights of input
+ * `d` (one vector: 8 columns) into chain c (named accumulators acc<row>_<c>; two chains, every
+ * other input, hide the multiply-add latency). */
 #define FEW_ROWS 4
-#define FEW_ROWS_ACCUMULATE(weight, d, c)                                                        \
+#define FEW_ROWS_ACCUMULATE(weights_of_d, d, c)                                                  \
     {                                                                                            \
-        acc0_##c = _mm256_fmadd_ps(_mm256_broadcast_ss(x + (d)), weight, acc0_##c);              \
+        const __m256 weights = (weights_of_d);                                                   \
+        acc0_##c = _mm256_fmadd_ps(_mm256_broadcast_ss(x + (d)), weights, acc0_##c);             \
         if (nr > 1)                                                                              \
-            acc1_##c = _mm256_fmadd_ps(_mm256_broadcast_ss(x + x_stride + (d)), weight,          \
+            acc1_##c = _mm256_fmadd_ps(_mm256_broadcast_ss(x + x_stride + (d)), weights,         \
                                        acc1_##c);                                                \
         if (nr > 2)                                                                              \
-            acc2_##c = _mm256_fmadd_ps(_mm256_broadcast_ss(x + 2 * x_stride + (d)), weight,      \
+            acc2_##c = _mm256_fmadd_ps(_mm256_broadcast_ss(x + 2 * x_stride + (d)), weights,     \
                                        acc2_##c);                                                \
         if (nr > 3)                                                                              \
-            acc3_##c = _mm256_fmadd_ps(_mm256_broadcast_ss(x + 3 * x_stride + (d)), weight,      \
+            acc3_##c = _mm256_fmadd_ps(_mm256_broadcast_ss(x + 3 * x_stride + (d)), weights,     \
                                        acc3_##c);                                                \
     }
 #define FEW_ROWS_DECLARE                                                                         \
@@ -140,7 +149,6 @@ static inline __attribute__((always_inline)) void int4_few_rows(const BlockWeigh
     const __m256i *codes = (const __m256i *)w->codes + block * (k / LANES);
     const float *scales = w->scales + block * (k / GROUP) * LANES;
     const float *zeros = w->zeros + block * (k / GROUP) * LANES;
-    const __m256i low_bits = _mm256_set1_epi32(15), eight = _mm256_set1_epi32(8);
     FEW_ROWS_DECLARE
     for (int64_t g = 0; g < k / GROUP; ++g) {
         const __m256 scale = _mm256_loadu_ps(scales + g * LANES);
@@ -148,13 +156,7 @@ static inline __attribute__((always_inline)) void int4_few_rows(const BlockWeigh
         for (int p = 0; p < GROUP / LANES; ++p) {
             const __m256i words = _mm256_loadu_si256(codes + g * (GROUP / LANES) + p);
             const int64_t d = g * GROUP + p * LANES;
-#define INPUT(j, c)                                                                              \
-    {                                                                                            \
-        const __m256i nibble = _mm256_and_si256(_mm256_srli_epi32(words, 4 * j), low_bits);      \
-        const __m256 centred = _mm256_cvtepi32_ps(_mm256_sub_epi32(nibble, eight));              \
-        const __m256 weight = _mm256_fmadd_ps(centred, scale, zero);                             \
-        FEW_ROWS_ACCUMULATE(weight, d + j, c)                                                    \
-    }
+#define INPUT(j, c) FEW_ROWS_ACCUMULATE(int4_weights(words, j, scale, zero), d + j, c)
             INPUT(0, 0) INPUT(1, 1) INPUT(2, 0) INPUT(3, 1)
             INPUT(4, 0) INPUT(5, 1) INPUT(6, 0) INPUT(7, 1)
 #undef INPUT
@@ -173,13 +175,7 @@ static inline __attribute__((always_inline)) void int8_few_rows(const BlockWeigh
     for (int64_t g = 0; g < k / GROUP; ++g) {
         const __m256 scale = _mm256_loadu_ps(scales + g * LANES);
         for (int64_t d = g * GROUP; d < (g + 1) * GROUP; d += 2) {
-#define INPUT(j, c)                                                                              \
-    {                                                                                            \
-        const __m128i bytes = _mm_loadl_epi64((const __m128i *)(codes + (d + j) * LANES));       \
-        const __m256 values = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(bytes));                   \
-        const __m256 weight = _mm256_mul_ps(values, scale);                                      \
-        FEW_ROWS_ACCUMULATE(weight, d + j, c)                                                    \
-    }
+#define INPUT(j, c) FEW_ROWS_ACCUMULATE(int8_weights(codes + (d + j) * LANES, scale), d + j, c)
             INPUT(0, 0) INPUT(1, 1)
 #undef INPUT
         }
