@@ -148,6 +148,7 @@ def test_batch_sharing_a_cached_prefix_matches_running_alone(engine, monkeypatch
         engine.generate(_FEW_SHOT + instruction, {"max_new_tokens": 0})
     monkeypatch.setattr(attention_module, "MIN_SEGMENT_SAVING", 0)  # even 4-request groups
     monkeypatch.setattr(attention_module, "MIN_IN_PLACE_SEGMENT_SAVING", 0)  # with the kernel
+    monkeypatch.setattr(attention_module, "MIN_IN_PLACE_DECODE_SEGMENT_SAVING", 0)
     attention = engine.scheduler.runner.attention
     levels = []
     original = attention._merge_level

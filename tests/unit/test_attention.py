@@ -17,6 +17,7 @@ from radixgen.runtime.cache.kv_pool import KVPool
 from radixgen.runtime.cache.req_table import ReqToTokenTable
 from radixgen.runtime.model import attention
 from radixgen.runtime.model.attention import (
+    InPlaceLevel,
     InPlaceOwn,
     PaddedOwn,
     RaggedOwn,
@@ -152,11 +153,14 @@ def test_native_kernel_reads_own_parts_in_place(seed, dtype, decode, monkeypatch
     """With the native kernel, decode and short-extend own parts skip the gather (an extend's
     new tokens are query rows, each over its request's KV up to itself); segments merge in."""
     monkeypatch.setattr(attention, "MIN_IN_PLACE_SEGMENT_SAVING", 0)
+    monkeypatch.setattr(attention, "MIN_IN_PLACE_DECODE_SEGMENT_SAVING", 0)
     requests = tree_batch(random.Random(seed), decode=decode)  # extends of 1-12 tokens
     out, q, pool, meta = run_backend(requests, dtype, kernel)
     assert isinstance(meta.own, InPlaceOwn)
     if len(requests) > 1:
         assert meta.shared_levels, "a batch with shared prefixes found none"
+        # decode steps read segments in place too, a level per call; extends gather them
+        assert all(isinstance(level, InPlaceLevel) == decode for level in meta.shared_levels)
     tol = {"rtol": 0.02, "atol": 0.02} if dtype == torch.bfloat16 else {"rtol": 1e-4, "atol": 1e-5}
     torch.testing.assert_close(out.float(), reference(requests, q, pool), **tol)
     torch_out, *_ = run_backend(requests, dtype)

@@ -21,7 +21,8 @@ With the native kernel (`decode_kernel.py`, bfloat16 or float32 on the CPU) own 
 in place from the pool instead of gathered and padded: decode steps, and extends, each new token
 over its request's KV up to itself (float32 pools up to `MAX_IN_PLACE_EXTEND` new tokens per
 request, fresh prompts included; bfloat16 pools, whose kernel path goes row by row, short ones).
-Only widely shared prefixes split off as segments then (`MIN_IN_PLACE_SEGMENT_SAVING`).
+Only widely shared prefixes split off as segments then (`MIN_IN_PLACE_SEGMENT_SAVING`, and for
+decode steps, whose segments the kernel also reads in place, `MIN_IN_PLACE_DECODE_SEGMENT_SAVING`).
 
 With 60 forks of 10 programs decoding over 400-token articles, a decode step reads one copy of
 each article instead of six and runs 10 wide attention problems instead of 60 narrow ones.
@@ -47,13 +48,17 @@ MIN_SHARED_PREFIX = 16  # shorter common prefixes are not worth a second attenti
 # (requests - 1) * prefix tokens, is at least this large.
 MIN_SEGMENT_SAVING = 1024
 # With the native kernel, re-reading a shared prefix in place costs little (its rows stay in
-# cache between the requests that share it), so a segment must save more: measured per decode
-# step, 6 forks over 650 tokens ran 60 ms without a segment vs 80 with; 12 requests over 1,000
-# tokens broke even; 32 over 1,000 ran 125 ms with one vs 215 without. Extends (one layer x 30,
-# float32): 7 / 12 RAG questions of ~90 new tokens over a 210-token demo ran 1.29x / 1.22x
-# faster without a segment, 6 forks x 30 tokens over 650 even, 48 forks over 650 1.09x faster
-# with one.
+# cache between the requests that share it), so a segment must save more. Extends (gather + flash
+# segments; one layer x 30, float32): 7 / 12 RAG questions of ~90 new tokens over a 210-token
+# demo ran 1.29x / 1.22x faster without a segment, 6 forks x 30 tokens over 650 even, 48 forks
+# over 650 1.09x faster with one.
 MIN_IN_PLACE_SEGMENT_SAVING = 12 * 1024
+# Decode steps read their segments in place too, a level of segments per kernel call (each
+# segment's queries one register-tiled block). One layer x 30, float32, EPYC, segment vs none:
+# 6 forks over 650 tokens 16.1 vs 11.5 ms, 16 requests over 400 15.9 vs 13.7, 8 over 1,000 21.7
+# vs 19.0, 12 over 650 21.4 vs 23.1, 24 over 400 22.3 vs 24.1, 12 over 1,000 28.4 vs 34.4, 48
+# over 650 51.7 vs 86.8 (gather + flash segments: 22.2, 29.6, 29.4, 61.7 ms).
+MIN_IN_PLACE_DECODE_SEGMENT_SAVING = 8 * 1024
 # Own parts run one problem per request when padding the batch to its longest extend and longest
 # KV would multiply the (query, key) pairs by more than this; the per-request calls and merges
 # cost more than a moderately padded batch (measured on 2 cores).
@@ -114,6 +119,22 @@ class TokenSegment:
 
 
 @dataclass(frozen=True)
+class InPlaceLevel:
+    """One level of a decode step's shared segments as the native kernel reads them: every
+    token of the level over its segment's slots, in place, in one call (a segment's tokens are
+    consecutive, so its requests' queries form the kernel's register-tiled blocks)."""
+
+    segments: tuple[TokenSegment, ...]
+    tokens: torch.Tensor | None  # [Tl] flat tokens, segment after segment (None: all, in order)
+    slots: torch.Tensor  # [S, P] each segment's slots, padded to the longest
+    lens: torch.Tensor  # [Tl] the length of each token's segment
+    token_rows: torch.Tensor  # [Tl] the segment of each token
+
+    def __len__(self) -> int:
+        return len(self.segments)
+
+
+@dataclass(frozen=True)
 class PaddedOwn:
     """Every request's own part as one problem, padded to [B, E] queries and [B, Lo] keys."""
 
@@ -146,7 +167,7 @@ class InPlaceOwn:
 class AttentionMetadata:
     out_cache_loc: torch.Tensor  # [T] slots receiving the new K/V
     # Shared segments by nesting depth; the segments of one depth have disjoint tokens.
-    shared_levels: tuple[tuple[TokenSegment, ...], ...]
+    shared_levels: tuple[tuple[TokenSegment, ...] | InPlaceLevel, ...]
     own: PaddedOwn | RaggedOwn | InPlaceOwn
 
 
@@ -254,7 +275,11 @@ class TorchSDPABackend:
             own = RaggedOwn((batch.num_tokens,), (None,))
             return AttentionMetadata(batch.out_cache_loc, (), own)
         kv_indices = self.req_table.table[batch.req_pool_indices, : int(seq_lens.max())]  # [B, L]
-        min_saving = MIN_IN_PLACE_SEGMENT_SAVING if in_place else None
+        min_saving = None
+        if in_place:
+            min_saving = (
+                MIN_IN_PLACE_DECODE_SEGMENT_SAVING if decode else MIN_IN_PLACE_SEGMENT_SAVING
+            )
         levels, own_start = find_shared_segments(kv_indices, prefix_lens, min_saving=min_saving)
         own_lens = seq_lens - own_start  # [B]
         # Request of each flat token (None in decode, where token b is request b).
@@ -268,7 +293,10 @@ class TorchSDPABackend:
                 offsets = torch.arange(batch.num_tokens) - firsts[token_req]  # [T]
                 token_lens = (prefix_lens - own_start)[token_req] + offsets + 1  # [T]
                 own = InPlaceOwn(own_slots, token_lens, token_req)
-            return AttentionMetadata(batch.out_cache_loc, token_levels(levels, token_req), own)
+            shared_levels = token_levels(levels, token_req)
+            if decode:  # few queries per segment: one kernel call per level beats a gather
+                shared_levels = tuple(_in_place_level(level, B) for level in shared_levels)
+            return AttentionMetadata(batch.out_cache_loc, shared_levels, own)
         shared_pairs = _shared_pairs(levels, extend_lens)
         ragged = _pads_wastefully(B, E, own_lens, extend_lens, shared_pairs)
         if (
@@ -401,14 +429,25 @@ class TorchSDPABackend:
             return outs[0], lses[0]
         return torch.cat(outs), torch.cat(lses)
 
-    @staticmethod
-    def _merge_level(q, out, lse, k_buf, v_buf, level: tuple[TokenSegment, ...]):
+    def _merge_level(self, q, out, lse, k_buf, v_buf, level):
         """Attend each segment's tokens to its prefix at once; merge into (out, lse).
 
         q: [T, Hkv, G, D]; out: [T, Hkv, G, D] float32; lse: [T, Hkv, G] float32. The segments
-        of one level have disjoint tokens.
+        of one level have disjoint tokens. An `InPlaceLevel` goes through the native kernel in
+        one call; otherwise each segment's K/V is gathered for a flash-attention call.
         """
         Hkv, G, D = q.shape[1:]
+        if isinstance(level, InPlaceLevel):
+            level_q = q if level.tokens is None else q.index_select(0, level.tokens)
+            level_out, level_lse = self.decode_kernel(
+                level_q.reshape(level_q.shape[0], Hkv * G * D),
+                k_buf,
+                v_buf,
+                level.slots,
+                level.lens,
+                level.token_rows,
+            )
+            return _merge_tokens(out, lse, level.tokens, level_out, level_lse)
         parts_out, parts_lse, parts_tokens = [], [], []
         for segment in level:
             group_q = q if segment.tokens is None else q.index_select(0, segment.tokens)
@@ -422,14 +461,38 @@ class TorchSDPABackend:
             parts_tokens.append(segment.tokens)
         if len(level) == 1 and parts_tokens[0] is None:  # one segment over the whole batch
             return _merge(out, lse, parts_out[0], parts_lse[0])
-        tokens = torch.cat(parts_tokens)  # [Tl]
-        merged_out, merged_lse = _merge(
-            out.index_select(0, tokens),
-            lse.index_select(0, tokens),
-            torch.cat(parts_out),
-            torch.cat(parts_lse),
+        return _merge_tokens(
+            out, lse, torch.cat(parts_tokens), torch.cat(parts_out), torch.cat(parts_lse)
         )
-        return out.index_copy(0, tokens, merged_out), lse.index_copy(0, tokens, merged_lse)
+
+
+def _merge_tokens(out, lse, tokens: torch.Tensor | None, part_out, part_lse):
+    """Merge a result over other keys for `tokens` ([Tl]; None: every token) into (out, lse)."""
+    if tokens is None:
+        return _merge(out, lse, part_out, part_lse)
+    merged_out, merged_lse = _merge(
+        out.index_select(0, tokens), lse.index_select(0, tokens), part_out, part_lse
+    )
+    return out.index_copy(0, tokens, merged_out), lse.index_copy(0, tokens, merged_lse)
+
+
+def _in_place_level(level: tuple[TokenSegment, ...], num_tokens: int) -> InPlaceLevel:
+    """The kernel's inputs for one level: its tokens segment by segment, each segment's slots a
+    row of one padded table."""
+    longest = max(len(segment.slots) for segment in level)
+    slots = torch.zeros(len(level), longest, dtype=torch.int64)  # [S, P]
+    for row, segment in enumerate(level):
+        slots[row, : len(segment.slots)] = segment.slots
+    if len(level) == 1 and level[0].tokens is None:  # the whole batch over one prefix
+        count = torch.tensor([num_tokens])
+        tokens = None
+    else:
+        counts = [num_tokens if seg.tokens is None else len(seg.tokens) for seg in level]
+        count = torch.tensor(counts)
+        tokens = torch.cat([seg.tokens for seg in level])
+    segment_of_token = torch.repeat_interleave(torch.arange(len(level)), count)  # [Tl]
+    lens = torch.tensor([len(seg.slots) for seg in level])[segment_of_token]
+    return InPlaceLevel(level, tokens, slots, lens, segment_of_token)
 
 
 def _own_slots(kv_indices: torch.Tensor, own_start: torch.Tensor, own_lens: torch.Tensor):
