@@ -483,15 +483,13 @@ def _in_place_level(level: tuple[TokenSegment, ...], num_tokens: int) -> InPlace
     slots = torch.zeros(len(level), longest, dtype=torch.int64)  # [S, P]
     for row, segment in enumerate(level):
         slots[row, : len(segment.slots)] = segment.slots
-    if len(level) == 1 and level[0].tokens is None:  # the whole batch over one prefix
-        count = torch.tensor([num_tokens])
-        tokens = None
+    if level[0].tokens is None:  # the whole batch over one prefix (then the only segment)
+        tokens, counts = None, torch.tensor([num_tokens])
     else:
-        counts = [num_tokens if seg.tokens is None else len(seg.tokens) for seg in level]
-        count = torch.tensor(counts)
-        tokens = torch.cat([seg.tokens for seg in level])
-    segment_of_token = torch.repeat_interleave(torch.arange(len(level)), count)  # [Tl]
-    lens = torch.tensor([len(seg.slots) for seg in level])[segment_of_token]
+        tokens = torch.cat([segment.tokens for segment in level])
+        counts = torch.tensor([len(segment.tokens) for segment in level])
+    segment_of_token = torch.repeat_interleave(torch.arange(len(level)), counts)  # [Tl]
+    lens = torch.tensor([len(segment.slots) for segment in level])[segment_of_token]
     return InPlaceLevel(level, tokens, slots, lens, segment_of_token)
 
 
