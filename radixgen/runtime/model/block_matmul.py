@@ -33,6 +33,7 @@ INT8_HEAD_MAX_TOKENS = 24
 
 PANEL_COLS = 16  # the kernel decodes this many columns at a time; packing pads N to it
 _BLOCK_COLS = 8  # columns whose codes lie interleaved (one vector lane each)
+_CODES_PER_WORD = 8  # 4-bit codes (consecutive inputs of one column) in an int32 word
 
 
 def _column_blocks(t: torch.Tensor) -> torch.Tensor:
@@ -61,10 +62,11 @@ class Int4Panels:
         """From codes [N, K] (uint8 0..15) and per-group scales and zeros [N, K / 32]."""
         n, k = codes.shape
         nibbles = _interleave(_column_blocks(codes.to(torch.uint8)))  # [N'/8, K, 8]
-        words = nibbles.reshape(-1, k // 8, 8, _BLOCK_COLS).transpose(2, 3)  # [.., i, j]
+        words = nibbles.reshape(-1, k // _CODES_PER_WORD, _CODES_PER_WORD, _BLOCK_COLS)
+        words = words.transpose(2, 3)  # [N'/8, K/8, i, j]
         pairs = words[..., 0::2] | (words[..., 1::2] << 4)  # little-endian bytes of the words
         return Int4Panels(
-            pairs.contiguous().view(torch.int32).reshape(-1, k // 8, _BLOCK_COLS),
+            pairs.contiguous().view(torch.int32).reshape(-1, k // _CODES_PER_WORD, _BLOCK_COLS),
             _interleave(_column_blocks(scales.float())),
             _interleave(_column_blocks(zeros.float())),
             n,
@@ -110,7 +112,7 @@ class BlockMatmulKernel:
 
     def int4(self, x: torch.Tensor, weight: Int4Panels) -> torch.Tensor:
         """x [M, K] float32 @ w.T -> [M, N] float32."""
-        width = weight.codes.shape[1] * 8
+        width = weight.codes.shape[1] * _CODES_PER_WORD
         return _multiply(
             self._int4, x, width, weight.cols, weight.codes, weight.scales, weight.zeros
         )

@@ -298,26 +298,31 @@ static void any_tile(const float *x, int64_t x_stride, int64_t len, const float 
 }
 
 /* Returns 0, -1 when k is no multiple of the group size or cols of the panel width, -2 when
- * scratch memory is lacking. Each thread takes PANEL_COLS columns at a time and, one slice of
- * SLICE_GROUPS groups of inputs after another, decodes the slice into a float32 panel that
- * stays in L1 and multiplies every row of x by it in register tiles; so a weight is decoded
- * once per call, and each output sums its slices in order. */
+ * scratch memory is lacking. Each thread takes PANEL_COLS columns at a time. Up to FEW_ROWS
+ * rows multiply straight from the decoded registers; more rows go one slice of SLICE_GROUPS
+ * groups of inputs after another: the slice is decoded into a float32 panel (32 KB, in L1/L2)
+ * and every row of x multiplies it in register tiles. Either way a weight is decoded once per
+ * call, and each output sums over k in order. */
 static int panel_matmul(const float *x, int64_t rows, int64_t k, const BlockWeight *w,
                         int64_t cols, int num_threads, float *out) {
     if (rows < 0 || k % GROUP != 0 || cols % PANEL_COLS != 0) return -1;
     if (rows == 0) return 0;
     const int64_t panels = cols / PANEL_COLS, groups = k / GROUP;
+    const int uses_panel = rows > FEW_ROWS; /* else every row multiplies from registers */
     int failed = 0;
 #pragma omp parallel num_threads(num_threads)
     {
-        float *panel = aligned_alloc(64, PANEL_COLS * SLICE_GROUPS * GROUP * sizeof(float));
-        if (panel == NULL) {
+        float *panel = NULL;
+        if (uses_panel) {
+            panel = aligned_alloc(64, PANEL_COLS * SLICE_GROUPS * GROUP * sizeof(float));
+            if (panel == NULL) {
 #pragma omp atomic write
-            failed = 1;
+                failed = 1;
+            }
         }
 #pragma omp for schedule(static)
         for (int64_t p = 0; p < panels; ++p) {
-            if (rows <= FEW_ROWS) {
+            if (!uses_panel) {
                 for (int half = 0; half < 2; ++half)
                     w->few_rows(w, k, 2 * p + half, x, k, (int)rows,
                                 out + p * PANEL_COLS + half * LANES, cols);
