@@ -48,9 +48,10 @@ def test_matches_float32_attention_over_scattered_slots(kernel, kv_heads, group,
     torch.testing.assert_close(lse, ref_lse, rtol=1e-5, atol=1e-5)
 
 
-def test_a_request_without_keys_gets_no_weight(kernel):
-    k_buf = torch.randn(10, 1, 64).bfloat16()
-    q = torch.randn(2, 64).bfloat16()
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_a_request_without_keys_gets_no_weight(kernel, dtype):
+    k_buf = torch.randn(10, 1, 64).to(dtype)
+    q = torch.randn(2, 64).to(dtype)
     slots = torch.tensor([[3, 4], [0, 0]])
     out, lse = kernel(q, k_buf, k_buf, slots, torch.tensor([2, 0]))
     assert bool((out[1] == 0).all()) and float(lse[1].max()) < -1e29
@@ -76,6 +77,25 @@ def test_many_query_rows_per_kv_head_share_one_read(kernel):
     lens = torch.tensor([130])
     out, lse = kernel(q, k_buf, v_buf, slots, lens)
     ref_out, ref_lse = reference(q, k_buf, v_buf, slots, lens, 3)
+    torch.testing.assert_close(out, ref_out, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(lse, ref_lse, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(("kv_heads", "group", "head_dim"), [(3, 3, 64), (2, 5, 32)])
+def test_a_decode_token_alone_matches_it_in_a_wide_batch(kernel, kv_heads, group, head_dim):
+    """float32 decode items take all KV heads of a token at once when the batch has tokens enough
+    for every thread, one head each otherwise; group 5 runs query-row passes of 3 and 2."""
+    gen = torch.Generator().manual_seed(group)
+    k_buf, v_buf = torch.randn(2, 2000, kv_heads, head_dim, generator=gen)
+    lens = torch.randint(1, 300, (9,), generator=gen)
+    slots = torch.randint(0, 2000, (9, 300), generator=gen)
+    q = torch.randn(9, kv_heads * group * head_dim, generator=gen)
+    out, lse = kernel(q, k_buf, v_buf, slots, lens)
+    for t in range(9):
+        alone_out, alone_lse = kernel(q[t : t + 1], k_buf, v_buf, slots[t : t + 1], lens[t : t + 1])
+        torch.testing.assert_close(alone_out[0], out[t], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(alone_lse[0], lse[t], rtol=1e-6, atol=1e-6)
+    ref_out, ref_lse = reference(q, k_buf, v_buf, slots, lens, kv_heads)
     torch.testing.assert_close(out, ref_out, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(lse, ref_lse, rtol=1e-5, atol=1e-5)
 

@@ -18,9 +18,11 @@
  *   lse         [tokens, kv_heads, group]            float32, log-sum-exp of the scaled scores
  *
  * Softmax runs online over blocks of keys in float32 (the running maximum rescales the
- * accumulator), like a flash-attention kernel. With AVX2 and head_dim a multiple of 8, q . k
- * takes eight keys at a time and p . v keeps the accumulator in registers (explicit vectors);
- * elsewhere plain loops. Built with -ffast-math for vectorized expf, so the code never relies
+ * accumulator), like a flash-attention kernel. Float32 pools with AVX2 and head_dim a multiple
+ * of 16 run register tiles: blocks of >= 12 query rows per KV head with the rows in vector lanes
+ * (attend_item_tiled), smaller ones (a decode step's GQA group) 3 rows x 4 keys, then 3 rows x 16
+ * elements, per tile, all KV heads of a token in one item (attend_item_few). bfloat16 with AVX2
+ * takes eight keys at a time per query row; elsewhere plain loops. Built with -ffast-math for vectorized expf, so the code never relies
  * on infinities: an empty row gets out = 0 and lse = EMPTY_LSE.
  */
 #include <math.h>
@@ -368,16 +370,202 @@ static inline __attribute__((always_inline)) void attend_item_tiled(
     write_rows(first, rows_n, h, lens, kv_heads, group, head_dim, acc, run_max, run_sum, out,
                lse);
 }
+
+/* Items of fewer rows (a decode step's GQA group, an extend's first tokens) over a float32
+ * pool run in passes of up to FEW_ROWS rows that each keep a FEW_ROWS x SCORE_KEYS tile of
+ * q . k sums, and then FEW_ROWS x 16 output elements, in registers: every K and V vector loaded
+ * feeds FEW_ROWS multiply-adds, and no query row re-reads the block on its own. */
+#define FEW_ROWS 3
+#define SCORE_KEYS 4
+
+/* Lane t of the result is the sum of the 8 lanes of a_t (t < 4). */
+static inline __m128 sum_lanes_4x8(__m256 a0, __m256 a1, __m256 a2, __m256 a3) {
+    const __m256 s = _mm256_hadd_ps(_mm256_hadd_ps(a0, a1), _mm256_hadd_ps(a2, a3));
+    return _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
+}
+
+/* scores[r][j] = query[r] . key j for `rows` (<= FEW_ROWS) rows and the n keys of a block,
+ * SCORE_KEYS keys at a time (key_rows is padded to a multiple of SCORE_KEYS, so a partial last
+ * tile writes a few scores past n that nobody reads). */
+static inline __attribute__((always_inline)) void few_rows_scores(
+    int rows, const float *query, const float *k, const int64_t *key_rows, int64_t n,
+    int64_t head_dim, float *scores) {
+    for (int64_t j0 = 0; j0 < n; j0 += SCORE_KEYS) {
+        const float *k0 = k + key_rows[j0], *k1 = k + key_rows[j0 + 1];
+        const float *k2 = k + key_rows[j0 + 2], *k3 = k + key_rows[j0 + 3];
+        __m256 s00 = _mm256_setzero_ps(), s01 = s00, s02 = s00, s03 = s00;
+        __m256 s10 = s00, s11 = s00, s12 = s00, s13 = s00;
+        __m256 s20 = s00, s21 = s00, s22 = s00, s23 = s00;
+        for (int64_t d = 0; d < head_dim; d += 8) {
+            const __m256 c0 = _mm256_loadu_ps(k0 + d), c1 = _mm256_loadu_ps(k1 + d);
+            const __m256 c2 = _mm256_loadu_ps(k2 + d), c3 = _mm256_loadu_ps(k3 + d);
+            const __m256 q0 = _mm256_loadu_ps(query + d);
+            s00 = _mm256_fmadd_ps(q0, c0, s00), s01 = _mm256_fmadd_ps(q0, c1, s01);
+            s02 = _mm256_fmadd_ps(q0, c2, s02), s03 = _mm256_fmadd_ps(q0, c3, s03);
+            if (rows > 1) {
+                const __m256 q1 = _mm256_loadu_ps(query + head_dim + d);
+                s10 = _mm256_fmadd_ps(q1, c0, s10), s11 = _mm256_fmadd_ps(q1, c1, s11);
+                s12 = _mm256_fmadd_ps(q1, c2, s12), s13 = _mm256_fmadd_ps(q1, c3, s13);
+            }
+            if (rows > 2) {
+                const __m256 q2 = _mm256_loadu_ps(query + 2 * head_dim + d);
+                s20 = _mm256_fmadd_ps(q2, c0, s20), s21 = _mm256_fmadd_ps(q2, c1, s21);
+                s22 = _mm256_fmadd_ps(q2, c2, s22), s23 = _mm256_fmadd_ps(q2, c3, s23);
+            }
+        }
+        _mm_storeu_ps(scores + j0, sum_lanes_4x8(s00, s01, s02, s03));
+        if (rows > 1) _mm_storeu_ps(scores + KEY_BLOCK + j0, sum_lanes_4x8(s10, s11, s12, s13));
+        if (rows > 2)
+            _mm_storeu_ps(scores + 2 * KEY_BLOCK + j0, sum_lanes_4x8(s20, s21, s22, s23));
+    }
+}
+
+/* acc[r] = acc[r] * rescale[r] + sum_j p[r][j] v[j] for `rows` (<= FEW_ROWS) rows over the n
+ * keys of a block, 16 output elements of every row at a time. */
+static inline __attribute__((always_inline)) void few_rows_accumulate(
+    int rows, const float *p, const float *v, const int64_t *key_rows, int64_t n,
+    int64_t head_dim, const float *rescale, float *acc) {
+    for (int64_t d = 0; d < head_dim; d += 16) {
+        float *a0 = acc + d, *a1 = a0 + head_dim, *a2 = a1 + head_dim;
+        const __m256 f0 = _mm256_set1_ps(rescale[0]);
+        __m256 o00 = _mm256_mul_ps(_mm256_loadu_ps(a0), f0);
+        __m256 o01 = _mm256_mul_ps(_mm256_loadu_ps(a0 + 8), f0);
+        __m256 o10 = _mm256_setzero_ps(), o11 = o10, o20 = o10, o21 = o10;
+        if (rows > 1) {
+            const __m256 f1 = _mm256_set1_ps(rescale[1]);
+            o10 = _mm256_mul_ps(_mm256_loadu_ps(a1), f1);
+            o11 = _mm256_mul_ps(_mm256_loadu_ps(a1 + 8), f1);
+        }
+        if (rows > 2) {
+            const __m256 f2 = _mm256_set1_ps(rescale[2]);
+            o20 = _mm256_mul_ps(_mm256_loadu_ps(a2), f2);
+            o21 = _mm256_mul_ps(_mm256_loadu_ps(a2 + 8), f2);
+        }
+        for (int64_t j = 0; j < n; ++j) {
+            const float *value = v + key_rows[j] + d;
+            const __m256 v0 = _mm256_loadu_ps(value), v1 = _mm256_loadu_ps(value + 8);
+            const __m256 w0 = _mm256_broadcast_ss(p + j);
+            o00 = _mm256_fmadd_ps(w0, v0, o00), o01 = _mm256_fmadd_ps(w0, v1, o01);
+            if (rows > 1) {
+                const __m256 w1 = _mm256_broadcast_ss(p + KEY_BLOCK + j);
+                o10 = _mm256_fmadd_ps(w1, v0, o10), o11 = _mm256_fmadd_ps(w1, v1, o11);
+            }
+            if (rows > 2) {
+                const __m256 w2 = _mm256_broadcast_ss(p + 2 * KEY_BLOCK + j);
+                o20 = _mm256_fmadd_ps(w2, v0, o20), o21 = _mm256_fmadd_ps(w2, v1, o21);
+            }
+        }
+        _mm256_storeu_ps(a0, o00), _mm256_storeu_ps(a0 + 8, o01);
+        if (rows > 1) _mm256_storeu_ps(a1, o10), _mm256_storeu_ps(a1 + 8, o11);
+        if (rows > 2) _mm256_storeu_ps(a2, o20), _mm256_storeu_ps(a2 + 8, o21);
+    }
+}
+
+/* One pass of `rows` (<= FEW_ROWS) rows, dispatched so that `rows` is a constant inside. */
+#define FEW_ROWS_PASS(call, rows, ...)                     \
+    switch (rows) {                                        \
+    case 1: call(1, __VA_ARGS__); break;                   \
+    case 2: call(2, __VA_ARGS__); break;                   \
+    default: call(3, __VA_ARGS__); break;                  \
+    }
+
+/* attend_item for float32 pools, fewer than TILED_MIN_ROWS rows per KV head and head_dim a
+ * multiple of 16, for `heads` KV heads from h0 at once: each block of keys is then read for all
+ * of them, whole pool rows in order. Row i = (head h0 + i / rows_n, row i % rows_n). Scratch as
+ * attend_item's for heads * rows_n rows (query, acc, scores, running max and sum) plus each
+ * row's rescale for the current block. Scores past a row's visible keys become probability 0,
+ * so the value pass runs over the whole block for every row. */
+static inline __attribute__((always_inline)) void attend_item_few(
+    int64_t first, int64_t count, int64_t row, int64_t h0, int64_t heads, const float *q,
+    const float *k, const float *v, const int64_t *slots, const int64_t *lens, int64_t max_len,
+    int64_t kv_heads, int64_t group, int64_t head_dim, float scale, float *scratch, float *out,
+    float *lse) {
+    const int64_t row_stride = kv_heads * head_dim;
+    const int64_t rows_n = count * group, all_rows = heads * rows_n;
+    const int64_t *row_slots = slots + row * max_len;
+    float *query = scratch, *acc = query + all_rows * head_dim; /* [rows][head_dim] each */
+    float *scores = acc + all_rows * head_dim;                    /* [rows][KEY_BLOCK] */
+    float *running_max = scores + all_rows * KEY_BLOCK, *running_sum = running_max + all_rows;
+    float *rescale = running_sum + all_rows;
+    int64_t key_rows[KEY_BLOCK + SCORE_KEYS]; /* pool offsets of the keys' slots */
+
+    int64_t item_len = 0;
+    for (int64_t i = 0; i < all_rows; ++i) {
+        const int64_t h = h0 + i / rows_n, r = i % rows_n, token = first + r / group;
+        if (lens[token] > item_len) item_len = lens[token];
+        const float *q_row = q + ((token * kv_heads + h) * group + r % group) * head_dim;
+        for (int64_t d = 0; d < head_dim; ++d) {
+            query[i * head_dim + d] = q_row[d] * scale;
+            acc[i * head_dim + d] = 0.0f;
+        }
+        running_max[i] = NO_MAX;
+        running_sum[i] = 0.0f;
+    }
+
+    for (int64_t start = 0; start < item_len; start += KEY_BLOCK) {
+        const int64_t n = item_len - start < KEY_BLOCK ? item_len - start : KEY_BLOCK;
+        for (int64_t j = 0; j < n; ++j) key_rows[j] = row_slots[start + j] * row_stride;
+        for (int64_t j = n; j % SCORE_KEYS != 0; ++j) key_rows[j] = key_rows[n - 1];
+        for (int64_t hh = 0; hh < heads; ++hh) {
+            const float *k_head = k + (h0 + hh) * head_dim, *v_head = v + (h0 + hh) * head_dim;
+            const int64_t base = hh * rows_n;
+            for (int64_t r0 = 0; r0 < rows_n; r0 += FEW_ROWS) {
+                const int64_t rows = rows_n - r0 < FEW_ROWS ? rows_n - r0 : FEW_ROWS;
+                FEW_ROWS_PASS(few_rows_scores, rows, query + (base + r0) * head_dim, k_head,
+                              key_rows, n, head_dim, scores + (base + r0) * KEY_BLOCK);
+            }
+            for (int64_t r = 0; r < rows_n; ++r) { /* online softmax: rescale, exponentiate */
+                const int64_t visible = lens[first + r / group] - start, i = base + r;
+                const int64_t m = visible < 0 ? 0 : visible < n ? visible : n;
+                float *p = scores + i * KEY_BLOCK;
+                float block_max = NO_MAX;
+                for (int64_t j = 0; j < m; ++j) block_max = fmaxf(block_max, p[j]);
+                const float new_max = fmaxf(running_max[i], block_max);
+                float block_sum = 0.0f;
+                for (int64_t j = 0; j < m; ++j) {
+                    p[j] = expf(p[j] - new_max);
+                    block_sum += p[j];
+                }
+                for (int64_t j = m; j < n; ++j) p[j] = 0.0f;
+                rescale[i] = m > 0 ? expf(running_max[i] - new_max) : 1.0f;
+                running_sum[i] = running_sum[i] * rescale[i] + block_sum;
+                running_max[i] = new_max;
+            }
+            for (int64_t r0 = 0; r0 < rows_n; r0 += FEW_ROWS) {
+                const int64_t rows = rows_n - r0 < FEW_ROWS ? rows_n - r0 : FEW_ROWS;
+                FEW_ROWS_PASS(few_rows_accumulate, rows, scores + (base + r0) * KEY_BLOCK,
+                              v_head, key_rows, n, head_dim, rescale + base + r0,
+                              acc + (base + r0) * head_dim);
+            }
+        }
+    }
+
+    for (int64_t hh = 0; hh < heads; ++hh) {
+        const int64_t base = hh * rows_n;
+        write_rows(first, rows_n, h0 + hh, lens, kv_heads, group, head_dim, acc + base * head_dim,
+                   running_max + base, running_sum + base, out, lse);
+    }
+}
 #endif
+
+/* Does a block of `rows` query rows per KV head run attend_item_few? */
+static inline int runs_few_rows(int is_f32, int64_t head_dim, int64_t rows) {
+#ifdef __AVX2__
+    return is_f32 && head_dim % 16 == 0 && rows < TILED_MIN_ROWS;
+#else
+    (void)is_f32, (void)head_dim, (void)rows;
+    return 0;
+#endif
+}
 
 /* Every item of the batch, for one constant element type. Returns -1 if scratch memory for
  * a thread cannot be allocated (nothing else can fail). blocks: [num_blocks][3] of (first
- * token, token count, slot row). */
+ * token, token count, slot row); items: [num_items][3] of (block, first KV head, KV heads). */
 static inline __attribute__((always_inline)) int attend_all(
     const void *q, const void *k, const void *v, const int64_t *slots, const int64_t *lens,
-    const int64_t *blocks, int64_t num_blocks, int64_t max_len, int64_t kv_heads, int64_t group,
-    int64_t head_dim, int64_t max_rows, float scale, int is_f32, int num_threads, float *out,
-    float *lse) {
+    const int64_t *blocks, const int64_t *items, int64_t num_items, int64_t max_len,
+    int64_t kv_heads, int64_t group, int64_t head_dim, int64_t max_rows, float scale, int is_f32,
+    int num_threads, float *out, float *lse) {
     int failed = 0;
 #pragma omp parallel num_threads(num_threads)
     {
@@ -387,9 +575,10 @@ static inline __attribute__((always_inline)) int attend_all(
             failed = 1;
         }
 #pragma omp for schedule(dynamic, 1)
-        for (int64_t item = 0; item < num_blocks * kv_heads; ++item) {
+        for (int64_t i = 0; i < num_items; ++i) {
             if (scratch == NULL) continue;
-            const int64_t *block = blocks + 3 * (item / kv_heads), h = item % kv_heads;
+            const int64_t *item = items + 3 * i, *block = blocks + 3 * item[0];
+            const int64_t h = item[1];
 #ifdef __AVX2__
             if (is_f32 && head_dim % 16 == 0 && block[1] * group >= TILED_MIN_ROWS) {
                 if (head_dim == 64)
@@ -399,6 +588,16 @@ static inline __attribute__((always_inline)) int attend_all(
                     attend_item_tiled(block[0], block[1], block[2], h, q, k, v, slots, lens,
                                       max_len, kv_heads, group, head_dim, scale, scratch, out,
                                       lse);
+                continue;
+            }
+            if (runs_few_rows(is_f32, head_dim, block[1] * group)) {
+                if (head_dim == 64)
+                    attend_item_few(block[0], block[1], block[2], h, item[2], q, k, v, slots, lens,
+                                    max_len, kv_heads, group, 64, scale, scratch, out, lse);
+                else
+                    attend_item_few(block[0], block[1], block[2], h, item[2], q, k, v, slots, lens,
+                                    max_len, kv_heads, group, head_dim, scale, scratch, out,
+                                    lse);
                 continue;
             }
 #endif
@@ -441,12 +640,32 @@ int decode_attention(const void *q, const void *k, const void *v, const int64_t 
             block[0] = t, block[1] = 1, block[2] = row;
         }
     }
-    const int64_t max_rows = widest * group;
+    /* Few-row float32 blocks (decode steps) take all their KV heads in one item, reading whole
+     * pool rows in order, when there are blocks enough to keep every thread busy; other blocks
+     * get an item per KV head. */
+    int64_t *items = malloc((size_t)(num_blocks > 0 ? num_blocks : 1) * kv_heads * 3 *
+                            sizeof(int64_t));
+    if (items == NULL) {
+        free(blocks);
+        return -1;
+    }
+    const int whole_heads = num_blocks >= 2 * (int64_t)num_threads;
+    int64_t num_items = 0;
+    for (int64_t b = 0; b < num_blocks; ++b) {
+        const int together =
+            whole_heads && runs_few_rows(is_f32, head_dim, blocks[3 * b + 1] * group);
+        for (int64_t h = 0; h < kv_heads; h += together ? kv_heads : 1) {
+            int64_t *item = items + 3 * num_items++;
+            item[0] = b, item[1] = h, item[2] = together ? kv_heads : 1;
+        }
+    }
+    const int64_t max_rows = widest * group * kv_heads; /* an item's rows, at most */
     const int status =
-        is_f32 ? attend_all(q, k, v, slots, lens, blocks, num_blocks, max_len, kv_heads, group,
-                            head_dim, max_rows, scale, 1, num_threads, out, lse)
-               : attend_all(q, k, v, slots, lens, blocks, num_blocks, max_len, kv_heads, group,
-                            head_dim, max_rows, scale, 0, num_threads, out, lse);
+        is_f32 ? attend_all(q, k, v, slots, lens, blocks, items, num_items, max_len, kv_heads,
+                            group, head_dim, max_rows, scale, 1, num_threads, out, lse)
+               : attend_all(q, k, v, slots, lens, blocks, items, num_items, max_len, kv_heads,
+                            group, head_dim, max_rows, scale, 0, num_threads, out, lse);
+    free(items);
     free(blocks);
     return status;
 }
