@@ -22,8 +22,9 @@
  * of 16 run register tiles: blocks of >= 12 query rows per KV head with the rows in vector lanes
  * (attend_item_tiled), smaller ones (a decode step's GQA group) 3 rows x 4 keys, then 3 rows x 16
  * elements, per tile, all KV heads of a token in one item (attend_item_few). bfloat16 with AVX2
- * takes eight keys at a time per query row; elsewhere plain loops. Built with -ffast-math for vectorized expf, so the code never relies
- * on infinities: an empty row gets out = 0 and lse = EMPTY_LSE.
+ * takes eight keys at a time per query row; elsewhere plain loops. Built with -ffast-math for
+ * vectorized expf, so the code never relies on infinities: an empty row gets out = 0 and
+ * lse = EMPTY_LSE.
  */
 #include <math.h>
 #include <stdlib.h>
@@ -371,10 +372,11 @@ static inline __attribute__((always_inline)) void attend_item_tiled(
                lse);
 }
 
-/* Items of fewer rows (a decode step's GQA group, an extend's first tokens) over a float32
- * pool run in passes of up to FEW_ROWS rows that each keep a FEW_ROWS x SCORE_KEYS tile of
- * q . k sums, and then FEW_ROWS x 16 output elements, in registers: every K and V vector loaded
- * feeds FEW_ROWS multiply-adds, and no query row re-reads the block on its own. */
+/* Items of fewer rows (a decode step's GQA group, a short extend, an extend's last partial
+ * block) over a float32 pool run in passes of up to FEW_ROWS rows that each keep a FEW_ROWS x
+ * SCORE_KEYS tile of q . k sums, and then FEW_ROWS x 16 output elements, in registers: every K
+ * and V vector loaded feeds FEW_ROWS multiply-adds, and no query row re-reads the block on its
+ * own. */
 #define FEW_ROWS 3
 #define SCORE_KEYS 4
 
