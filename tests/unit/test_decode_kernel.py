@@ -131,6 +131,23 @@ def test_extends_match_causal_attention_per_token(kernel, kv_heads, group, head_
     torch.testing.assert_close(lse, ref_lse, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize(("kv_heads", "group", "head_dim"), [(3, 3, 64), (2, 2, 32)])
+def test_short_extends_match_causal_attention_per_token(kernel, kv_heads, group, head_dim):
+    """float32 extends of 1-3 new tokens: blocks of fewer than 12 query rows per KV head, each
+    row seeing its own length, every KV head of a block in one item (8 blocks)."""
+    gen = torch.Generator().manual_seed(kv_heads * 10 + group)
+    k_buf, v_buf = torch.randn(2, 3000, kv_heads, head_dim, generator=gen)
+    cached, extends = [0, 70, 5, 130, 64, 1, 200, 33], [3, 2, 3, 1, 3, 2, 3, 2]
+    slots = torch.randint(0, 3000, (len(cached), max(cached) + max(extends)), generator=gen)
+    token_rows = torch.cat([torch.full((e,), r) for r, e in enumerate(extends)])
+    lens = torch.cat([torch.arange(c + 1, c + e + 1) for c, e in zip(cached, extends, strict=True)])
+    q = torch.randn(len(lens), kv_heads * group * head_dim, generator=gen)
+    out, lse = kernel(q, k_buf, v_buf, slots, lens, token_rows)
+    ref_out, ref_lse = extend_reference(q, k_buf, v_buf, slots, lens, token_rows, kv_heads)
+    torch.testing.assert_close(out, ref_out, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(lse, ref_lse, rtol=1e-5, atol=1e-5)
+
+
 def test_extend_tokens_without_keys_get_no_weight(kernel):
     """A tiled block whose rows see 0 keys (lens 0) next to rows that see some."""
     k_buf = torch.randn(50, 1, 64)
