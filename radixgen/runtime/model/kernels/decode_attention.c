@@ -137,6 +137,26 @@ static inline __attribute__((always_inline)) void block_accumulate(
         for (int64_t d = 0; d < head_dim; ++d) acc[d] += p[j] * load(v, rows[j] + d, is_f32);
 }
 
+/* Online softmax over one block of a row's scores: p[0..m) become exp(score - new running max),
+ * the running max and sum take the block in; returns the factor that rescales what the row
+ * accumulated before (1 when m is 0: the max stays). */
+static inline __attribute__((always_inline)) float softmax_block(float *p, int64_t m,
+                                                                 float *running_max,
+                                                                 float *running_sum) {
+    float block_max = NO_MAX;
+    for (int64_t j = 0; j < m; ++j) block_max = fmaxf(block_max, p[j]);
+    const float new_max = fmaxf(*running_max, block_max);
+    const float rescale = expf(*running_max - new_max);
+    float block_sum = 0.0f;
+    for (int64_t j = 0; j < m; ++j) {
+        p[j] = expf(p[j] - new_max);
+        block_sum += p[j];
+    }
+    *running_sum = *running_sum * rescale + block_sum;
+    *running_max = new_max;
+    return rescale;
+}
+
 /* The finished rows of an item: out = acc / running sum, lse = running max + log(sum); row r is
  * token first + r / group, query head r % group of KV head h. A row that saw no keys gets zero
  * output and EMPTY_LSE. */
@@ -214,19 +234,8 @@ static inline __attribute__((always_inline)) void attend_item(
         for (int64_t r = 0; r < rows_n; ++r) { /* online softmax: rescale, exponentiate */
             const int64_t visible = lens[first + r / group] - start;
             if (visible <= 0) continue;
-            const int64_t m = visible < n ? visible : n;
-            float *p = scores + r * KEY_BLOCK;
-            float block_max = p[0];
-            for (int64_t j = 1; j < m; ++j) block_max = fmaxf(block_max, p[j]);
-            const float new_max = fmaxf(running_max[r], block_max);
-            const float rescale = expf(running_max[r] - new_max);
-            float block_sum = 0.0f;
-            for (int64_t j = 0; j < m; ++j) {
-                p[j] = expf(p[j] - new_max);
-                block_sum += p[j];
-            }
-            running_sum[r] = running_sum[r] * rescale + block_sum;
-            running_max[r] = new_max;
+            const float rescale = softmax_block(scores + r * KEY_BLOCK, visible < n ? visible : n,
+                                                running_max + r, running_sum + r);
             for (int64_t d = 0; d < head_dim; ++d) acc[r * head_dim + d] *= rescale;
         }
         for (int64_t r = 0; r < rows_n; ++r) {
@@ -520,18 +529,8 @@ static inline __attribute__((always_inline)) void attend_item_few(
                 const int64_t visible = lens[first + r / group] - start, i = base + r;
                 const int64_t m = visible < 0 ? 0 : visible < n ? visible : n;
                 float *p = scores + i * KEY_BLOCK;
-                float block_max = NO_MAX;
-                for (int64_t j = 0; j < m; ++j) block_max = fmaxf(block_max, p[j]);
-                const float new_max = fmaxf(running_max[i], block_max);
-                float block_sum = 0.0f;
-                for (int64_t j = 0; j < m; ++j) {
-                    p[j] = expf(p[j] - new_max);
-                    block_sum += p[j];
-                }
+                rescale[i] = softmax_block(p, m, running_max + i, running_sum + i);
                 for (int64_t j = m; j < n; ++j) p[j] = 0.0f;
-                rescale[i] = m > 0 ? expf(running_max[i] - new_max) : 1.0f;
-                running_sum[i] = running_sum[i] * rescale[i] + block_sum;
-                running_max[i] = new_max;
             }
             for (int64_t r0 = 0; r0 < rows_n; r0 += FEW_ROWS) {
                 const int64_t rows = rows_n - r0 < FEW_ROWS ? rows_n - r0 : FEW_ROWS;
@@ -582,24 +581,24 @@ static inline __attribute__((always_inline)) int attend_all(
             const int64_t *item = items + 3 * i, *block = blocks + 3 * item[0];
             const int64_t h = item[1];
 #ifdef __AVX2__
-            if (is_f32 && head_dim % 16 == 0 && block[1] * group >= TILED_MIN_ROWS) {
-                if (head_dim == 64)
+            if (is_f32 && head_dim % 16 == 0) { /* register tiles, by the rows per KV head */
+                if (runs_few_rows(is_f32, head_dim, block[1] * group)) {
+                    if (head_dim == 64)
+                        attend_item_few(block[0], block[1], block[2], h, item[2], q, k, v, slots,
+                                        lens, max_len, kv_heads, group, 64, scale, scratch, out,
+                                        lse);
+                    else
+                        attend_item_few(block[0], block[1], block[2], h, item[2], q, k, v, slots,
+                                        lens, max_len, kv_heads, group, head_dim, scale, scratch,
+                                        out, lse);
+                } else if (head_dim == 64) {
                     attend_item_tiled(block[0], block[1], block[2], h, q, k, v, slots, lens,
                                       max_len, kv_heads, group, 64, scale, scratch, out, lse);
-                else
+                } else {
                     attend_item_tiled(block[0], block[1], block[2], h, q, k, v, slots, lens,
                                       max_len, kv_heads, group, head_dim, scale, scratch, out,
                                       lse);
-                continue;
-            }
-            if (runs_few_rows(is_f32, head_dim, block[1] * group)) {
-                if (head_dim == 64)
-                    attend_item_few(block[0], block[1], block[2], h, item[2], q, k, v, slots, lens,
-                                    max_len, kv_heads, group, 64, scale, scratch, out, lse);
-                else
-                    attend_item_few(block[0], block[1], block[2], h, item[2], q, k, v, slots, lens,
-                                    max_len, kv_heads, group, head_dim, scale, scratch, out,
-                                    lse);
+                }
                 continue;
             }
 #endif
