@@ -100,6 +100,63 @@ def test_a_decode_token_alone_matches_it_in_a_wide_batch(kernel, kv_heads, group
     torch.testing.assert_close(lse, ref_lse, rtol=1e-5, atol=1e-5)
 
 
+def fork_rows(gen, pool_size, programs):
+    """Slot rows of decode tokens that fork from shared prefixes: `programs` is a list of
+    (prefix length, [own lengths of its forks]); a fork's own slots are fresh."""
+    free = torch.randperm(pool_size, generator=gen)
+    used, rows = 0, []
+    for prefix_len, own_lens in programs:
+        prefix, used = free[used : used + prefix_len], used + prefix_len
+        for own_len in own_lens:
+            rows.append(torch.cat([prefix, free[used : used + own_len]]))
+            used += own_len
+    lens = torch.tensor([len(row) for row in rows])
+    slots = torch.zeros(len(rows), int(lens.max()), dtype=torch.int64)
+    for b, row in enumerate(rows):
+        slots[b, : len(row)] = row
+    return slots, lens
+
+
+@pytest.mark.parametrize(
+    "programs",
+    [
+        # judge-like: forks over one article each, own parts straddling key blocks
+        [(650, [12, 30, 64, 65, 1]), (200, [3, 3, 3]), (64, [0, 20])],
+        # more forks than a group takes; a fork with no own keys; a lone request between
+        [(130, [5] * 20), (90, [7]), (300, [0, 129, 2, 2, 40, 1])],
+        # forks that share a longer prefix among themselves than with their program
+        [(100, [80, 80, 81]), (63, [10, 10])],
+        # too few tokens to give every thread two groups: one KV head per item
+        [(400, [9, 17, 33])],
+    ],
+)
+def test_forks_sharing_a_prefix_match_attention_per_fork(kernel, programs):
+    """float32 decode tokens whose rows share a prefix run as fork groups (the prefix's K/V
+    read once for all of them, then each fork's own keys): the same as each fork alone."""
+    gen = torch.Generator().manual_seed(len(programs))
+    k_buf, v_buf = torch.randn(2, 6000, 3, 64, generator=gen)
+    slots, lens = fork_rows(gen, 6000, programs)
+    if programs[0] == (100, [80, 80, 81]):  # forks 0-1 also share their first 40 own slots
+        slots[1, 100:140] = slots[0, 100:140]
+    T = len(lens)
+    q = torch.randn(T, 3 * 3 * 64, generator=gen)
+    out, lse = kernel(q, k_buf, v_buf, slots, lens)
+    ref_out, ref_lse = reference(q, k_buf, v_buf, slots, lens, 3)
+    torch.testing.assert_close(out, ref_out, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(lse, ref_lse, rtol=1e-5, atol=1e-5)
+    for t in range(T):
+        alone_out, alone_lse = kernel(q[t : t + 1], k_buf, v_buf, slots[t : t + 1], lens[t : t + 1])
+        torch.testing.assert_close(alone_out[0], out[t], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(alone_lse[0], lse[t], rtol=1e-6, atol=1e-6)
+    # The same tokens reading their rows through token_rows (rows listed in another order).
+    order = torch.randperm(T, generator=gen)
+    shuffled = torch.empty_like(slots)
+    shuffled[order] = slots
+    rows_out, rows_lse = kernel(q, k_buf, v_buf, shuffled, lens, order)
+    torch.testing.assert_close(rows_out, out, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(rows_lse, lse, rtol=1e-6, atol=1e-6)
+
+
 def extend_reference(q, k_buf, v_buf, slots, lens, token_rows, kv_heads):
     """Per token: softmax(q k^T / sqrt(D)) v over the first lens[t] slots of its row."""
     per_token_slots = slots[token_rows]  # [T, L]

@@ -54,13 +54,13 @@ MIN_SEGMENT_SAVING = 1024
 # over 650 1.09x faster with one.
 MIN_IN_PLACE_SEGMENT_SAVING = 12 * 1024
 # Decode steps read their segments in place too, a level of segments per kernel call (each
-# segment's queries one register-tiled block). But a request's own decode item already reads the
-# prefix's K and V once for all its query heads, mostly from cache when requests sharing it run
-# back to back, so a segment (plus a merge) wins only when very wide. One layer x 30, float32,
-# EPYC, segment vs none: 8 programs x 6 forks over 650 tokens 99.8 vs 84.5 ms, 15 requests over
-# 470 20.9 vs 16.2, 12 over 650 22.3 vs 15.8, 24 over 400 23.9 vs 19.0, 16 over 1,500 42.0 vs
-# 37.8; 32 over 1,000 54.3 vs 58.0, 48 over 650 43.5 vs 48.9.
-MIN_IN_PLACE_DECODE_SEGMENT_SAVING = 28 * 1024
+# segment's queries one register-tiled block). But the kernel already reads a prefix once for
+# several requests on its own: float32 decode tokens whose rows share it run as one fork group
+# (up to 16 requests), so a segment (plus a merge) wins only when very wide. One layer x 30,
+# float32, EPYC, segment vs none: 8 programs x 6 forks over 650 tokens 57.5 vs 40.3 ms, 15
+# requests over 470 11.6 vs 8.9, 24 over 400 14.7 vs 12.7, 16 over 1,500 24.0 vs 21.1; 32 over
+# 1,000 45.0 vs 45.4, 48 over 650 32.4 vs 34.6.
+MIN_IN_PLACE_DECODE_SEGMENT_SAVING = 32 * 1024
 # Own parts run one problem per request when padding the batch to its longest extend and longest
 # KV would multiply the (query, key) pairs by more than this; the per-request calls and merges
 # cost more than a moderately padded batch (measured on 2 cores).

@@ -6,7 +6,10 @@
  * A decoding token's `group` query rows (its GQA group) share each KV head, so every K/V block
  * is loaded from memory once for all of them. An extend's new tokens are consecutive tokens on
  * one slot row, each seeing the keys up to itself (its own length): blocks of them are computed
- * together, so a K/V block is read once per block of tokens rather than once per token.
+ * together, so a K/V block is read once per block of tokens rather than once per token. Decode
+ * tokens of consecutive rows that share a prefix of slots (the forks of one program) likewise
+ * form a fork group: the prefix's K/V blocks are read once for all of them, then each token
+ * goes on over its own slots, its online softmax carrying over (no merge).
  *
  * Layouts (all contiguous); q, k and v share one element type, bfloat16 bits or float32:
  *   q           [tokens, kv_heads, group, head_dim]
@@ -20,11 +23,11 @@
  * Softmax runs online over blocks of keys in float32 (the running maximum rescales the
  * accumulator), like a flash-attention kernel. Float32 pools with AVX2 and head_dim a multiple
  * of 16 run register tiles: blocks of >= 12 query rows per KV head with the rows in vector lanes
- * (attend_item_tiled), smaller ones (a decode step's GQA group) 3 rows x 4 keys, then 3 rows x 16
- * elements, per tile, all KV heads of a token in one item (attend_item_few). bfloat16 with AVX2
- * takes eight keys at a time per query row; elsewhere plain loops. Built with -ffast-math for
- * vectorized expf, so the code never relies on infinities: an empty row gets out = 0 and
- * lse = EMPTY_LSE.
+ * (attend_item_tiled), smaller ones (a decode step's GQA group) and fork groups 3 rows x 4 keys,
+ * then 3 rows x 16 elements, per tile, all KV heads of a block in one item (attend_item_few).
+ * bfloat16 with AVX2 takes eight keys at a time per query row; elsewhere plain loops. Built
+ * with -ffast-math for vectorized expf, so the code never relies on infinities: an empty row
+ * gets out = 0 and lse = EMPTY_LSE.
  */
 #include <math.h>
 #include <stdlib.h>
@@ -480,25 +483,77 @@ static inline __attribute__((always_inline)) void few_rows_accumulate(
     default: call(3, __VA_ARGS__); break;                  \
     }
 
-/* attend_item for float32 pools, fewer than TILED_MIN_ROWS rows per KV head and head_dim a
- * multiple of 16, for `heads` KV heads from h0 at once: each block of keys is then read for all
- * of them, whole pool rows in order. Row i = (head h0 + i / rows_n, row i % rows_n). Scratch as
- * attend_item's for heads * rows_n rows (query, acc, scores, running max and sum) plus each
- * row's rescale for the current block. Scores past a row's visible keys become probability 0,
- * so the value pass runs over the whole block for every row. */
-static inline __attribute__((always_inline)) void attend_item_few(
-    int64_t first, int64_t count, int64_t row, int64_t h0, int64_t heads, const float *q,
-    const float *k, const float *v, const int64_t *slots, const int64_t *lens, int64_t max_len,
-    int64_t kv_heads, int64_t group, int64_t head_dim, float scale, float *scratch, float *out,
-    float *lse) {
+/* An attend_item_few item's rows and their scratch: row i = (KV head h0 + i / rows_n, row
+ * i % rows_n), and row r of a head is token first + r / group, query head r % group. */
+typedef struct {
+    int64_t first, rows_n, h0, heads;
+    float *query, *acc;                 /* [heads * rows_n][head_dim] each */
+    float *scores;                      /* [heads * rows_n][KEY_BLOCK] */
+    float *running_max, *running_sum;   /* [heads * rows_n] each: the online softmax's state */
+    float *rescale;                     /* [heads * rows_n]: for the current block */
+} FewRows;
+
+/* Rows [r_lo, r_hi) of every head of the item take in slots [begin, end) of one slot row, in
+ * blocks of KEY_BLOCK keys; each row's online softmax carries on from where it stood. Scores
+ * past a row's visible keys become probability 0, so the value pass runs over the whole block
+ * for every row. */
+static inline __attribute__((always_inline)) void few_rows_over_keys(
+    const FewRows *item, const int64_t *row_slots, int64_t begin, int64_t end, int64_t r_lo,
+    int64_t r_hi, const float *k, const float *v, const int64_t *lens, int64_t kv_heads,
+    int64_t group, int64_t head_dim) {
     const int64_t row_stride = kv_heads * head_dim;
-    const int64_t rows_n = count * group, all_rows = heads * rows_n;
-    const int64_t *row_slots = slots + row * max_len;
-    float *query = scratch, *acc = query + all_rows * head_dim; /* [rows][head_dim] each */
-    float *scores = acc + all_rows * head_dim;                    /* [rows][KEY_BLOCK] */
-    float *running_max = scores + all_rows * KEY_BLOCK, *running_sum = running_max + all_rows;
-    float *rescale = running_sum + all_rows;
     int64_t key_rows[KEY_BLOCK + SCORE_KEYS]; /* pool offsets of the keys' slots */
+    for (int64_t start = begin; start < end; start += KEY_BLOCK) {
+        const int64_t n = end - start < KEY_BLOCK ? end - start : KEY_BLOCK;
+        for (int64_t j = 0; j < n; ++j) key_rows[j] = row_slots[start + j] * row_stride;
+        for (int64_t j = n; j % SCORE_KEYS != 0; ++j) key_rows[j] = key_rows[n - 1];
+        for (int64_t hh = 0; hh < item->heads; ++hh) {
+            const int64_t h = item->h0 + hh, base = hh * item->rows_n;
+            const float *k_head = k + h * head_dim, *v_head = v + h * head_dim;
+            for (int64_t r0 = r_lo; r0 < r_hi; r0 += FEW_ROWS) {
+                const int64_t rows = r_hi - r0 < FEW_ROWS ? r_hi - r0 : FEW_ROWS;
+                FEW_ROWS_PASS(few_rows_scores, rows, item->query + (base + r0) * head_dim,
+                              k_head, key_rows, n, head_dim,
+                              item->scores + (base + r0) * KEY_BLOCK);
+            }
+            for (int64_t r = r_lo; r < r_hi; ++r) { /* online softmax: rescale, exponentiate */
+                const int64_t visible = lens[item->first + r / group] - start, i = base + r;
+                const int64_t m = visible < 0 ? 0 : visible < n ? visible : n;
+                float *p = item->scores + i * KEY_BLOCK;
+                item->rescale[i] = softmax_block(p, m, item->running_max + i,
+                                                 item->running_sum + i);
+                for (int64_t j = m; j < n; ++j) p[j] = 0.0f;
+            }
+            for (int64_t r0 = r_lo; r0 < r_hi; r0 += FEW_ROWS) {
+                const int64_t rows = r_hi - r0 < FEW_ROWS ? r_hi - r0 : FEW_ROWS;
+                FEW_ROWS_PASS(few_rows_accumulate, rows, item->scores + (base + r0) * KEY_BLOCK,
+                              v_head, key_rows, n, head_dim, item->rescale + base + r0,
+                              item->acc + (base + r0) * head_dim);
+            }
+        }
+    }
+}
+
+/* attend_item for float32 pools and head_dim a multiple of 16, for blocks of fewer than
+ * TILED_MIN_ROWS rows per KV head and for fork groups, over `heads` KV heads from h0 at once:
+ * each block of keys is then read for all of them, whole pool rows in order. A fork group
+ * (`shared` >= 0) is `count` decode tokens on rows of their own that agree on their first
+ * `shared` slots: every row of the group takes in those keys together, block by block, then
+ * each token its own rest. Otherwise (`shared` < 0) the tokens all read slot row `row`. Scratch
+ * as attend_item's for heads * count * group rows (query, acc, scores, running max and sum)
+ * plus each row's rescale for the current block. */
+static inline __attribute__((always_inline)) void attend_item_few(
+    int64_t first, int64_t count, int64_t row, int64_t shared, int64_t h0, int64_t heads,
+    const float *q, const float *k, const float *v, const int64_t *slots,
+    const int64_t *token_rows, const int64_t *lens, int64_t max_len, int64_t kv_heads,
+    int64_t group, int64_t head_dim, float scale, float *scratch, float *out, float *lse) {
+    const int64_t rows_n = count * group, all_rows = heads * rows_n;
+    float *acc = scratch + all_rows * head_dim, *scores = acc + all_rows * head_dim;
+    float *running_max = scores + all_rows * KEY_BLOCK, *running_sum = running_max + all_rows;
+    const FewRows item = {.first = first, .rows_n = rows_n, .h0 = h0, .heads = heads,
+                          .query = scratch, .acc = acc, .scores = scores,
+                          .running_max = running_max, .running_sum = running_sum,
+                          .rescale = running_sum + all_rows};
 
     int64_t item_len = 0;
     for (int64_t i = 0; i < all_rows; ++i) {
@@ -506,45 +561,27 @@ static inline __attribute__((always_inline)) void attend_item_few(
         if (lens[token] > item_len) item_len = lens[token];
         const float *q_row = q + ((token * kv_heads + h) * group + r % group) * head_dim;
         for (int64_t d = 0; d < head_dim; ++d) {
-            query[i * head_dim + d] = q_row[d] * scale;
-            acc[i * head_dim + d] = 0.0f;
+            item.query[i * head_dim + d] = q_row[d] * scale;
+            item.acc[i * head_dim + d] = 0.0f;
         }
-        running_max[i] = NO_MAX;
-        running_sum[i] = 0.0f;
+        item.running_max[i] = NO_MAX;
+        item.running_sum[i] = 0.0f;
     }
 
-    for (int64_t start = 0; start < item_len; start += KEY_BLOCK) {
-        const int64_t n = item_len - start < KEY_BLOCK ? item_len - start : KEY_BLOCK;
-        for (int64_t j = 0; j < n; ++j) key_rows[j] = row_slots[start + j] * row_stride;
-        for (int64_t j = n; j % SCORE_KEYS != 0; ++j) key_rows[j] = key_rows[n - 1];
-        for (int64_t hh = 0; hh < heads; ++hh) {
-            const float *k_head = k + (h0 + hh) * head_dim, *v_head = v + (h0 + hh) * head_dim;
-            const int64_t base = hh * rows_n;
-            for (int64_t r0 = 0; r0 < rows_n; r0 += FEW_ROWS) {
-                const int64_t rows = rows_n - r0 < FEW_ROWS ? rows_n - r0 : FEW_ROWS;
-                FEW_ROWS_PASS(few_rows_scores, rows, query + (base + r0) * head_dim, k_head,
-                              key_rows, n, head_dim, scores + (base + r0) * KEY_BLOCK);
-            }
-            for (int64_t r = 0; r < rows_n; ++r) { /* online softmax: rescale, exponentiate */
-                const int64_t visible = lens[first + r / group] - start, i = base + r;
-                const int64_t m = visible < 0 ? 0 : visible < n ? visible : n;
-                float *p = scores + i * KEY_BLOCK;
-                rescale[i] = softmax_block(p, m, running_max + i, running_sum + i);
-                for (int64_t j = m; j < n; ++j) p[j] = 0.0f;
-            }
-            for (int64_t r0 = 0; r0 < rows_n; r0 += FEW_ROWS) {
-                const int64_t rows = rows_n - r0 < FEW_ROWS ? rows_n - r0 : FEW_ROWS;
-                FEW_ROWS_PASS(few_rows_accumulate, rows, scores + (base + r0) * KEY_BLOCK,
-                              v_head, key_rows, n, head_dim, rescale + base + r0,
-                              acc + (base + r0) * head_dim);
-            }
-        }
+    const int64_t common = shared < 0 ? item_len : shared;
+    few_rows_over_keys(&item, slots + row * max_len, 0, common, 0, rows_n, k, v, lens, kv_heads,
+                       group, head_dim);
+    for (int64_t t = 0; shared >= 0 && t < count; ++t) {
+        const int64_t token = first + t, own = token_rows == NULL ? token : token_rows[token];
+        few_rows_over_keys(&item, slots + own * max_len, common, lens[token], t * group,
+                           (t + 1) * group, k, v, lens, kv_heads, group, head_dim);
     }
 
     for (int64_t hh = 0; hh < heads; ++hh) {
         const int64_t base = hh * rows_n;
-        write_rows(first, rows_n, h0 + hh, lens, kv_heads, group, head_dim, acc + base * head_dim,
-                   running_max + base, running_sum + base, out, lse);
+        write_rows(first, rows_n, h0 + hh, lens, kv_heads, group, head_dim,
+                   item.acc + base * head_dim, item.running_max + base, item.running_sum + base,
+                   out, lse);
     }
 }
 #endif
@@ -559,14 +596,20 @@ static inline int runs_few_rows(int is_f32, int64_t head_dim, int64_t rows) {
 #endif
 }
 
+/* A block of the batch: (first token, token count, slot row, shared). shared < 0: the tokens
+ * all read slot row `row` (one decode token, or consecutive new tokens of an extend). shared
+ * >= 0: a fork group, one decode token per row, whose rows agree on their first `shared` slots
+ * (`row` is the first token's). */
+#define BLOCK_FIELDS 4
+
 /* Every item of the batch, for one constant element type. Returns -1 if scratch memory for
- * a thread cannot be allocated (nothing else can fail). blocks: [num_blocks][3] of (first
- * token, token count, slot row); items: [num_items][3] of (block, first KV head, KV heads). */
+ * a thread cannot be allocated (nothing else can fail). items: [num_items][3] of (block, first
+ * KV head, KV heads). */
 static inline __attribute__((always_inline)) int attend_all(
-    const void *q, const void *k, const void *v, const int64_t *slots, const int64_t *lens,
-    const int64_t *blocks, const int64_t *items, int64_t num_items, int64_t max_len,
-    int64_t kv_heads, int64_t group, int64_t head_dim, int64_t max_rows, float scale, int is_f32,
-    int num_threads, float *out, float *lse) {
+    const void *q, const void *k, const void *v, const int64_t *slots, const int64_t *token_rows,
+    const int64_t *lens, const int64_t *blocks, const int64_t *items, int64_t num_items,
+    int64_t max_len, int64_t kv_heads, int64_t group, int64_t head_dim, int64_t max_rows,
+    float scale, int is_f32, int num_threads, float *out, float *lse) {
     int failed = 0;
 #pragma omp parallel num_threads(num_threads)
     {
@@ -578,19 +621,21 @@ static inline __attribute__((always_inline)) int attend_all(
 #pragma omp for schedule(dynamic, 1)
         for (int64_t i = 0; i < num_items; ++i) {
             if (scratch == NULL) continue;
-            const int64_t *item = items + 3 * i, *block = blocks + 3 * item[0];
+            const int64_t *item = items + 3 * i, *block = blocks + BLOCK_FIELDS * item[0];
             const int64_t h = item[1];
-#ifdef __AVX2__
+#ifndef __AVX2__
+            (void)token_rows; /* only fork groups read it */
+#else
             if (is_f32 && head_dim % 16 == 0) { /* register tiles, by the rows per KV head */
-                if (runs_few_rows(is_f32, head_dim, block[1] * group)) {
+                if (block[3] >= 0 || runs_few_rows(is_f32, head_dim, block[1] * group)) {
                     if (head_dim == 64)
-                        attend_item_few(block[0], block[1], block[2], h, item[2], q, k, v, slots,
-                                        lens, max_len, kv_heads, group, 64, scale, scratch, out,
-                                        lse);
+                        attend_item_few(block[0], block[1], block[2], block[3], h, item[2], q, k,
+                                        v, slots, token_rows, lens, max_len, kv_heads, group, 64,
+                                        scale, scratch, out, lse);
                     else
-                        attend_item_few(block[0], block[1], block[2], h, item[2], q, k, v, slots,
-                                        lens, max_len, kv_heads, group, head_dim, scale, scratch,
-                                        out, lse);
+                        attend_item_few(block[0], block[1], block[2], block[3], h, item[2], q, k,
+                                        v, slots, token_rows, lens, max_len, kv_heads, group,
+                                        head_dim, scale, scratch, out, lse);
                 } else if (head_dim == 64) {
                     attend_item_tiled(block[0], block[1], block[2], h, q, k, v, slots, lens,
                                       max_len, kv_heads, group, 64, scale, scratch, out, lse);
@@ -617,33 +662,79 @@ static inline __attribute__((always_inline)) int attend_all(
     return failed ? -1 : 0;
 }
 
+/* A fork group must share at least this many slots, so that reading them once pays for the
+ * group's bookkeeping. */
+#define MIN_GROUP_SHARED 64
+
+static inline int64_t common_prefix(const int64_t *a, const int64_t *b, int64_t n) {
+    int64_t i = 0;
+    while (i < n && a[i] == b[i]) ++i;
+    return i;
+}
+
+/* Joins consecutive one-token blocks on rows that share a prefix of slots (the forks of one
+ * program, decoding) into fork groups of up to max_tokens tokens, in place. A token joins the
+ * group before it when the slots the group reads once, (tokens - 1) * shared, do not shrink.
+ * Returns the new number of blocks. */
+static int64_t group_forks(int64_t *blocks, int64_t num_blocks, const int64_t *slots,
+                           const int64_t *lens, int64_t max_len, int64_t max_tokens) {
+    int64_t kept = 0;
+    for (int64_t b = 0; b < num_blocks; ++b) {
+        int64_t *block = blocks + BLOCK_FIELDS * b;
+        int64_t *last = blocks + BLOCK_FIELDS * (kept - 1);
+        if (kept > 0 && block[1] == 1 && (last[3] >= 0 || last[1] == 1) && last[1] < max_tokens) {
+            const int64_t before = last[3] >= 0 ? last[3] : lens[last[0]];
+            const int64_t limit = before < lens[block[0]] ? before : lens[block[0]];
+            const int64_t shared =
+                common_prefix(slots + last[2] * max_len, slots + block[2] * max_len, limit);
+            const int64_t read_once_before = (last[1] - 1) * (last[3] >= 0 ? last[3] : 0);
+            if (shared >= MIN_GROUP_SHARED && last[1] * shared >= read_once_before) {
+                last[1] += 1, last[3] = shared;
+                continue;
+            }
+        }
+        memmove(blocks + BLOCK_FIELDS * kept++, block, BLOCK_FIELDS * sizeof(int64_t));
+    }
+    return kept;
+}
+
 /* Returns 0, or -1 when memory could not be allocated. Query token t (q, out: [tokens,
  * kv_heads, group, head_dim]; lse: [tokens, kv_heads, group]) reads the first lens[t] slots of
  * row token_rows[t] of `slots` ([rows, max_len]); token_rows NULL: row t. Consecutive tokens of
  * one row (an extend's new tokens) form blocks of up to `block_tokens`, which read each K/V
- * block once. `is_f32`: q, k and v are float32 (else bfloat16). */
+ * block once; so do consecutive decode tokens whose rows share a prefix (fork groups, float32
+ * register tiles only). `is_f32`: q, k and v are float32 (else bfloat16). */
 int decode_attention(const void *q, const void *k, const void *v, const int64_t *slots,
                      const int64_t *token_rows, const int64_t *lens, int64_t tokens,
                      int64_t max_len, int64_t kv_heads, int64_t group, int64_t head_dim,
                      int64_t block_tokens, float scale, int is_f32, int num_threads, float *out,
                      float *lse) {
     if (block_tokens < 1) block_tokens = 1;
-    int64_t *blocks = malloc((size_t)(tokens > 0 ? tokens : 1) * 3 * sizeof(int64_t));
+    int64_t *blocks = malloc((size_t)(tokens > 0 ? tokens : 1) * BLOCK_FIELDS * sizeof(int64_t));
     if (blocks == NULL) return -1;
-    int64_t num_blocks = 0, widest = 1;
+    int64_t num_blocks = 0;
     for (int64_t t = 0; t < tokens; ++t) {
         const int64_t row = token_rows == NULL ? t : token_rows[t];
-        int64_t *last = blocks + 3 * (num_blocks - 1);
+        int64_t *last = blocks + BLOCK_FIELDS * (num_blocks - 1);
         if (num_blocks > 0 && last[2] == row && last[0] + last[1] == t && last[1] < block_tokens) {
-            if (++last[1] > widest) widest = last[1];
+            ++last[1];
         } else {
-            int64_t *block = blocks + 3 * num_blocks++;
-            block[0] = t, block[1] = 1, block[2] = row;
+            int64_t *block = blocks + BLOCK_FIELDS * num_blocks++;
+            block[0] = t, block[1] = 1, block[2] = row, block[3] = -1;
         }
     }
-    /* Few-row float32 blocks (decode steps) take all their KV heads in one item, reading whole
-     * pool rows in order, when there are blocks enough to keep every thread busy; other blocks
-     * get an item per KV head. */
+    /* Fork groups as long as they still leave two blocks per thread. */
+    if (runs_few_rows(is_f32, head_dim, group)) {
+        const int64_t per_thread = num_blocks / (2 * (int64_t)num_threads);
+        num_blocks = group_forks(blocks, num_blocks, slots, lens, max_len,
+                                 per_thread < 2 ? 2 : per_thread < 16 ? per_thread : 16);
+    }
+    int64_t widest = 1;
+    for (int64_t b = 0; b < num_blocks; ++b)
+        if (blocks[BLOCK_FIELDS * b + 1] > widest) widest = blocks[BLOCK_FIELDS * b + 1];
+    /* Few-row float32 blocks (decode steps, fork groups) take all their KV heads in one item,
+     * reading whole pool rows in order, when there are blocks enough to keep every thread busy;
+     * other blocks get an item per KV head. */
     int64_t *items = malloc((size_t)(num_blocks > 0 ? num_blocks : 1) * kv_heads * 3 *
                             sizeof(int64_t));
     if (items == NULL) {
@@ -653,8 +744,9 @@ int decode_attention(const void *q, const void *k, const void *v, const int64_t 
     const int whole_heads = num_blocks >= 2 * (int64_t)num_threads;
     int64_t num_items = 0;
     for (int64_t b = 0; b < num_blocks; ++b) {
+        const int64_t *block = blocks + BLOCK_FIELDS * b;
         const int together =
-            whole_heads && runs_few_rows(is_f32, head_dim, blocks[3 * b + 1] * group);
+            whole_heads && (block[3] >= 0 || runs_few_rows(is_f32, head_dim, block[1] * group));
         for (int64_t h = 0; h < kv_heads; h += together ? kv_heads : 1) {
             int64_t *item = items + 3 * num_items++;
             item[0] = b, item[1] = h, item[2] = together ? kv_heads : 1;
@@ -662,10 +754,10 @@ int decode_attention(const void *q, const void *k, const void *v, const int64_t 
     }
     const int64_t max_rows = widest * group * kv_heads; /* an item's rows, at most */
     const int status =
-        is_f32 ? attend_all(q, k, v, slots, lens, blocks, items, num_items, max_len, kv_heads,
-                            group, head_dim, max_rows, scale, 1, num_threads, out, lse)
-               : attend_all(q, k, v, slots, lens, blocks, items, num_items, max_len, kv_heads,
-                            group, head_dim, max_rows, scale, 0, num_threads, out, lse);
+        is_f32 ? attend_all(q, k, v, slots, token_rows, lens, blocks, items, num_items, max_len,
+                            kv_heads, group, head_dim, max_rows, scale, 1, num_threads, out, lse)
+               : attend_all(q, k, v, slots, token_rows, lens, blocks, items, num_items, max_len,
+                            kv_heads, group, head_dim, max_rows, scale, 0, num_threads, out, lse);
     free(items);
     free(blocks);
     return status;
