@@ -118,26 +118,27 @@ def fork_rows(gen, pool_size, programs):
 
 
 @pytest.mark.parametrize(
-    "programs",
+    ("programs", "twin_own"),
     [
         # judge-like: forks over one article each, own parts straddling key blocks
-        [(650, [12, 30, 64, 65, 1]), (200, [3, 3, 3]), (64, [0, 20])],
+        ([(650, [12, 30, 64, 65, 1]), (200, [3, 3, 3]), (64, [0, 20])], 0),
         # more forks than a group takes; a fork with no own keys; a lone request between
-        [(130, [5] * 20), (90, [7]), (300, [0, 129, 2, 2, 40, 1])],
-        # forks that share a longer prefix among themselves than with their program
-        [(100, [80, 80, 81]), (63, [10, 10])],
+        ([(130, [5] * 20), (90, [7]), (300, [0, 129, 2, 2, 40, 1])], 0),
+        # forks 0-1 share their first 40 own slots too: more than with the rest of the program
+        ([(100, [80, 80, 81]), (63, [10, 10])], 40),
         # too few tokens to give every thread two groups: one KV head per item
-        [(400, [9, 17, 33])],
+        ([(400, [9, 17, 33])], 0),
     ],
 )
-def test_forks_sharing_a_prefix_match_attention_per_fork(kernel, programs):
+def test_forks_sharing_a_prefix_match_attention_per_fork(kernel, programs, twin_own):
     """float32 decode tokens whose rows share a prefix run as fork groups (the prefix's K/V
     read once for all of them, then each fork's own keys): the same as each fork alone."""
     gen = torch.Generator().manual_seed(len(programs))
     k_buf, v_buf = torch.randn(2, 6000, 3, 64, generator=gen)
     slots, lens = fork_rows(gen, 6000, programs)
-    if programs[0] == (100, [80, 80, 81]):  # forks 0-1 also share their first 40 own slots
-        slots[1, 100:140] = slots[0, 100:140]
+    prefix_len = programs[0][0]
+    own = slice(prefix_len, prefix_len + twin_own)
+    slots[1, own] = slots[0, own]
     T = len(lens)
     q = torch.randn(T, 3 * 3 * 64, generator=gen)
     out, lse = kernel(q, k_buf, v_buf, slots, lens)

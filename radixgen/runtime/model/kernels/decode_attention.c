@@ -663,8 +663,9 @@ static inline __attribute__((always_inline)) int attend_all(
 }
 
 /* A fork group must share at least this many slots, so that reading them once pays for the
- * group's bookkeeping. */
+ * group's bookkeeping, and takes at most this many tokens. */
 #define MIN_GROUP_SHARED 64
+#define MAX_GROUP_TOKENS 16
 
 static inline int64_t common_prefix(const int64_t *a, const int64_t *b, int64_t n) {
     int64_t i = 0;
@@ -723,11 +724,11 @@ int decode_attention(const void *q, const void *k, const void *v, const int64_t 
             block[0] = t, block[1] = 1, block[2] = row, block[3] = -1;
         }
     }
-    /* Fork groups as long as they still leave two blocks per thread. */
+    /* Fork groups no wider than leaves two blocks per thread (but pairs at least). */
     if (runs_few_rows(is_f32, head_dim, group)) {
-        const int64_t per_thread = num_blocks / (2 * (int64_t)num_threads);
+        const int64_t fair = num_blocks / (2 * (int64_t)num_threads);
         num_blocks = group_forks(blocks, num_blocks, slots, lens, max_len,
-                                 per_thread < 2 ? 2 : per_thread < 16 ? per_thread : 16);
+                                 fair < 2 ? 2 : fair < MAX_GROUP_TOKENS ? fair : MAX_GROUP_TOKENS);
     }
     int64_t widest = 1;
     for (int64_t b = 0; b < num_blocks; ++b)
