@@ -115,6 +115,11 @@ class EngineConfig:
     num_threads: int | None = _opt(None, "Torch intra-op threads (default: all cores).")
     random_seed: int = _opt(0, "Seed for requests that do not set their own sampling seed.")
     max_queued_requests: int | None = _opt(None, "Reject new requests beyond this many waiting.")
+    max_n: int = _opt(128, "Most samples (n) one prompt may ask for.")
+    max_batch_prompts: int = _opt(256, "Most prompts in one request (a batch).")
+    max_request_sequences: int = _opt(
+        256, "Most sequences (prompts x n) one request may make: bounds one caller's work."
+    )
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPE_CHOICES:
@@ -130,7 +135,14 @@ class EngineConfig:
             )
         if self.int4_max_tokens is not None and self.int4_max_tokens < 0:
             raise ValueError(f"int4_max_tokens must be >= 0, got {self.int4_max_tokens}")
-        for name in ("kv_cache_tokens", "max_running_requests", "max_prefill_tokens"):
+        for name in (
+            "kv_cache_tokens",
+            "max_running_requests",
+            "max_prefill_tokens",
+            "max_n",
+            "max_batch_prompts",
+            "max_request_sequences",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.chunked_prefill_size == 0 or self.chunked_prefill_size < -1:

@@ -16,6 +16,7 @@ import logging
 import os
 import queue
 import random
+import threading
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
@@ -25,14 +26,11 @@ import torch
 from radixgen.runtime.config import EngineConfig
 from radixgen.runtime.constrained import GrammarCompiler
 from radixgen.runtime.detokenizer import IncrementalDetokenizer
+from radixgen.runtime.generate_input import GenerateInput
 from radixgen.runtime.model.loader import resolve_model
 from radixgen.runtime.model.runner import ModelRunner
 from radixgen.runtime.request import LogprobOptions, Req
-from radixgen.runtime.sampling_params import (
-    CONSTRAINT_FIELDS,
-    InvalidRequestError,
-    SamplingParams,
-)
+from radixgen.runtime.sampling_params import InvalidRequestError, SamplingParams
 from radixgen.runtime.scheduler.loop import Scheduler
 from radixgen.runtime.tokenizer import eos_token_ids, load_tokenizer
 
@@ -40,6 +38,7 @@ logger = logging.getLogger(__name__)
 
 Prompt = str | list[str] | None
 InputIds = list[int] | list[list[int]] | None
+ParamsInput = dict[str, Any] | SamplingParams | list[dict[str, Any] | SamplingParams] | None
 
 
 class EngineOverloadedError(RuntimeError):
@@ -64,6 +63,7 @@ class Engine:
         self.eos_ids = eos_token_ids(self.tokenizer, self.model_config.eos_token_ids)
         self.grammars = GrammarCompiler(self.tokenizer, self.model_config.vocab_size)
         self._seeds = random.Random(self.config.random_seed)
+        self._submit_lock = threading.Lock()
         self.scheduler = Scheduler(self.config, self.tokenizer, self.eos_ids, observer)
         # Loaded on the scheduler thread: it must be the only thread running parallel kernels.
         self.scheduler.start(
@@ -86,7 +86,7 @@ class Engine:
     def generate(
         self,
         prompt: Prompt = None,
-        sampling_params: dict[str, Any] | list[dict[str, Any]] | None = None,
+        sampling_params: ParamsInput = None,
         input_ids: InputIds = None,
         return_logprob: bool = False,
         logprob_start_len: int | None = None,
@@ -94,33 +94,43 @@ class Engine:
         return_text_in_logprobs: bool = False,
         stream: bool = False,
         rid: str | list[str] | None = None,
+        tenant: str | None = None,
     ) -> dict[str, Any] | list[dict[str, Any]] | Iterator[dict[str, Any]]:
         """Generate for one prompt (-> dict) or a batch (-> list); `stream=True` -> iterator of
-        cumulative outputs of a single request. With `n > 1`, sample k of request `rid` gets the
-        id `f"{rid}_{k}"` (SGLang's convention)."""
-        logprob = _logprob_options(
-            return_logprob, logprob_start_len, top_logprobs_num, return_text_in_logprobs
+        cumulative outputs of a single request. With `n > 1`, sample k of request `rid` is
+        labelled `f"{rid}_{k}"` (SGLang's convention). `rid` is only a label echoed in
+        `meta_info["id"]` and used by `abort`; `tenant` scopes who may abort it."""
+        request = GenerateInput.of(
+            text=prompt,
+            input_ids=input_ids,
+            sampling_params=sampling_params,
+            rid=rid,
+            return_logprob=return_logprob,
+            logprob_start_len=logprob_start_len,
+            top_logprobs_num=top_logprobs_num,
+            return_text_in_logprobs=return_text_in_logprobs,
+            stream=stream,
         )
-        reqs, single = self._make_requests(prompt, sampling_params, input_ids, logprob, stream, rid)
+        reqs, single = self.make_requests(request, tenant)
         if stream:
             return self._stream(reqs)
         inbox: queue.Queue = queue.Queue()
-        for req in reqs:
-            self.scheduler.submit(req, inbox.put)
-        results: dict[str, dict[str, Any]] = {}
+        self._submit(reqs, lambda i: lambda out: inbox.put((i, out)))
+        results: dict[int, dict[str, Any]] = {}
         try:
             while len(results) < len(reqs):
-                _collect(results, inbox.get())
+                index, out = inbox.get()
+                results[index] = out
         except BaseException:
-            self._abort_all(reqs)
+            self._abort_reqs(reqs)
             raise
-        return _in_order(reqs, results, single)
+        return _in_order(results, single)
 
     def _stream(self, reqs: list[Req]) -> Iterator[dict[str, Any]]:
         if len(reqs) != 1:
             raise InvalidRequestError("stream=True takes a single prompt with n=1", "stream")
         inbox: queue.Queue = queue.Queue()
-        self.scheduler.submit(reqs[0], inbox.put)
+        self._submit(reqs, lambda i: inbox.put)
         finished = False
         try:
             while not finished:
@@ -129,12 +139,12 @@ class Engine:
                 yield out
         finally:
             if not finished:
-                self.abort(reqs[0].rid)
+                self._abort_reqs(reqs)
 
     async def async_generate(
         self,
         prompt: Prompt = None,
-        sampling_params: dict[str, Any] | list[dict[str, Any]] | None = None,
+        sampling_params: ParamsInput = None,
         input_ids: InputIds = None,
         return_logprob: bool = False,
         logprob_start_len: int | None = None,
@@ -142,56 +152,72 @@ class Engine:
         return_text_in_logprobs: bool = False,
         stream: bool = False,
         rid: str | list[str] | None = None,
+        tenant: str | None = None,
     ) -> dict[str, Any] | list[dict[str, Any]] | AsyncIterator[dict[str, Any]]:
         """Asyncio variant of `generate`; with `stream=True` returns an async iterator of the
         cumulative outputs of every request of the batch."""
-        logprob = _logprob_options(
-            return_logprob, logprob_start_len, top_logprobs_num, return_text_in_logprobs
+        request = GenerateInput.of(
+            text=prompt,
+            input_ids=input_ids,
+            sampling_params=sampling_params,
+            rid=rid,
+            return_logprob=return_logprob,
+            logprob_start_len=logprob_start_len,
+            top_logprobs_num=top_logprobs_num,
+            return_text_in_logprobs=return_text_in_logprobs,
+            stream=stream,
         )
-        make = (prompt, sampling_params, input_ids, logprob, stream, rid)
-        if _has_constraint(sampling_params):  # grammar compilation stays off the event loop
-            reqs, single = await asyncio.to_thread(self._make_requests, *make)
-        else:
-            reqs, single = self._make_requests(*make)
+        return await self.async_generate_input(request, tenant)
+
+    async def async_generate_input(
+        self, request: GenerateInput, tenant: str | None = None
+    ) -> dict[str, Any] | list[dict[str, Any]] | AsyncIterator[dict[str, Any]]:
+        """`async_generate` for an already validated input (the server's route bodies).
+        Tokenizing and grammar compiling run in a worker thread: the event loop stays free."""
+        reqs, single = await asyncio.to_thread(self.make_requests, request, tenant)
         loop = asyncio.get_running_loop()
         inbox: asyncio.Queue = asyncio.Queue()
-        for req in reqs:
-            self.scheduler.submit(req, lambda out: loop.call_soon_threadsafe(inbox.put_nowait, out))
-        if stream:
+        self._submit(
+            reqs, lambda i: lambda out: loop.call_soon_threadsafe(inbox.put_nowait, (i, out))
+        )
+        if request.stream:
             return self._async_stream(reqs, inbox)
-        results: dict[str, dict[str, Any]] = {}
+        results: dict[int, dict[str, Any]] = {}
         try:
             while len(results) < len(reqs):
-                _collect(results, await inbox.get())
+                index, out = await inbox.get()
+                results[index] = out
         except BaseException:
-            self._abort_all(reqs)
+            self._abort_reqs(reqs)
             raise
-        return _in_order(reqs, results, single)
+        return _in_order(results, single)
 
     async def _async_stream(self, reqs: list[Req], inbox: asyncio.Queue) -> AsyncIterator[dict]:
-        pending = {r.rid for r in reqs}
+        pending = set(range(len(reqs)))
         try:
             while pending:
-                out = await inbox.get()
+                index, out = await inbox.get()
                 if out["meta_info"]["finish_reason"] is not None:
-                    pending.discard(out["meta_info"]["id"])
+                    pending.discard(index)
                 yield out
         finally:
-            for rid in pending:
-                self.abort(rid)
+            self._abort_reqs([reqs[i] for i in pending])
 
     # --- control ---------------------------------------------------------------------------
 
-    def abort(self, rid: str) -> None:
-        self.scheduler.abort(rid)
+    def abort(self, rid: str, tenant: str | None = None) -> None:
+        """Abort the active requests of `tenant` labelled `rid` (and the `n > 1` samples of
+        such a request). Requests of other tenants are never touched."""
+        self.scheduler.abort_labelled(rid, tenant)
 
-    def abort_all(self) -> None:
-        """Abort every queued and running request."""
-        self.scheduler.abort_all()
+    def abort_all(self, tenant: str | None = None) -> None:
+        """Abort every queued and running request of `tenant` (in-process callers and a server
+        without API keys have tenant None: every request)."""
+        self.scheduler.abort_tenant(tenant)
 
-    def _abort_all(self, reqs: list[Req]) -> None:
+    def _abort_reqs(self, reqs: list[Req]) -> None:
         for req in reqs:
-            self.abort(req.rid)
+            self.scheduler.abort(req.rid)
 
     def flush_cache(self) -> bool:
         """Drop all cached prefixes; False (nothing done) while requests are active."""
@@ -215,41 +241,51 @@ class Engine:
 
     # --- request construction --------------------------------------------------------------
 
-    def _make_requests(
-        self,
-        prompt: Prompt,
-        sampling_params: dict[str, Any] | list[dict[str, Any]] | None,
-        input_ids: InputIds,
-        logprob: LogprobOptions,
-        stream: bool,
-        rid: str | list[str] | None,
+    def make_requests(
+        self, request: GenerateInput, tenant: str | None = None
     ) -> tuple[list[Req], bool]:
-        if (prompt is None) == (input_ids is None):
-            raise InvalidRequestError("exactly one of prompt and input_ids is required", "prompt")
-        if prompt is not None:
-            single = isinstance(prompt, str)
-            texts = [prompt] if single else list(prompt)
-            if not all(isinstance(t, str) for t in texts):
-                raise InvalidRequestError("prompt must be a string or a list of strings", "prompt")
-            token_lists = [self.tokenizer(t)["input_ids"] for t in texts]
-        else:
-            single = bool(input_ids) and isinstance(input_ids[0], int)
-            token_lists = [list(input_ids)] if single else [list(x) for x in input_ids]
-        if not token_lists:
-            raise InvalidRequestError("the batch is empty", "prompt")
-        params_list = sampling_params if isinstance(sampling_params, list) else None
-        if params_list is not None and len(params_list) != len(token_lists):
+        """Tokenize, check against the engine's limits, compile constraints: the requests of
+        one input (prompts x n samples), and whether it was a single prompt. Heavy for large
+        inputs: async callers run it in a worker thread."""
+        prompts = request.prompts()
+        config = self.config
+        field = "text" if request.text is not None else "input_ids"
+        if len(prompts) > config.max_batch_prompts:
             raise InvalidRequestError(
-                "sampling_params list must match the batch size", "sampling_params"
+                f"a request takes at most {config.max_batch_prompts} prompts, got {len(prompts)}",
+                field,
             )
-        rids = rid if isinstance(rid, list) else None
+        params_list = request.params_for(len(prompts))
+        labels = request.labels_for(len(prompts))
+        sequences = sum(p.n for p in params_list)
+        for params in params_list:
+            if params.n > config.max_n:
+                raise InvalidRequestError(f"n must be at most {config.max_n}, got {params.n}", "n")
+        if sequences > config.max_request_sequences:
+            raise InvalidRequestError(
+                f"a request makes at most {config.max_request_sequences} sequences "
+                f"(prompts x n), got {sequences}",
+                "n",
+            )
+        queued = config.max_queued_requests
+        capacity = None if queued is None else config.max_running_requests + queued
+        if capacity is not None and sequences > capacity:
+            raise InvalidRequestError(
+                f"the request makes {sequences} sequences but the server holds at most "
+                f"{capacity} (max_running_requests + max_queued_requests)",
+                "n",
+            )
+        if request.text is not None:
+            token_lists = [self.tokenizer(t)["input_ids"] for t in prompts]
+        else:
+            token_lists = [list(ids) for ids in prompts]
+        logprob = _logprob_options(request)
+        stream = bool(request.stream)
         reqs: list[Req] = []
-        for i, ids in enumerate(token_lists):
-            params = SamplingParams.from_dict(params_list[i] if params_list else sampling_params)
+        for ids, params, label in zip(token_lists, params_list, labels, strict=True):
             self._validate(ids, params)
             grammar = self.grammars.compile(params)  # raises on an invalid constraint
-            base = rids[i] if rids else (rid if isinstance(rid, str) and single else None)
-            base = base or uuid.uuid4().hex
+            group = label or uuid.uuid4().hex
             for k in range(params.n):
                 seed = (
                     params.sampling_seed + k
@@ -258,7 +294,10 @@ class Engine:
                 )
                 reqs.append(
                     Req(
-                        rid=base if params.n == 1 else f"{base}_{k}",
+                        rid=uuid.uuid4().hex,
+                        label=group if params.n == 1 else f"{group}_{k}",
+                        group=group,
+                        tenant=tenant,
                         origin_input_ids=ids,
                         sampling_params=params,
                         logprob=logprob,
@@ -274,22 +313,28 @@ class Engine:
                         grammar=grammar if grammar is None or k == 0 else grammar.fork(),
                     )
                 )
-        if len({r.rid for r in reqs}) != len(reqs):
-            raise InvalidRequestError("duplicate request ids in the batch", "rid")
+        return reqs, request.is_single and len(reqs) == 1
+
+    def _submit(self, reqs: list[Req], sink_of: Callable[[int], Callable]) -> None:
+        """Hand `reqs` to the scheduler, all or none: refused while the queue is full. The check
+        and the hand-over are one step, so concurrent callers cannot overfill the queue."""
         queued = self.config.max_queued_requests
-        capacity = None if queued is None else self.config.max_running_requests + queued
-        if capacity is not None and self.scheduler.active_requests + len(reqs) > capacity:
-            raise EngineOverloadedError(
-                f"the request queue is full ({self.scheduler.active_requests} requests active)"
-            )
-        return reqs, single and len(reqs) == 1
+        with self._submit_lock:
+            if queued is not None:
+                active = self.scheduler.active_requests
+                if active + len(reqs) > self.config.max_running_requests + queued:
+                    raise EngineOverloadedError(
+                        f"the request queue is full ({active} requests active)"
+                    )
+            for index, req in enumerate(reqs):
+                self.scheduler.submit(req, sink_of(index))
 
     def _validate(self, ids: list[int], params: SamplingParams) -> None:
         vocab = self.model_config.vocab_size
         params.verify(vocab)
         if not ids:
             raise InvalidRequestError("the prompt is empty", "prompt")
-        if not all(isinstance(t, int) and 0 <= t < vocab for t in ids):
+        if max(ids) >= vocab:
             raise InvalidRequestError(f"input_ids must be integers in [0, {vocab})", "input_ids")
         for name in ("structural_tag", "stop_regex"):
             if getattr(params, name) is not None:
@@ -311,33 +356,16 @@ class Engine:
             )
 
 
-def _logprob_options(
-    return_logprob: bool, start_len: int | None, top_num: int | None, with_text: bool
-) -> LogprobOptions:
-    options = LogprobOptions(
-        return_logprob=bool(return_logprob),
-        logprob_start_len=-1 if start_len is None else int(start_len),
-        top_logprobs_num=int(top_num or 0),
-        return_text_in_logprobs=bool(with_text),
-    )
-    if options.logprob_start_len < -1:
-        raise InvalidRequestError("logprob_start_len must be >= -1", "logprob_start_len")
-    if options.top_logprobs_num < 0:
-        raise InvalidRequestError("top_logprobs_num must be >= 0", "top_logprobs_num")
-    return options
-
-
-def _has_constraint(sampling_params: dict[str, Any] | list[dict[str, Any]] | None) -> bool:
-    params = sampling_params if isinstance(sampling_params, list) else [sampling_params or {}]
-    return any(
-        isinstance(p, dict) and any(p.get(k) is not None for k in CONSTRAINT_FIELDS) for p in params
+def _logprob_options(request: GenerateInput) -> LogprobOptions:
+    start = request.logprob_start_len
+    return LogprobOptions(
+        return_logprob=bool(request.return_logprob),
+        logprob_start_len=-1 if start is None else start,
+        top_logprobs_num=request.top_logprobs_num or 0,
+        return_text_in_logprobs=bool(request.return_text_in_logprobs),
     )
 
 
-def _collect(results: dict[str, dict[str, Any]], out: dict[str, Any]) -> None:
-    results[out["meta_info"]["id"]] = out
-
-
-def _in_order(reqs: list[Req], results: dict[str, dict[str, Any]], single: bool):
-    ordered = [results[r.rid] for r in reqs]
+def _in_order(results: dict[int, dict[str, Any]], single: bool):
+    ordered = [results[i] for i in range(len(results))]
     return ordered[0] if single else ordered

@@ -39,6 +39,7 @@ class FinishReason:
     matched: int | str | None = None  # the stop token id or stop string (kind STOP)
     length: int | None = None  # max_new_tokens (kind LENGTH)
     message: str | None = None  # why (kind ABORT)
+    status_code: int | None = None  # kind ABORT from an error: 400 (the caller's), 500 (ours)
 
     def to_json(self) -> dict[str, Any]:
         """SGLang's `meta_info["finish_reason"]` shape."""
@@ -49,6 +50,8 @@ class FinishReason:
             out["length"] = self.length
         else:
             out["message"] = self.message
+            if self.status_code is not None:
+                out["status_code"] = self.status_code
         return out
 
 
@@ -62,6 +65,11 @@ class LogprobOptions:
 
 @dataclass
 class Req:
+    """`rid` is the engine's own key, unique among all requests ever made; `label` is the
+    caller's name for it (echoed as `meta_info["id"]`), `group` the caller's name for its prompt
+    (equal to `label` unless `n > 1`), `tenant` who may abort it. Labels may repeat across
+    callers: nothing inside the scheduler is keyed by them."""
+
     rid: str
     origin_input_ids: list[int]
     sampling_params: SamplingParams
@@ -70,6 +78,9 @@ class Req:
     stream: bool = False
     seed: int = 0  # the sampling RNG seed (sampling_seed, or drawn by the engine)
     grammar: Grammar | None = None  # the output's regex / JSON schema / grammar constraint
+    label: str = ""  # the caller's id for this request ("" -> rid)
+    group: str = ""  # the caller's id for the prompt this request samples ("" -> label)
+    tenant: str | None = None
 
     output_ids: list[int] = field(default_factory=list)
     finish_reason: FinishReason | None = None
@@ -92,6 +103,10 @@ class Req:
     retractions: int = 0
     forced_tokens: int = 0  # output tokens appended by jump-forward, not sampled
     sampling_rng: Any = None  # random.Random, created by the scheduler on admission
+
+    def __post_init__(self) -> None:
+        self.label = self.label or self.rid
+        self.group = self.group or self.label
 
     @property
     def fill_ids(self) -> list[int]:

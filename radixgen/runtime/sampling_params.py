@@ -1,74 +1,183 @@
-"""Sampling parameters: SGLang's field names, defaults and validation rules.
+"""Sampling parameters: SGLang's field names, defaults and validation rules, as one pydantic
+model that every surface (Engine, native API, OpenAI API, language) goes through.
 
-`SamplingParams.from_dict` is how every surface (Engine, native API, OpenAI API) builds them: null
-values fall back to defaults, unknown keys and out-of-range values raise `InvalidRequestError`
-naming the field.
+Contract: a `SamplingParams` that exists is valid in itself -- types are strict (no "1" for 1, no
+1.0 for an integer, no 0 for a boolean), numbers are finite and in range, lists are bounded,
+strings are valid Unicode (no lone surrogates). Only the model-dependent checks (token ids within
+the vocabulary) wait for `verify(vocab_size)`. `from_dict` turns any validation failure into an
+`InvalidRequestError` naming the field; nulls and empty lists mean "unset" (the default).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import math
-from dataclasses import dataclass, field
-from typing import Any
+import re
+from typing import Annotated, Any
+
+from pydantic import (
+    AfterValidator,
+    AliasChoices,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    Strict,
+    StrictBool,
+    StrictInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from radixgen.runtime.validation import InvalidRequestError, first_error
+
+__all__ = ["InvalidRequestError", "SamplingParams"]
 
 GREEDY_TEMPERATURE = 1e-6  # temperatures below this are greedy decoding
 CONSTRAINT_FIELDS = ("json_schema", "regex", "ebnf")  # output constraints; at most one is set
+INT64 = 2**63 - 1
+MAX_STOP_SEQUENCES = 16
+MAX_STOP_LENGTH = 1024
+MAX_STOP_TOKEN_IDS = 1024
+MAX_LOGIT_BIAS = 1024  # entries
+LOGIT_BIAS_RANGE = 100.0  # OpenAI's [-100, 100]
+MAX_PATTERN_CHARS = 1 << 20  # a regex, schema or grammar source
+_TOKEN_ID_KEY = re.compile(r"[0-9]{1,10}", re.ASCII)
 
 
-class InvalidRequestError(ValueError):
-    """A caller mistake. `param` names the offending field (the OpenAI envelope's `param`)."""
+def valid_unicode(text: str) -> str:
+    """Reject strings that cannot be encoded as UTF-8 (lone surrogates, which JSON's `\\ud800`
+    escapes can produce): tokenizers and templates fail on them deep inside."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("must be valid Unicode (no lone surrogates)") from None
+    return text
 
-    def __init__(self, message: str, param: str | None = None, code: str | None = None):
-        super().__init__(message)
-        self.message = message
-        self.param = param
-        self.code = code
+
+def _empty_as_none(value: Any) -> Any:
+    return None if isinstance(value, list | tuple | dict) and not value else value
 
 
-@dataclass
-class SamplingParams:
-    max_new_tokens: int = 128
-    min_new_tokens: int = 0
-    n: int = 1
-    stop: list[str] = field(default_factory=list)
-    stop_token_ids: list[int] = field(default_factory=list)
-    stop_regex: str | list[str] | None = None
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = -1
-    min_p: float = 0.0
-    frequency_penalty: float = 0.0
-    presence_penalty: float = 0.0
-    repetition_penalty: float = 1.0
-    ignore_eos: bool = False
-    skip_special_tokens: bool = True
-    spaces_between_special_tokens: bool = True
-    no_stop_trim: bool = False
-    logit_bias: dict[str, float] | None = None
-    sampling_seed: int | None = None
-    json_schema: str | None = None
-    regex: str | None = None
-    ebnf: str | None = None
-    structural_tag: str | None = None
-    stream_interval: int | None = None
-    custom_params: dict[str, Any] | None = None
+def _one_or_many(value: Any) -> Any:
+    return [value] if isinstance(value, str | int) and not isinstance(value, bool) else value
+
+
+def _schema_text(value: Any) -> Any:
+    """SGLang takes a JSON schema as a string; accept the object too (dict or boolean)."""
+    return json.dumps(value) if isinstance(value, dict | bool) else value
+
+
+def _token_id_keys(bias: dict[Any, float]) -> dict[int, float]:
+    """OpenAI's logit_bias keys are token ids as strings ("50256"); ints are accepted too."""
+    out: dict[int, float] = {}
+    for key, value in bias.items():
+        if isinstance(key, bool) or not (
+            isinstance(key, int) or (isinstance(key, str) and _TOKEN_ID_KEY.fullmatch(key))
+        ):
+            raise ValueError(f"keys must be token ids (ASCII digits), got {key!r}")
+        out[int(key)] = value
+    return out
+
+
+Text = Annotated[str, Strict(), AfterValidator(valid_unicode)]
+Pattern = Annotated[Text, Field(min_length=1, max_length=MAX_PATTERN_CHARS)]
+FiniteFloat = Annotated[float, Strict(), Field(allow_inf_nan=False)]
+StopString = Annotated[Text, Field(min_length=1, max_length=MAX_STOP_LENGTH)]
+TokenId = Annotated[StrictInt, Field(ge=0)]
+BiasValue = Annotated[FiniteFloat, Field(ge=-LOGIT_BIAS_RANGE, le=LOGIT_BIAS_RANGE)]
+Unset = BeforeValidator(_empty_as_none)
+LogitBias = Annotated[
+    dict[int | str, BiasValue], Field(max_length=MAX_LOGIT_BIAS), AfterValidator(_token_id_keys)
+]
+
+
+class SamplingParams(BaseModel):
+    """How one request samples and when it stops. Mutable only by the engine (normalising);
+    shared read-only by the `n` samples of a request."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    max_new_tokens: Annotated[StrictInt, Field(ge=0, le=INT64)] = 128
+    min_new_tokens: Annotated[StrictInt, Field(ge=0, le=INT64)] = 0
+    n: Annotated[StrictInt, Field(ge=1)] = 1
+    stop: Annotated[
+        list[StopString], Field(max_length=MAX_STOP_SEQUENCES), BeforeValidator(_one_or_many)
+    ] = Field(default_factory=list)
+    stop_token_ids: Annotated[
+        list[TokenId], Field(max_length=MAX_STOP_TOKEN_IDS), BeforeValidator(_one_or_many)
+    ] = Field(default_factory=list)
+    stop_regex: Annotated[
+        Annotated[list[Pattern], Field(max_length=MAX_STOP_SEQUENCES)] | None,
+        BeforeValidator(_one_or_many),
+        Unset,
+    ] = None
+    temperature: Annotated[FiniteFloat, Field(ge=0)] = 1.0
+    top_p: Annotated[FiniteFloat, Field(gt=0, le=1)] = 1.0
+    top_k: StrictInt = -1
+    min_p: Annotated[FiniteFloat, Field(ge=0, le=1)] = 0.0
+    frequency_penalty: Annotated[FiniteFloat, Field(ge=-2, le=2)] = 0.0
+    presence_penalty: Annotated[FiniteFloat, Field(ge=-2, le=2)] = 0.0
+    repetition_penalty: Annotated[FiniteFloat, Field(gt=0, le=2)] = 1.0
+    ignore_eos: StrictBool = False
+    skip_special_tokens: StrictBool = True
+    spaces_between_special_tokens: StrictBool = True
+    no_stop_trim: StrictBool = False
+    logit_bias: Annotated[LogitBias | None, Unset] = None
+    sampling_seed: Annotated[
+        StrictInt | None,
+        Field(ge=-INT64 - 1, le=INT64, validation_alias=AliasChoices("sampling_seed", "seed")),
+    ] = None
+    json_schema: Annotated[Pattern | None, BeforeValidator(_schema_text)] = None
+    regex: Pattern | None = None
+    ebnf: Pattern | None = None
+    structural_tag: Annotated[Pattern | None, BeforeValidator(_schema_text), Unset] = None
+    stream_interval: Annotated[StrictInt | None, Field(ge=1)] = None
+    custom_params: Annotated[dict[str, Any] | None, Unset] = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _nulls_are_unset(cls, values: Any) -> Any:
+        if isinstance(values, dict):
+            return {k: v for k, v in values.items() if v is not None}
+        return values
+
+    @field_validator("top_k")
+    @classmethod
+    def _top_k(cls, value: int) -> int:
+        if value < 1 and value != -1:
+            raise ValueError("must be >= 1, or -1 to disable")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> SamplingParams:
+        if self.min_new_tokens > self.max_new_tokens:
+            raise InvalidRequestError(
+                f"min_new_tokens must be in [0, max_new_tokens], got {self.min_new_tokens}",
+                "min_new_tokens",
+            )
+        constraints = [name for name in CONSTRAINT_FIELDS if getattr(self, name) is not None]
+        if len(constraints) > 1:
+            raise InvalidRequestError(
+                f"at most one of json_schema, regex, ebnf may be set (got {constraints})",
+                constraints[1],
+            )
+        return self
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any] | None) -> SamplingParams:
-        values = dict(values or {})
-        if "seed" in values and values.get("sampling_seed") is None:
-            values["sampling_seed"] = values.pop("seed")
-        values.pop("seed", None)
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - names)
-        if unknown:
-            raise InvalidRequestError(f"unknown sampling parameter(s): {unknown}", unknown[0])
-        params = cls(**{k: v for k, v in values.items() if v is not None})
-        params.normalize()
-        params.verify()
-        return params
+    def from_dict(cls, values: dict[str, Any] | SamplingParams | None) -> SamplingParams:
+        """Validate a request's sampling parameters; nulls fall back to the defaults."""
+        if isinstance(values, SamplingParams):
+            return values
+        if values is None:
+            return cls()
+        if not isinstance(values, dict):
+            raise InvalidRequestError("sampling_params must be an object", "sampling_params")
+        try:
+            return cls.model_validate(values)
+        except ValidationError as exc:
+            error = first_error(exc.errors(include_url=False, include_input=False))
+            raise error from None
 
     @property
     def is_greedy(self) -> bool:
@@ -86,89 +195,11 @@ class SamplingParams:
     def needs_sorting(self) -> bool:
         return self.top_p < 1.0 or self.top_k > 1 or self.min_p > 0.0
 
-    def normalize(self) -> None:
-        if isinstance(self.stop, str):
-            self.stop = [self.stop]
-        if isinstance(self.stop_token_ids, int):
-            self.stop_token_ids = [self.stop_token_ids]
-        self.stop = list(self.stop)
-        self.stop_token_ids = list(self.stop_token_ids)
-        if isinstance(self.json_schema, dict | bool):  # SGLang takes a string; accept the object
-            self.json_schema = json.dumps(self.json_schema)
-
-    def verify(self, vocab_size: int | None = None) -> None:
-        """Raise `InvalidRequestError` naming the first field out of range."""
-
-        def check(ok: bool, name: str, rule: str) -> None:
-            if not ok:
-                raise InvalidRequestError(f"{name} {rule}, got {getattr(self, name)!r}", param=name)
-
-        def is_number(name: str) -> bool:
-            value = getattr(self, name)
-            return isinstance(value, int | float) and not isinstance(value, bool)
-
-        def is_int(name: str) -> bool:
-            value = getattr(self, name)
-            return isinstance(value, int) and not isinstance(value, bool)
-
-        for name in (
-            "temperature",
-            "top_p",
-            "min_p",
-            "frequency_penalty",
-            "presence_penalty",
-            "repetition_penalty",
-        ):
-            check(is_number(name), name, "must be a number")
-        for name in ("max_new_tokens", "min_new_tokens", "n", "top_k"):
-            check(is_int(name), name, "must be an integer")
-        check(
-            math.isfinite(self.temperature) and self.temperature >= 0,
-            "temperature",
-            "must be a finite number >= 0",
-        )
-        check(0 < self.top_p <= 1, "top_p", "must be in (0, 1]")
-        check(0 <= self.min_p <= 1, "min_p", "must be in [0, 1]")
-        check(self.top_k >= 1 or self.top_k == -1, "top_k", "must be >= 1, or -1 to disable")
-        check(-2 <= self.frequency_penalty <= 2, "frequency_penalty", "must be in [-2, 2]")
-        check(-2 <= self.presence_penalty <= 2, "presence_penalty", "must be in [-2, 2]")
-        check(0 < self.repetition_penalty <= 2, "repetition_penalty", "must be in (0, 2]")
-        check(self.max_new_tokens >= 0, "max_new_tokens", "must be >= 0")
-        check(
-            0 <= self.min_new_tokens <= self.max_new_tokens,
-            "min_new_tokens",
-            "must be in [0, max_new_tokens]",
-        )
-        check(self.n >= 1, "n", "must be >= 1")
-        check(
-            all(isinstance(s, str) and s for s in self.stop),
-            "stop",
-            "must be a non-empty string or a list of non-empty strings",
-        )
-        check(
-            all(is_int_value(t) for t in self.stop_token_ids),
-            "stop_token_ids",
-            "must be a list of integers",
-        )
-        if self.sampling_seed is not None:
-            check(is_int_value(self.sampling_seed), "sampling_seed", "must be an integer")
-        constraints = [n for n in CONSTRAINT_FIELDS if getattr(self, n) is not None]
-        if len(constraints) > 1:
-            raise InvalidRequestError(
-                f"at most one of json_schema, regex, ebnf may be set (got {constraints})",
-                param=constraints[1],
-            )
-        if self.logit_bias is not None:
-            check(isinstance(self.logit_bias, dict), "logit_bias", "must be a dict")
-            for key in self.logit_bias:
-                if vocab_size is not None and not 0 <= int(key) < vocab_size:
-                    raise InvalidRequestError(
-                        f"logit_bias token {key} is out of the vocabulary", param="logit_bias"
-                    )
-        if vocab_size is not None:
-            for t in self.stop_token_ids:
-                check(0 <= t < vocab_size, "stop_token_ids", f"must be in [0, {vocab_size})")
-
-
-def is_int_value(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+    def verify(self, vocab_size: int) -> None:
+        """The checks that need the model: every token id named must be in the vocabulary."""
+        for name, ids in (("stop_token_ids", self.stop_token_ids), ("logit_bias", self.logit_bias)):
+            bad = [t for t in ids or () if t >= vocab_size]
+            if bad:
+                raise InvalidRequestError(
+                    f"{name}: token id {bad[0]} is outside the vocabulary [0, {vocab_size})", name
+                )

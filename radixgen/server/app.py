@@ -96,6 +96,12 @@ def engine_of(request: Request) -> Engine:
     return holder.engine
 
 
+def tenant_of(request: Request) -> str | None:
+    """Who sent the request, as far as aborts are concerned: the API key it authenticated with
+    (a digest; set by the guard middleware), or None on a server without keys."""
+    return getattr(request.state, "tenant", None)
+
+
 def served_model_name(request: Request) -> str:
     settings: ServerSettings = request.app.state.settings
     return settings.served_model_name or engine_of(request).source.name

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -16,7 +17,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from radixgen.runtime.engine import EngineOverloadedError
-from radixgen.runtime.sampling_params import InvalidRequestError
+from radixgen.runtime.validation import InvalidRequestError, first_error
 
 logger = logging.getLogger(__name__)
 
@@ -80,17 +81,31 @@ def stream_error_event(message: str, status: int = 400, param: str | None = None
     return b"data: " + json.dumps(error_body(status, message, param)).encode() + b"\n\n"
 
 
+def output_error(out: dict[str, Any]) -> tuple[int, str] | None:
+    """(status, message) of an engine output that ended in an error rather than a result: a
+    grammar that failed mid-generation (400) or an engine fault (500, naming only the request's
+    own id); None for normal endings, including aborts the caller asked for."""
+    reason = out["meta_info"]["finish_reason"]
+    if reason is None or reason["type"] != "abort" or reason.get("status_code") is None:
+        return None
+    return reason["status_code"], reason.get("message") or "request failed"
+
+
+def raise_on_errors(outputs: dict[str, Any] | list[dict[str, Any]]) -> None:
+    """Answer a finished (non-streamed) request that failed with its status, not a 200."""
+    for out in outputs if isinstance(outputs, list) else [outputs]:
+        error = output_error(out)
+        if error is not None:
+            raise APIError(error[0], error[1])
+
+
 def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
     errors = exc.errors()
-    if not errors:
-        return "invalid request", None
-    first = errors[0]
-    loc = [str(part) for part in first.get("loc", ()) if part != "body"]
-    param = ".".join(loc) or None
-    message = first.get("msg", "invalid value")
-    if first.get("type") == "json_invalid":
+    if any(e.get("type") == "json_invalid" for e in errors):
         return "request body is not valid JSON", None
-    return (f"{param}: {message}" if param else message), param
+    located = [{**e, "loc": tuple(p for p in e.get("loc", ()) if p != "body")} for e in errors]
+    error = first_error(located)
+    return error.message, error.param
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
@@ -15,11 +16,13 @@ from radixgen.server.app import (
     event_stream,
     served_model_name,
     sse,
+    tenant_of,
     until_disconnect,
 )
-from radixgen.server.errors import APIError, stream_error_event
+from radixgen.server.errors import APIError, output_error, raise_on_errors, stream_error_event
 from radixgen.server.protocol import AbortRequest, GenerateRequest
 
+logger = logging.getLogger(__name__)
 router = APIRouter()
 HEALTH_PROBE_TIMEOUT = 20.0
 
@@ -27,39 +30,38 @@ HEALTH_PROBE_TIMEOUT = 20.0
 @router.api_route("/generate", methods=["POST", "PUT"])
 async def generate(body: GenerateRequest, request: Request):
     engine = engine_of(request)
-    if (body.text is None) == (body.input_ids is None):
-        raise APIError(400, "exactly one of text and input_ids is required", "text")
-    kwargs = dict(
-        prompt=body.text,
-        input_ids=body.input_ids,
-        sampling_params=body.sampling_params,
-        rid=body.rid,
-        return_logprob=bool(body.return_logprob),
-        logprob_start_len=body.logprob_start_len,
-        top_logprobs_num=body.top_logprobs_num,
-        return_text_in_logprobs=bool(body.return_text_in_logprobs),
-    )
+    tenant = tenant_of(request)
     if not body.stream:
-        return await until_disconnect(request, engine.async_generate(**kwargs))
-    outputs = await engine.async_generate(**kwargs, stream=True)
+        outputs = await until_disconnect(request, engine.async_generate_input(body, tenant))
+        raise_on_errors(outputs)
+        return outputs
+    outputs = await engine.async_generate_input(body, tenant)
 
     async def events():
         try:
             async for out in outputs:
+                error = output_error(out)
+                if error is not None:
+                    yield stream_error_event(error[1], error[0])
+                    break
                 yield sse(out)
-        except Exception as exc:  # after the 200 headers: report in-band
-            yield stream_error_event(str(exc), 500)
+        except Exception:  # after the 200 headers: report in-band, details in the log
+            logger.exception("stream of /generate failed")
+            yield stream_error_event("internal server error", 500)
         yield DONE_EVENT
 
     return event_stream(events())
 
 
 @router.get("/get_model_info")
+@router.get("/model_info")
 async def get_model_info(request: Request):
+    """The served model, named as clients and routers should call it: no file-system paths."""
     engine = engine_of(request)
+    name = served_model_name(request)
     return {
-        "model_path": str(engine.source.path),
-        "tokenizer_path": str(engine.source.path),
+        "model_path": name,
+        "tokenizer_path": name,
         "is_generation": True,
         "preferred_sampling_params": None,
         "weight_version": "default",
@@ -71,11 +73,13 @@ async def get_model_info(request: Request):
 
 
 @router.get("/get_server_info")
+@router.get("/server_info")
 async def get_server_info(request: Request):
     engine = engine_of(request)
     stats = await asyncio.to_thread(engine.stats)
     return {
         **dataclasses.asdict(engine.config),
+        "model": served_model_name(request),  # the configured path stays private
         **stats,
         "version": radixgen.__version__,
         "context_length": engine.context_len,
@@ -104,11 +108,15 @@ async def flush_cache(request: Request):
 
 @router.post("/abort_request")
 async def abort_request(body: AbortRequest, request: Request):
+    """Abort the caller's own requests: those labelled `rid` (with their `n > 1` samples), or
+    all of them with `abort_all`. The caller is the API key it authenticated with; a server
+    without keys has one caller, so there anyone may abort any request whose rid they know."""
     engine = engine_of(request)
+    tenant = tenant_of(request)
     if body.abort_all:
-        engine.abort_all()
+        engine.abort_all(tenant)
     elif body.rid:
-        engine.abort(body.rid)
+        engine.abort(body.rid, tenant)
     else:
         raise APIError(400, "give rid or abort_all", "rid")
     return {"status": "ok"}

@@ -9,6 +9,7 @@ then `data: [DONE]`; an error after the headers goes in-band before `[DONE]`.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -25,13 +26,15 @@ from radixgen.server.app import (
     event_stream,
     served_model_name,
     sse,
+    tenant_of,
     until_disconnect,
 )
-from radixgen.server.errors import APIError, stream_error_event
+from radixgen.server.errors import APIError, output_error, raise_on_errors, stream_error_event
 from radixgen.server.protocol import ChatCompletionRequest, CompletionRequest
 from radixgen.server.structured import constraint_params
 from radixgen.server.tools import ToolPlan, plan_tools, render_tool_history
 
+logger = logging.getLogger(__name__)
 router = APIRouter()
 
 
@@ -45,7 +48,7 @@ def _model_card(request: Request) -> dict[str, Any]:
         "object": "model",
         "created": 0,
         "owned_by": "radixgen",
-        "root": str(engine.source.path),
+        "root": served_model_name(request),  # never a file-system path
         "max_model_len": engine.context_len,
     }
 
@@ -90,14 +93,6 @@ def _sampling_params(body, max_new_tokens: int) -> dict[str, Any]:
         "stop_token_ids": body.stop_token_ids,
         "no_stop_trim": body.no_stop_trim,
     }
-    if isinstance(body.stop, list) and len(body.stop) > 16:
-        raise APIError(400, "stop takes at most 16 sequences", "stop")
-    if any(len(s) > 1024 for s in ([body.stop] if isinstance(body.stop, str) else body.stop or [])):
-        raise APIError(400, "each stop sequence is at most 1024 characters", "stop")
-    if body.logit_bias:
-        for key in body.logit_bias:
-            if not key.lstrip("-").isdigit():
-                raise APIError(400, f"logit_bias keys must be token ids, got {key!r}", "logit_bias")
     return {k: v for k, v in params.items() if v is not None}
 
 
@@ -156,9 +151,9 @@ async def _stream_choices(
             finished = out["meta_info"]["finish_reason"] is not None
             if finished:
                 finals[index] = out
-                status = _error_status(out["meta_info"]["finish_reason"])
-                if status is not None:
-                    yield stream_error_event(out["meta_info"]["finish_reason"]["message"], status)
+                error = output_error(out)
+                if error is not None:
+                    yield stream_error_event(error[1], error[0])
                     break
             choice = make_choice(out, index, out["text"][previous:], first)
             if choice is None:
@@ -171,28 +166,10 @@ async def _stream_choices(
             if include_usage:
                 ordered = [finals[i] for i in sorted(finals)]
                 yield sse({**batch.head(kind), "choices": [], "usage": fmt.usage(ordered, batch.n)})
-    except Exception as exc:
-        yield stream_error_event(f"internal error: {exc}", 500)
+    except Exception:  # after the 200 headers: report in-band, details in the log
+        logger.exception("stream of %s %s failed", kind, batch.response_id)
+        yield stream_error_event("internal server error", 500)
     yield DONE_EVENT
-
-
-def _error_status(reason: dict[str, Any] | None) -> int | None:
-    """HTTP status of an output that ended in an error rather than a result: a grammar that
-    failed mid-generation (400) or an internal error (500); None for normal endings."""
-    if reason is None or reason["type"] != "abort":
-        return None
-    message = reason.get("message") or ""
-    if message.startswith("grammar error"):
-        return 400
-    return 500 if "internal" in message else None
-
-
-def _raise_on_errors(outputs: list[dict[str, Any]]) -> None:
-    for out in outputs:
-        reason = out["meta_info"]["finish_reason"]
-        status = _error_status(reason)
-        if status is not None:
-            raise APIError(status, reason["message"], None)
 
 
 # --- /v1/completions -------------------------------------------------------------------------
@@ -228,12 +205,15 @@ async def completions(body: CompletionRequest, request: Request):
     max_tokens = 16 if body.max_tokens is None else body.max_tokens
     if max_tokens < 1 and not (body.echo and max_tokens == 0):
         raise APIError(400, "max_tokens must be at least 1", "max_tokens")
-    prompt_kwargs, texts, num_prompts = _completion_prompts(engine, body.prompt)
+    prompt_kwargs, texts, num_prompts = await asyncio.to_thread(
+        _completion_prompts, engine, body.prompt
+    )
     batch = _Batch(
         body.rid or f"cmpl-{uuid.uuid4().hex}", served_model_name(request), body.n, num_prompts
     )
     want_logprobs = body.logprobs is not None
     kwargs = dict(
+        tenant=tenant_of(request),
         **prompt_kwargs,
         sampling_params={**_sampling_params(body, max_tokens), **constraint_params(body)},
         rid=batch.rids(),
@@ -280,7 +260,7 @@ async def completions(body: CompletionRequest, request: Request):
             _stream_choices(outputs, batch, "text_completion", make_choice, include_usage)
         )
     outputs = await until_disconnect(request, engine.async_generate(**kwargs))
-    _raise_on_errors(outputs)
+    raise_on_errors(outputs)
     choices = []
     for index, out in enumerate(outputs):
         prefix = texts[index // body.n] if body.echo else ""
@@ -366,9 +346,11 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
             )
         constraint = plan.constraint
     input_ids = await asyncio.to_thread(_chat_input_ids, engine, body, plan)  # off the loop
-    max_tokens = body.max_completion_tokens or body.max_tokens
+    max_tokens, field = body.max_completion_tokens, "max_completion_tokens"
+    if max_tokens is None:
+        max_tokens, field = body.max_tokens, "max_tokens"
     if max_tokens is not None and max_tokens < 1:
-        raise APIError(400, "max_tokens must be at least 1", "max_tokens")
+        raise APIError(400, f"{field} must be at least 1", field)
     if max_tokens is None:
         room = min(engine.context_len, engine.config.kv_cache_tokens) - len(input_ids)
         max_tokens = max(room, 1)
@@ -377,6 +359,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
     )
     top = body.top_logprobs or 0
     kwargs = dict(
+        tenant=tenant_of(request),
         input_ids=[input_ids],
         sampling_params={**_sampling_params(body, max_tokens), **constraint},
         rid=batch.rids(),
@@ -423,7 +406,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
             _stream_choices(outputs, batch, "chat.completion.chunk", make_choice, include_usage)
         )
     outputs = await until_disconnect(request, engine.async_generate(**kwargs))
-    _raise_on_errors(outputs)
+    raise_on_errors(outputs)
     choices = []
     for index, out in enumerate(outputs):
         message, finish = _chat_message(plan, out)

@@ -1,15 +1,29 @@
-"""Request bodies (pydantic). Unknown fields are accepted and ignored, as vLLM and OpenAI do;
-ranges the OpenAI API defines are checked here, the rest by `SamplingParams`."""
+"""Request bodies (pydantic). Unknown top-level fields are accepted and ignored, as vLLM and
+OpenAI do; every field radixgen reads is typed strictly (no "1" for 1, no 0 for false), numbers
+are finite and in the OpenAI API's ranges, strings are valid Unicode. `/generate`'s body is the
+engine's own `GenerateInput`, so its nested `sampling_params` are checked field by field here and
+appear in the OpenAPI schema."""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictInt
 
-INT64 = 2**63 - 1
-MAX_STOP_SEQUENCES = 16
-MAX_STOP_LENGTH = 1024
+from radixgen.runtime.generate_input import MAX_TOP_LOGPROBS, GenerateInput, Label
+from radixgen.runtime.sampling_params import (
+    INT64,
+    MAX_STOP_SEQUENCES,
+    FiniteFloat,
+    LogitBias,
+    Pattern,
+    StopString,
+    Text,
+    TokenId,
+)
+
+Stop = Annotated[list[StopString], Field(max_length=MAX_STOP_SEQUENCES)]
+Count = Annotated[StrictInt, Field(ge=0)]
 
 
 class _Lenient(BaseModel):
@@ -17,89 +31,86 @@ class _Lenient(BaseModel):
 
 
 class StreamOptions(_Lenient):
-    include_usage: bool = False
+    include_usage: StrictBool = False
+
+
+def _one_or_many(value: Any) -> Any:
+    return [value] if isinstance(value, str) else value
 
 
 class _SamplingFields(_Lenient):
     """Fields shared by /v1/completions and /v1/chat/completions (OpenAI plus extensions)."""
 
-    model: str | None = None
-    n: int = Field(1, ge=1, le=128)
-    temperature: float | None = Field(None, ge=0, le=2)
-    top_p: float | None = None
-    stop: str | list[str] | None = None
-    seed: int | None = Field(None, ge=-INT64 - 1, le=INT64)
-    presence_penalty: float | None = None
-    frequency_penalty: float | None = None
-    logit_bias: dict[str, float] | None = None
-    stream: bool = False
+    model: Text | None = None
+    n: Annotated[StrictInt, Field(ge=1)] = 1  # the engine's max_n caps it
+    temperature: Annotated[FiniteFloat, Field(ge=0, le=2)] | None = None
+    top_p: Annotated[FiniteFloat, Field(gt=0, le=1)] | None = None
+    stop: Annotated[Stop | None, BeforeValidator(_one_or_many)] = None
+    seed: Annotated[StrictInt, Field(ge=-INT64 - 1, le=INT64)] | None = None
+    presence_penalty: Annotated[FiniteFloat, Field(ge=-2, le=2)] | None = None
+    frequency_penalty: Annotated[FiniteFloat, Field(ge=-2, le=2)] | None = None
+    logit_bias: LogitBias | None = None
+    stream: StrictBool = False
     stream_options: StreamOptions | None = None
-    user: str | None = None
+    user: Text | None = None
     # Extensions (vLLM / SGLang names).
-    top_k: int | None = None
-    min_p: float | None = None
-    repetition_penalty: float | None = None
-    min_tokens: int | None = None
-    ignore_eos: bool | None = None
-    skip_special_tokens: bool | None = None
-    stop_token_ids: list[int] | None = None
-    no_stop_trim: bool | None = None
-    rid: str | None = None
+    top_k: StrictInt | None = None
+    min_p: Annotated[FiniteFloat, Field(ge=0, le=1)] | None = None
+    repetition_penalty: Annotated[FiniteFloat, Field(gt=0, le=2)] | None = None
+    min_tokens: Count | None = None
+    ignore_eos: StrictBool | None = None
+    skip_special_tokens: StrictBool | None = None
+    stop_token_ids: list[TokenId] | None = None
+    no_stop_trim: StrictBool | None = None
+    rid: Label | None = None
     # Structured-output extensions (at most one; chat also takes response_format).
-    regex: str | None = None
-    ebnf: str | None = None
-    choice: list[str] | None = None
-    json_schema: str | dict[str, Any] | None = None  # SGLang's extension (a schema, not a format)
+    regex: Pattern | None = None
+    ebnf: Pattern | None = None
+    choice: list[Text] | None = None
+    json_schema: Pattern | dict[str, Any] | None = None  # SGLang's (a schema, not a format)
 
 
 class CompletionRequest(_SamplingFields):
-    prompt: str | list[str] | list[int] | list[list[int]]
-    max_tokens: int | None = 16
-    logprobs: int | None = Field(None, ge=0, le=20)
-    echo: bool = False
-    suffix: str | None = None
-    best_of: int | None = None
+    prompt: Text | list[Text] | list[TokenId] | list[list[TokenId]]
+    max_tokens: Count | None = 16
+    logprobs: Annotated[StrictInt, Field(ge=0, le=MAX_TOP_LOGPROBS)] | None = None
+    echo: StrictBool = False
+    suffix: Text | None = None
+    best_of: StrictInt | None = None
 
 
 class TextPart(_Lenient):
     type: Literal["text"]
-    text: str
+    text: Text
 
 
 class ChatMessage(_Lenient):
     role: Literal["system", "user", "assistant", "tool", "developer"]
-    content: str | list[TextPart] | None = None
-    name: str | None = None
+    content: Text | list[TextPart] | None = None
+    name: Text | None = None
     tool_calls: list[dict[str, Any]] | None = None  # assistant turns that called tools
-    tool_call_id: str | None = None  # tool turns: which call this answers
+    tool_call_id: Text | None = None  # tool turns: which call this answers
 
 
 class ChatCompletionRequest(_SamplingFields):
     messages: list[ChatMessage] = Field(min_length=1)
-    max_tokens: int | None = None
-    max_completion_tokens: int | None = None
-    logprobs: bool = False
-    top_logprobs: int | None = Field(None, ge=0, le=20)
+    max_tokens: Count | None = None
+    max_completion_tokens: Count | None = None
+    logprobs: StrictBool = False
+    top_logprobs: Annotated[StrictInt, Field(ge=0, le=MAX_TOP_LOGPROBS)] | None = None
     response_format: dict[str, Any] | None = None
     tools: list[dict[str, Any]] | None = None
     tool_choice: Any = None
-    parallel_tool_calls: bool = True
+    parallel_tool_calls: StrictBool = True
 
 
-class GenerateRequest(_Lenient):
-    """SGLang's native `/generate` body (`GenerateReqInput`)."""
+class GenerateRequest(GenerateInput):
+    """SGLang's native `/generate` body (`GenerateReqInput`): the engine's input; the SGLang
+    fields radixgen does not use (`image_data`, `lora_path`, ...) are accepted and ignored."""
 
-    text: str | list[str] | None = None
-    input_ids: list[int] | list[list[int]] | None = None
-    sampling_params: dict[str, Any] | list[dict[str, Any]] | None = None
-    rid: str | list[str] | None = None
-    return_logprob: bool | None = False
-    logprob_start_len: int | None = None
-    top_logprobs_num: int | None = None
-    return_text_in_logprobs: bool | None = False
-    stream: bool | None = False
+    model_config = ConfigDict(extra="allow")
 
 
 class AbortRequest(_Lenient):
-    rid: str | None = None
-    abort_all: bool = False
+    rid: Label | None = None
+    abort_all: StrictBool = False

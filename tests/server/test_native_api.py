@@ -23,9 +23,15 @@ def _generate(url: str, **body) -> httpx.Response:
 
 def test_model_and_server_info(server_url):
     info = httpx.get(f"{server_url}/get_model_info").json()
-    assert info["model_path"].endswith(".gguf") and info["is_generation"] is True
+    served = httpx.get(f"{server_url}/v1/models").json()["data"][0]
+    # Routers register the model by this name; no file-system path is revealed anywhere.
+    assert info["model_path"] == info["tokenizer_path"] == served["id"] == served["root"]
+    assert info["is_generation"] is True and "/" not in info["model_path"]
+    assert httpx.get(f"{server_url}/model_info").json() == info  # SGLang's newer names
     server = httpx.get(f"{server_url}/get_server_info").json()
     assert server["kv_total"] == 16384 and "version" in server
+    assert server["model"] == served["id"]
+    assert httpx.get(f"{server_url}/server_info").json()["kv_total"] == 16384
     assert httpx.get(f"{server_url}/health_generate", timeout=30).status_code == 200
 
 
@@ -100,7 +106,8 @@ def test_stream_is_cumulative_and_ends_with_done(server_url):
 def test_bad_native_input(server_url):
     assert _generate(server_url, sampling_params={"max_new_tokens": 2}).status_code == 400
     resp = _generate(server_url, text="x", sampling_params={"temperature": -3})
-    assert resp.status_code == 400 and resp.json()["error"]["param"] == "temperature"
+    assert resp.status_code == 400
+    assert resp.json()["error"]["param"] == "sampling_params.temperature"
     assert _generate(server_url, text="x", sampling_params={"bogus": 1}).status_code == 400
 
 

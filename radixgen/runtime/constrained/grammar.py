@@ -13,7 +13,22 @@ been forced to do, in one forward pass instead of several.
 
 from __future__ import annotations
 
+import re
 from typing import Any
+
+MAX_ERROR_CHARS = 200
+_POSITION = re.compile(r"^(at \d+\(\d+\): )+")
+
+
+def short_error(message: str) -> str:
+    """A grammar engine's error as one short line for the caller: the line that says what is
+    wrong (a regex parser's `error: ...`), without source excerpts, positions inside the
+    generated grammar or the engine's internal state. Full text belongs in the log."""
+    lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
+    said = [line.removeprefix("error: ") for line in lines if line.startswith("error:")]
+    line = said[-1] if said else (lines[0] if lines else "unknown grammar error")
+    line = _POSITION.sub("", line)
+    return line[:MAX_ERROR_CHARS]
 
 
 class Grammar:
@@ -51,4 +66,4 @@ class Grammar:
         """Why the grammar failed at this position (for example a lexer limit), or None."""
         if not self._matcher.is_error():
             return None
-        return self._matcher.get_error() or "unknown grammar error"
+        return short_error(self._matcher.get_error() or "")

@@ -24,7 +24,7 @@ import threading
 from collections import OrderedDict
 from typing import Any
 
-from radixgen.runtime.constrained.grammar import Grammar
+from radixgen.runtime.constrained.grammar import Grammar, short_error
 from radixgen.runtime.sampling_params import (
     CONSTRAINT_FIELDS,
     InvalidRequestError,
@@ -86,7 +86,7 @@ class GrammarCompiler:
         grammar = _grammar_text(kind, source)
         matcher = LLMatcher(self.ll_tokenizer, grammar, log_level=0)
         if matcher.is_error():
-            raise InvalidRequestError(f"invalid {kind}: {_first_lines(matcher.get_error())}", kind)
+            raise InvalidRequestError(f"invalid {kind}: {short_error(matcher.get_error())}", kind)
         return matcher
 
 
@@ -103,7 +103,7 @@ def _grammar_text(kind: str, source: str) -> str:
         try:
             schema = json.loads(source)
         except json.JSONDecodeError as exc:
-            raise InvalidRequestError(f"json_schema is not valid JSON: {exc}", kind) from exc
+            raise InvalidRequestError(f"json_schema is not valid JSON: {exc.msg}", kind) from exc
         if not isinstance(schema, dict | bool):
             raise InvalidRequestError("json_schema must be a JSON object", kind)
         # As text: llguidance's JSON parser reads integers beyond 64 bits (as floats), while
@@ -113,11 +113,12 @@ def _grammar_text(kind: str, source: str) -> str:
                 json.dumps(strict_schema(schema)), overrides=JSON_OPTIONS
             )
         except ValueError as exc:
-            raise InvalidRequestError(f"invalid json_schema: {exc}", kind) from exc
+            message = short_error(str(exc))
+            raise InvalidRequestError(f"invalid json_schema: {message}", kind) from exc
     try:  # ebnf: GBNF (`root ::= ...`, as llama.cpp and xgrammar take it) or Lark
         return LLMatcher.grammar_from_lark(any_to_lark(source))
     except Exception as exc:  # the GBNF converter raises plain exceptions on syntax errors
-        raise InvalidRequestError(f"invalid ebnf: {exc}", kind) from exc
+        raise InvalidRequestError(f"invalid ebnf: {short_error(str(exc))}", kind) from exc
 
 
 SCHEMA_MAPS = ("properties", "patternProperties", "$defs", "definitions", "dependentSchemas")
@@ -146,7 +147,3 @@ def strict_schema(schema: Any) -> Any:
     ):
         strict["additionalProperties"] = False
     return strict
-
-
-def _first_lines(message: str, limit: int = 6) -> str:
-    return "\n".join(message.strip().splitlines()[:limit])

@@ -14,6 +14,12 @@ from radixgen.runtime.request import FinishKind, FinishReason, Req
 from radixgen.runtime.sampler import top_logprobs
 
 
+def grammar_error(message: str) -> FinishReason:
+    """A constrained request ended by its grammar mid-generation: the caller's constraint
+    admits no continuation the model can take (a 400, not an engine fault)."""
+    return FinishReason(FinishKind.ABORT, message=f"grammar error: {message}", status_code=400)
+
+
 class OutputProcessor:
     def __init__(self, tokenizer, eos_ids: frozenset[int]):
         self.tokenizer = tokenizer
@@ -70,13 +76,13 @@ class OutputProcessor:
         """Feed `token` to the grammar; False (request finished) when it must not be appended."""
         grammar = req.grammar
         if grammar.error is not None:  # failed while computing this step's mask
-            req.finish(FinishReason(FinishKind.ABORT, message=f"grammar error: {grammar.error}"))
+            req.finish(grammar_error(grammar.error))
             return False
         if token in self.eos_ids and grammar.is_accepting:
             return True  # EOS ends a complete match; the stop check below handles it
         if not grammar.accept(token):
             message = grammar.error or f"token {token} is not allowed by the grammar"
-            req.finish(FinishReason(FinishKind.ABORT, message=f"grammar error: {message}"))
+            req.finish(grammar_error(message))
             return False
         if grammar.is_finished:
             req.finish(FinishReason(FinishKind.STOP))  # the output is a complete match
@@ -100,7 +106,7 @@ class OutputProcessor:
     def make_output(self, req: Req) -> dict[str, Any]:
         finished = req.is_finished
         meta: dict[str, Any] = {
-            "id": req.rid,
+            "id": req.label,
             "finish_reason": req.finish_reason.to_json() if finished else None,
             "prompt_tokens": len(req.origin_input_ids),
             "completion_tokens": len(req.output_ids),
