@@ -29,6 +29,14 @@ class SampleOutput:
     logprobs: list[float] | None  # logprob of each sampled token, when any request asked
     top_logprobs: list[list[tuple[float, int]]] | None
 
+    def pick(self, i: int) -> tuple[int, float | None, list[tuple[float, int]] | None]:
+        """Row i's token, its logprob and its top logprobs (None where nobody asked)."""
+        return (
+            self.token_ids[i],
+            None if self.logprobs is None else self.logprobs[i],
+            None if self.top_logprobs is None else self.top_logprobs[i],
+        )
+
 
 def apply_penalties(logits: torch.Tensor, reqs: Sequence[Req]) -> None:
     """In place on logits [B, V]: frequency / presence penalties over generated tokens,
@@ -102,10 +110,13 @@ class Sampler:
         self.masker = masker
 
     def sample(self, logits: torch.Tensor, reqs: Sequence[Req]) -> SampleOutput:
-        """logits [B, V] float32 (one row per request, modified in place) -> next tokens."""
+        """logits [B, V] float32 (one row per request) -> next tokens. Edits that would not
+        survive a second application (penalties, logit bias) go to a copy, so a failed call
+        can be repeated on the same logits; masks are idempotent and stay in place."""
         want_logprobs = any(r.logprob.return_logprob for r in reqs)
         raw_logprobs = torch.log_softmax(logits, dim=-1) if want_logprobs else None  # [B, V]
         if any(r.sampling_params.needs_penalties or r.sampling_params.logit_bias for r in reqs):
+            logits = logits.clone()
             apply_penalties(logits, reqs)
         if any(len(r.output_ids) < r.sampling_params.min_new_tokens for r in reqs):
             mask_stop_tokens(logits, reqs, self.eos_ids)

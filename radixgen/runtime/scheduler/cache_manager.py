@@ -74,6 +74,11 @@ class CacheManager:
             self.req_table.write(req.req_pool_row, req.kv_len, slots)
         return slots
 
+    def drop_uncomputed(self, req: Req, n: int) -> None:
+        """Free the `n` slots `extend` gave `req` past its KV when the pass that was to fill
+        them failed (its KV length never counted them, so `release` would not)."""
+        self.allocator.free(self.req_table.read(req.req_pool_row, req.kv_len + n, req.kv_len))
+
     def cache_unfinished(self, req: Req) -> None:
         """Share a still-running request's computed KV through the tree (after each prefill or
         prefill chunk), so later requests can reuse it; the request keeps it locked."""

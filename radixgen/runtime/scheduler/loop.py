@@ -47,6 +47,7 @@ from radixgen.runtime.model.runner import ModelRunner
 from radixgen.runtime.request import FinishKind, FinishReason, Req
 from radixgen.runtime.sampler import Sampler
 from radixgen.runtime.scheduler.batch_builder import (
+    ExtendRows,
     build_decode,
     build_extend,
     input_logprob_start,
@@ -58,6 +59,13 @@ from radixgen.runtime.scheduler.policy import order_waiting
 from radixgen.runtime.scheduler.prefill import PrefillBatch, PrefillManager
 
 logger = logging.getLogger(__name__)
+
+
+def internal_error(req: Req) -> FinishReason:
+    """An engine fault, as the request's caller sees it: its own id, nothing more."""
+    return FinishReason(
+        FinishKind.ABORT, message=f"internal error (request {req.rid})", status_code=500
+    )
 
 
 def finished_record(req: Req) -> dict[str, Any]:
@@ -158,10 +166,16 @@ class Scheduler:
         return self._active
 
     def abort(self, rid: str) -> None:
+        """Abort the request whose engine key is `rid` (never a caller's label)."""
         self.inbox.put(("abort", rid))
 
-    def abort_all(self) -> None:
-        self.inbox.put(("abort_all",))
+    def abort_labelled(self, label: str, tenant: str | None) -> None:
+        """Abort `tenant`'s requests labelled `label`, and the samples of a prompt so labelled."""
+        self.inbox.put(("abort_labelled", label, tenant))
+
+    def abort_tenant(self, tenant: str | None) -> None:
+        """Abort every request of `tenant`."""
+        self.inbox.put(("abort_tenant", tenant))
 
     def call(self, fn: Callable[[], Any]) -> Future:
         """Run `fn` on the scheduler thread between steps (consistent view of all state)."""
@@ -190,11 +204,9 @@ class Scheduler:
             self._drain_inbox(block=self.is_idle)
             try:
                 self.step()
-            except Exception as exc:  # never let one bad batch kill the engine
-                logger.exception("scheduler step failed")
-                self._abort_all_active(f"internal error: {exc}")
-                # The failed pass may have left published prefixes without their KV.
-                self.cache.flush()
+            except Exception:  # never let one bad batch kill the engine
+                logger.exception("scheduler step failed outside any request's stages")
+                self._reset_after_fault()
 
     def _drain_inbox(self, block: bool) -> None:
         try:
@@ -221,9 +233,12 @@ class Scheduler:
                     return
             self.waiting.append(req)
         elif kind == "abort":
-            self._abort(message[1], "aborted by request")
-        elif kind == "abort_all":
-            self._abort_all_active("aborted by request")
+            self._abort_where(lambda r: r.rid == message[1])
+        elif kind == "abort_labelled":
+            _, label, tenant = message
+            self._abort_where(lambda r: r.tenant == tenant and label in (r.label, r.group))
+        elif kind == "abort_tenant":
+            self._abort_where(lambda r: r.tenant == message[1])
         elif kind == "call":
             _, fn, future = message
             try:
@@ -273,32 +288,39 @@ class Scheduler:
 
     def _run_prefill(self, batch: PrefillBatch) -> None:
         started = time.perf_counter()
-        forward_batch, layout = build_extend(batch.reqs, batch.extend_lens, self.runner.req_table)
-        logits = self.runner.forward(forward_batch)  # [R, V]
+        extend_len = {id(r): n for r, n in zip(batch.reqs, batch.extend_lens, strict=True)}
+
+        def forward(reqs: list[Req]) -> list[tuple[torch.Tensor, ExtendRows]]:
+            lens = [extend_len[id(r)] for r in reqs]
+            forward_batch, layout = build_extend(reqs, lens, self.runner.req_table)
+            logits = self.runner.forward(forward_batch)  # [R, V]
+            return [(logits, rows) for rows in layout]
+
+        results = self._forward_each(batch.reqs, forward)
         to_sample: list[Req] = []
-        sample_rows: list[int] = []
-        for req, n, rows in zip(batch.reqs, batch.extend_lens, layout, strict=True):
-            if req.wants_input_logprobs and (
-                rows.input_logprob_rows or not req.input_token_logprobs
-            ):
-                first_id = req.origin_input_ids[input_logprob_start(req)]
-                picked = logits[rows.input_logprob_rows.start : rows.input_logprob_rows.stop]
-                self.outputs.record_input_logprobs(
-                    req, picked, rows.input_logprob_targets, first_id
-                )
-            req.kv_len += n
-            if req.retractions == 0 and req.kv_len >= len(req.origin_input_ids):
-                self.counters["prompt_tokens"] += len(req.origin_input_ids)
-                self.counters["cached_tokens"] += req.cached_tokens
-            if rows.sample_row is None:
+        sample_rows: list[torch.Tensor] = []
+        for req, n, result in zip(batch.reqs, batch.extend_lens, results, strict=True):
+            if result is None:  # its forward pass failed even alone
+                if req is not batch.chunked and not self.cache.disabled:
+                    # Its prompt was published before the pass: the tree now holds slots
+                    # without KV that batch-mates may have matched. Only a reset is safe.
+                    self._reset_after_fault()
+                    return
+                self.cache.drop_uncomputed(req, n)
                 continue
-            if req.sampling_params.max_new_tokens == 0:
-                req.finish(FinishReason(FinishKind.LENGTH, length=0))
+            logits, rows = result
+            req.kv_len += n
+            try:
+                self._record_prefill(req, logits, rows)
+            except Exception as exc:
+                self._fail(req, exc)
+                continue
+            if rows.sample_row is None or req.is_finished:
                 continue
             to_sample.append(req)
-            sample_rows.append(rows.sample_row)
+            sample_rows.append(logits[rows.sample_row])
         if to_sample:
-            self._sample_and_append(to_sample, logits[torch.tensor(sample_rows)])
+            self._sample_and_append(to_sample, torch.stack(sample_rows))
         # Share every still-running prompt (or prompt chunk) through the tree right away, so
         # requests waiting behind it reuse it instead of computing it again.
         for req in batch.reqs:
@@ -317,6 +339,18 @@ class Scheduler:
         self.counters["prefill_tokens"] += sum(batch.extend_lens)
         self.counters["prefill_seconds"] += time.perf_counter() - started
 
+    def _record_prefill(self, req: Req, logits: torch.Tensor, rows: ExtendRows) -> None:
+        """A prefilled request's own bookkeeping: prompt logprobs, counters, max_new_tokens 0."""
+        if req.wants_input_logprobs and (rows.input_logprob_rows or not req.input_token_logprobs):
+            first_id = req.origin_input_ids[input_logprob_start(req)]
+            picked = logits[rows.input_logprob_rows.start : rows.input_logprob_rows.stop]
+            self.outputs.record_input_logprobs(req, picked, rows.input_logprob_targets, first_id)
+        if req.retractions == 0 and req.kv_len >= len(req.origin_input_ids):
+            self.counters["prompt_tokens"] += len(req.origin_input_ids)
+            self.counters["cached_tokens"] += req.cached_tokens
+        if rows.sample_row is not None and req.sampling_params.max_new_tokens == 0:
+            req.finish(FinishReason(FinishKind.LENGTH, length=0))
+
     # --- decode ----------------------------------------------------------------------------
 
     def _run_decode(self) -> None:
@@ -329,17 +363,34 @@ class Scheduler:
         if slots is None:
             self._abort_exhausted(reqs)
             return
+        new_slots = {id(r): part for r, part in zip(reqs, slots.split(pending), strict=True)}
         table = self.runner.req_table
-        if all(n == 1 for n in pending):
-            logits = self.runner.forward(build_decode(reqs, slots, table))
-        else:  # some requests jumped forward: extend everyone by their pending tokens
-            for req, part in zip(reqs, slots.split(pending), strict=True):
+
+        def forward(batch_reqs: list[Req]) -> torch.Tensor:
+            parts = [new_slots[id(r)] for r in batch_reqs]
+            if all(r.pending_len == 1 for r in batch_reqs):
+                return self.runner.forward(build_decode(batch_reqs, torch.cat(parts), table))
+            # Some requests jumped forward: extend everyone by their pending tokens.
+            for req, part in zip(batch_reqs, parts, strict=True):
                 table.write(req.req_pool_row, req.kv_len, part)
-            batch, layout = build_extend(reqs, pending, table)
-            logits = self.runner.forward(batch)[torch.tensor([r.sample_row for r in layout])]
-        for req, n in zip(reqs, pending, strict=True):
-            req.kv_len += n
-        self._sample_and_append(reqs, logits)
+            batch, layout = build_extend(batch_reqs, [r.pending_len for r in batch_reqs], table)
+            return self.runner.forward(batch)[torch.tensor([r.sample_row for r in layout])]
+
+        try:
+            logits = forward(reqs)  # [B, V]
+            stepped = reqs
+        except Exception:
+            logger.exception("a decode pass over %d requests failed; running each alone", len(reqs))
+            rows = [self._alone(req, forward) for req in reqs]  # [1, V] or None
+            for req, row in zip(reqs, rows, strict=True):
+                if row is None:  # failed even alone: its new slots hold nothing
+                    self.cache.allocator.free(new_slots[id(req)])
+            stepped = [r for r, row in zip(reqs, rows, strict=True) if row is not None]
+            logits = torch.cat([row for row in rows if row is not None]) if stepped else None
+        for req in stepped:
+            req.kv_len += len(new_slots[id(req)])
+        if stepped:
+            self._sample_and_append(stepped, logits)
         self._emit(reqs)
         for req in self.decode.remove_finished():
             self._finish(req)
@@ -354,20 +405,76 @@ class Scheduler:
 
     # --- shared steps ----------------------------------------------------------------------
 
+    # --- request isolation ----------------------------------------------------------------
+
+    def _forward_each(
+        self, reqs: list[Req], forward: Callable[[list[Req]], list[Any]]
+    ) -> list[Any | None]:
+        """`forward(reqs)`: one result per request. If the batched pass fails, each request is
+        run alone, so one request's failure costs nobody else anything; a request that fails
+        alone gets None (and is finished with an internal error). `forward` must leave no
+        trace when it raises: it only writes KV into slots no request has counted yet."""
+        try:
+            return forward(reqs)
+        except Exception:
+            logger.exception("a pass over %d requests failed; running each alone", len(reqs))
+        results: list[Any | None] = []
+        for req in reqs:
+            result = self._alone(req, forward)
+            results.extend([None] if result is None else result)
+        return results
+
+    def _alone(self, req: Req, forward: Callable[[list[Req]], Any]) -> Any | None:
+        """`forward([req])`, or None after finishing `req` with an internal error."""
+        try:
+            return forward([req])
+        except Exception as exc:
+            self._fail(req, exc)
+            return None
+
+    def _fail(self, req: Req, exc: BaseException) -> None:
+        """Finish `req` with an internal error: its caller gets a 500 naming the request's id,
+        the details go to the log under that id, and no other request sees any of it."""
+        logger.error(
+            "request %s (label %r) failed", req.rid, req.label, exc_info=(type(exc), exc, None)
+        )
+        req.finish(internal_error(req))
+
+    def _reset_after_fault(self) -> None:
+        """The last resort when the engine's state can no longer be trusted (a pass failed that
+        had published KV, or a step failed outside every request's stages): every active
+        request ends with an internal error naming its own id, and the cache is dropped."""
+        active = self._active_reqs()
+        logger.error("engine reset: ending %d requests %s", len(active), [r.rid for r in active])
+        self._abort_all_active(internal_error)
+        self.cache.flush()
+
     def _sample_and_append(self, reqs: list[Req], logits: torch.Tensor) -> None:
-        sampled = self.sampler.sample(logits, reqs)
-        for i, req in enumerate(reqs):
-            self.outputs.append_token(
-                req,
-                sampled.token_ids[i],
-                None if sampled.logprobs is None else sampled.logprobs[i],
-                None if sampled.top_logprobs is None else sampled.top_logprobs[i],
-            )
-        self.counters["generated_tokens"] += len(reqs)
-        if self.jump_forward:
-            for req in reqs:
-                if req.can_jump_forward and not req.is_finished:
+        """logits [B, V], one row per request. Sampling is batched; if it fails, each request
+        samples alone (the sampler leaves `logits` unchanged), and a request whose own
+        sampling, grammar or stop check fails ends alone."""
+        try:
+            sampled = self.sampler.sample(logits, reqs)
+            picks: list[tuple | None] = [sampled.pick(i) for i in range(len(reqs))]
+        except Exception:
+            logger.exception("sampling %d requests failed; sampling each alone", len(reqs))
+            picks = []
+            for i, req in enumerate(reqs):
+                try:
+                    picks.append(self.sampler.sample(logits[i : i + 1], [req]).pick(0))
+                except Exception as exc:
+                    self._fail(req, exc)
+                    picks.append(None)
+        for req, pick in zip(reqs, picks, strict=True):
+            if pick is None:
+                continue
+            try:
+                self.outputs.append_token(req, *pick)
+                if self.jump_forward and req.can_jump_forward and not req.is_finished:
                     self._jump_forward(req)
+            except Exception as exc:
+                self._fail(req, exc)
+        self.counters["generated_tokens"] += len(reqs)
 
     def _jump_forward(self, req: Req) -> None:
         forced = self.outputs.jump_forward(req)
@@ -381,8 +488,14 @@ class Scheduler:
 
     def _send(self, req: Req) -> None:
         sink = self.sinks.get(req.rid)
-        if sink is not None:
+        if sink is None:
+            return
+        try:
             sink(self.outputs.make_output(req))
+        except Exception as exc:  # its caller is gone (a closed event loop) or its output broke
+            self.sinks.pop(req.rid, None)
+            if not req.is_finished:
+                self._fail(req, exc)
 
     def _finish(self, req: Req, reason: FinishReason | None = None) -> None:
         """Release a finished (or aborted) request's KV and send its final output."""
@@ -399,35 +512,35 @@ class Scheduler:
         if self.observer is not None:
             self.observer(finished_record(req))
 
-    def _abort(self, rid: str, message: str) -> None:
-        reason = FinishReason(FinishKind.ABORT, message=message)
-        for i, req in enumerate(self.waiting):
-            if req.rid == rid:
-                self.waiting.pop(i)
-                self._finish(req, reason)
-                return
-        if self.chunked is not None and self.chunked.rid == rid:
-            chunked, self.chunked = self.chunked, None
-            self._finish(chunked, reason)
-            return
-        for req in self.decode.running:
-            if req.rid == rid:
-                req.finish(reason)
-                self.decode.remove_finished()
-                self._finish(req)
-                return
-
-    def _abort_all_active(self, message: str) -> None:
-        """Abort every request not yet answered: queued, running, chunked, or in the batch
-        whose step failed."""
+    def _active_reqs(self) -> list[Req]:
+        """Every request not yet answered: queued, running, chunked, or in the batch whose step
+        is under way (a request may be in two of these lists)."""
         active = [*self.waiting, *self.decode.running, *self.prefilling]
         if self.chunked is not None:
             active.append(self.chunked)
+        seen: set[str] = set()
+        return [r for r in active if r.rid in self.sinks and not (r.rid in seen or seen.add(r.rid))]
+
+    def _abort_where(self, chosen: Callable[[Req], bool]) -> None:
+        """Abort the active requests `chosen` picks (between steps: none is mid-pass)."""
+        reason = FinishReason(FinishKind.ABORT, message="aborted by request")
+        for req in self._active_reqs():
+            if not chosen(req):
+                continue
+            if req is self.chunked:
+                self.chunked = None
+            self.waiting = [r for r in self.waiting if r is not req]
+            req.finish(reason)
+            self.decode.remove_finished()
+            self._finish(req)
+
+    def _abort_all_active(self, reason_of: Callable[[Req], FinishReason]) -> None:
+        """End every active request with `reason_of(req)` and empty every queue."""
+        active = self._active_reqs()
         self.waiting, self.chunked, self.prefilling = [], None, []
         self.decode.running = []
         for req in active:
-            if req.rid in self.sinks:  # not answered yet (a request may be listed twice)
-                self._finish(req, FinishReason(FinishKind.ABORT, message=message))
+            self._finish(req, reason_of(req))
 
     # --- control ---------------------------------------------------------------------------
 
