@@ -86,12 +86,22 @@ def _serve(args: argparse.Namespace) -> int:
 
     from radixgen.server.app import EngineHolder, ServerSettings, create_app
 
-    settings = ServerSettings(
-        engine=engine_config_from_args(args),
-        served_model_name=args.served_model_name,
-        api_key=args.api_key,
-        cors_allow_origins=tuple(args.cors_allow_origins),
-    )
+    limits = {  # unset flags keep ServerSettings' defaults
+        name: getattr(args, name)
+        for name in ("max_body_bytes", "body_read_timeout")
+        if getattr(args, name) is not None
+    }
+    try:
+        settings = ServerSettings(
+            engine=engine_config_from_args(args),
+            served_model_name=args.served_model_name,
+            api_keys=tuple(args.api_key or ()),
+            cors_allow_origins=tuple(args.cors_allow_origins),
+            **limits,
+        )
+    except ValueError as exc:
+        print(f"radixgen serve: {exc}", file=sys.stderr)
+        return 2
     url = f"http://{args.host}:{args.port}"
 
     def fail(exc: BaseException) -> None:
@@ -137,7 +147,24 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="serve the native and OpenAI HTTP APIs")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=30000)
-    serve.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY'")
+    serve.add_argument(
+        "--api-key",
+        action="append",
+        default=None,
+        help="require 'Authorization: Bearer KEY'; repeat for several keys (each its own tenant)",
+    )
+    serve.add_argument(
+        "--max-body-bytes",
+        type=int,
+        default=None,
+        help="larger request bodies get 413, chunked ones too (default: 8 MiB)",
+    )
+    serve.add_argument(
+        "--body-read-timeout",
+        type=float,
+        default=None,
+        help="seconds a whole request body may take to arrive, else 408 (default: 30)",
+    )
     serve.add_argument(
         "--served-model-name",
         default=None,

@@ -1,18 +1,17 @@
-"""The FastAPI application: engine lifecycle, health, auth, limits, and shared helpers.
+"""The FastAPI application: engine lifecycle, health, and shared helpers.
 
 The engine loads in a background thread after the server starts listening, so `/health` answers
 503 while loading instead of refusing connections. Routes live in `native.py` (SGLang's API) and
-`openai_api.py` (`/v1`); they reach the engine only through `engine_of(request)`.
+`openai_api.py` (`/v1`); they reach the engine only through `engine_of(request)`. API keys,
+tenants and body limits are the guard's (`guard.py`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import json
 import logging
-import secrets
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -28,9 +27,9 @@ from radixgen.runtime.engine import Engine
 from radixgen.server.errors import (
     APIError,
     ClientDisconnected,
-    error_response,
     install_error_handlers,
 )
+from radixgen.server.guard import BODY_READ_TIMEOUT, MAX_BODY_BYTES, GuardMiddleware, check_api_key
 from radixgen.server.metrics import ServerMetrics
 
 logger = logging.getLogger(__name__)
@@ -42,9 +41,19 @@ DONE_EVENT = b"data: [DONE]\n\n"
 class ServerSettings:
     engine: EngineConfig
     served_model_name: str | None = None
-    api_key: str | None = None
-    max_body_bytes: int = 8 * 1024 * 1024
+    api_keys: tuple[str, ...] = ()  # each key is a tenant; none: no auth, one tenant
+    max_body_bytes: int = MAX_BODY_BYTES
+    body_read_timeout: float = BODY_READ_TIMEOUT  # seconds for a whole request body to arrive
     cors_allow_origins: tuple[str, ...] = ()  # CORS stays off unless origins are given
+
+    def __post_init__(self) -> None:
+        """Raise ValueError for a key that no bearer header can carry, or a limit not > 0."""
+        if isinstance(self.api_keys, str):
+            raise TypeError("api_keys is a tuple of keys, not one string")
+        for key in self.api_keys:
+            check_api_key(key)
+        if self.max_body_bytes <= 0 or not self.body_read_timeout > 0:
+            raise ValueError("max_body_bytes and body_read_timeout must be positive")
 
 
 class EngineHolder:
@@ -139,35 +148,6 @@ async def until_disconnect(request: Request, work: Awaitable[Any]) -> Any:
     raise ClientDisconnected
 
 
-def _key_digest(key: str) -> bytes:
-    return hashlib.sha256(key.encode()).digest()
-
-
-class GuardMiddleware:
-    """API key and body-size checks, as plain ASGI: a `BaseHTTPMiddleware` would hand routes a
-    `receive` that returns at once after the body, defeating disconnect detection."""
-
-    def __init__(self, app, settings: ServerSettings):
-        self.app = app
-        self.max_body = settings.max_body_bytes
-        self.key_digest = _key_digest(settings.api_key) if settings.api_key else None
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        headers = {k.decode().lower(): v.decode() for k, v in scope.get("headers", [])}
-        if self.key_digest is not None and scope["path"] != "/health":
-            given = headers.get("authorization", "")
-            token = given[7:] if given.lower().startswith("bearer ") else ""
-            if not secrets.compare_digest(_key_digest(token), self.key_digest):
-                return await error_response(401, "invalid or missing API key")(scope, receive, send)
-        length = headers.get("content-length", "")
-        if length.isdigit() and int(length) > self.max_body:
-            response = error_response(413, f"request body over {self.max_body} bytes")
-            return await response(scope, receive, send)
-        await self.app(scope, receive, send)
-
-
 def create_app(settings: ServerSettings, holder: EngineHolder | None = None) -> FastAPI:
     holder = holder or EngineHolder(settings.engine)
 
@@ -182,7 +162,12 @@ def create_app(settings: ServerSettings, holder: EngineHolder | None = None) -> 
     app.state.holder = holder
     app.state.settings = settings
     install_error_handlers(app)
-    app.add_middleware(GuardMiddleware, settings=settings)
+    app.add_middleware(
+        GuardMiddleware,
+        api_keys=settings.api_keys,
+        max_body_bytes=settings.max_body_bytes,
+        body_read_timeout=settings.body_read_timeout,
+    )
     metrics = ServerMetrics(lambda: holder.engine.stats() if holder.engine else None)
     holder.observer = metrics.observe
     if settings.cors_allow_origins:

@@ -17,6 +17,8 @@ from tests.launcher import wait_healthy as _wait_healthy
 
 __all__ = ["_free_port", "_wait_healthy", "running_server"]  # imported by server tests
 
+BODY_READ_TIMEOUT = 2
+
 SERVER_ARGS = [
     "--dtype",
     "float32",
@@ -28,6 +30,8 @@ SERVER_ARGS = [
     "16",
     "--max-queued-requests",
     "40",
+    "--body-read-timeout",  # short, so test_transport's stalled bodies get 408 quickly
+    str(BODY_READ_TIMEOUT),
 ]
 
 

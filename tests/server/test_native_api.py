@@ -172,7 +172,7 @@ class _NeverLoads(EngineHolder):
 
 @pytest.fixture(scope="module")
 def keyed_app():
-    settings = ServerSettings(engine=EngineConfig(), api_key="s3cret")
+    settings = ServerSettings(engine=EngineConfig(), api_keys=("s3cret",))
     return create_app(settings, _NeverLoads(settings.engine))
 
 

@@ -6,9 +6,10 @@
     runtime.shutdown()
 
 Keyword arguments are `radixgen serve` options (EngineConfig fields plus host, port, api_key,
-served_model_name, drain_timeout); SGLang's `model_path` means `model`. Options radixgen does not
-have (e.g. SGLang's `tp_size`) are ignored with a warning. The port is the first free one from
-`port` (default 30000) upwards. The server's output goes to `runtime.log_path`.
+served_model_name, drain_timeout, max_body_bytes, body_read_timeout); SGLang's `model_path`
+means `model`. Options radixgen does not have (e.g. SGLang's `tp_size`) are ignored with a
+warning. The port is the first free one from `port` (default 30000) upwards. The server's output
+goes to `runtime.log_path`.
 """
 
 from __future__ import annotations
@@ -31,7 +32,15 @@ import httpx
 from radixgen.lang.backend.runtime_endpoint import RuntimeEndpoint
 from radixgen.runtime.config import EngineConfig
 
-_SERVER_OPTIONS = {"host", "api_key", "served_model_name", "drain_timeout", "cors_allow_origins"}
+_SERVER_OPTIONS = {
+    "host",
+    "api_key",
+    "served_model_name",
+    "drain_timeout",
+    "cors_allow_origins",
+    "max_body_bytes",
+    "body_read_timeout",
+}
 
 
 def _port_is_free(host: str, port: int) -> bool:
