@@ -11,7 +11,7 @@ For every HTTP request:
   `Authorization: Bearer <key>`. Two or more Authorization headers are ambiguous and get 400
   (param "Authorization"), never "last one wins". A missing, malformed, non-ASCII or unknown key
   gets 401; the token's SHA-256 digest is compared with every key's in constant time.
-- Tenant: `scope["state"]["tenant"]` is `tenant_of(key)` for the key that authenticated the
+- Tenant: `scope["state"]["tenant"]` is `key_tenant(key)` for the key that authenticated the
   request, or None when no keys are configured (every caller is then one tenant) and on /health.
 - Body: a request that declares a Content-Length over `max_body_bytes` gets 413 before any of
   it is read. A request that carries a body (Content-Length or Transfer-Encoding) is read here
@@ -59,7 +59,7 @@ def _digest(token: bytes) -> bytes:
     return hashlib.sha256(token).digest()
 
 
-def tenant_of(key: str) -> str:
+def key_tenant(key: str) -> str:
     """The tenant id of an API key: 16 hex digits of its SHA-256 (stable across restarts). It
     names the key in server state and logs without being the key; it is not a secret, but it
     should not be shown to other tenants."""
@@ -81,7 +81,7 @@ class GuardMiddleware:
         body_read_timeout: float = BODY_READ_TIMEOUT,
     ):
         self.app = app
-        self.keys = [(_digest(key.encode("ascii")), tenant_of(key)) for key in api_keys]
+        self.keys = [(_digest(key.encode("ascii")), key_tenant(key)) for key in api_keys]
         self.max_body = max_body_bytes
         self.body_read_timeout = body_read_timeout
 
