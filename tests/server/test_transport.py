@@ -25,7 +25,7 @@ import uvicorn
 
 from radixgen.runtime.config import EngineConfig
 from radixgen.server.app import ServerSettings, create_app
-from radixgen.server.guard import MAX_BODY_BYTES, GuardMiddleware, tenant_of
+from radixgen.server.guard import MAX_BODY_BYTES, GuardMiddleware, key_tenant
 from tests.server.conftest import BODY_READ_TIMEOUT, _free_port
 
 TINY = {"text": "Hi", "sampling_params": {"max_new_tokens": 2, "temperature": 0}}
@@ -257,7 +257,7 @@ def test_the_tenant_is_the_key_that_authenticated():
         status, out = _call(guard, "/generate", auth, [])
         assert status == 200
         tenants.append(out["tenant"])
-    assert tenants == [tenant_of(k) for k in KEYS] and len(set(tenants)) == 2
+    assert tenants == [key_tenant(k) for k in KEYS] and len(set(tenants)) == 2
     assert all(len(t) == 16 and KEYS[0] not in t for t in tenants)
     assert _call(guard, "/health", [], [])[1] == {"tenant": None}
     assert _call(GuardMiddleware(app), "/generate", [], [])[1] == {"tenant": None}
