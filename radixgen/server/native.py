@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
@@ -24,6 +25,11 @@ from radixgen.server.protocol import AbortRequest, GenerateRequest
 
 logger = logging.getLogger(__name__)
 router = APIRouter()
+_HF_ARCHITECTURES = {
+    "llama": "LlamaForCausalLM",
+    "mistral": "MistralForCausalLM",
+    "qwen2": "Qwen2ForCausalLM",
+}
 HEALTH_PROBE_TIMEOUT = 20.0
 
 
@@ -58,17 +64,32 @@ async def generate(body: GenerateRequest, request: Request):
 async def get_model_info(request: Request):
     """The served model, named as clients and routers should call it: no file-system paths."""
     engine = engine_of(request)
+    return {
+        **_model_identity(request),
+        "preferred_sampling_params": None,
+        "weight_version": "default",
+        "max_context_length": engine.context_len,
+        "vocab_size": engine.model_config.vocab_size,
+        "eos_token_ids": sorted(engine.eos_ids),
+        "bos_token_id": engine.model_config.bos_token_id,
+        # radixgen extension: the model's Jinja chat template, so a frontend can pick a
+        # matching role template when the model path matches none (SmolLM2 -> ChatML)
+        "chat_template": getattr(engine.tokenizer, "chat_template", None),
+    }
+
+
+def _model_identity(request: Request) -> dict[str, Any]:
+    """How SGLang's router and frontend identify a worker's model: by the served name (both
+    `model_path` and `tokenizer_path` carry it; radixgen shows no file-system path)."""
+    engine = engine_of(request)
     name = served_model_name(request)
     return {
         "model_path": name,
         "tokenizer_path": name,
+        "served_model_name": name,
         "is_generation": True,
-        "preferred_sampling_params": None,
-        "weight_version": "default",
-        "served_model_name": served_model_name(request),
-        # radixgen extension: the model's Jinja chat template, so a frontend can pick a
-        # matching role template when the model path matches none (SmolLM2 -> ChatML)
-        "chat_template": getattr(engine.tokenizer, "chat_template", None),
+        "model_type": engine.model_config.architecture,
+        "architectures": [_HF_ARCHITECTURES.get(engine.model_config.architecture, "")],
     }
 
 
@@ -80,10 +101,30 @@ async def get_server_info(request: Request):
     return {
         **dataclasses.asdict(engine.config),
         "model": served_model_name(request),  # the configured path stays private
+        **_model_identity(request),
+        "tp_size": 1,
+        "dp_size": 1,
         **stats,
         "version": radixgen.__version__,
         "context_length": engine.context_len,
     }
+
+
+@router.get("/get_load")
+async def get_load(request: Request):
+    """SGLang's load report, one entry per data-parallel rank (radixgen has one): requests
+    running and waiting, and KV tokens in use. Load-aware router policies poll it."""
+    engine = engine_of(request)
+    stats = await asyncio.to_thread(engine.stats)
+    in_use = stats["kv_total"] - stats["kv_free"] - stats["kv_evictable"]
+    return [
+        {
+            "dp_rank": 0,
+            "num_reqs": stats["running_requests"] + stats["waiting_requests"],
+            "num_waiting_reqs": stats["waiting_requests"],
+            "num_tokens": in_use,
+        }
+    ]
 
 
 @router.get("/health_generate")

@@ -32,6 +32,11 @@ def test_model_and_server_info(server_url):
     assert server["kv_total"] == 16384 and "version" in server
     assert server["model"] == served["id"]
     assert httpx.get(f"{server_url}/server_info").json()["kv_total"] == 16384
+    assert server["served_model_name"] == served["id"] and server["dp_size"] == 1
+    load = httpx.get(f"{server_url}/get_load").json()  # what load-aware router policies poll
+    assert [set(entry) for entry in load] == [
+        {"dp_rank", "num_reqs", "num_waiting_reqs", "num_tokens"}
+    ]
     assert httpx.get(f"{server_url}/health_generate", timeout=30).status_code == 200
 
 
