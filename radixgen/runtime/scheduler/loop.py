@@ -435,9 +435,7 @@ class Scheduler:
     def _fail(self, req: Req, exc: BaseException) -> None:
         """Finish `req` with an internal error: its caller gets a 500 naming the request's id,
         the details go to the log under that id, and no other request sees any of it."""
-        logger.error(
-            "request %s (label %r) failed", req.rid, req.label, exc_info=(type(exc), exc, None)
-        )
+        logger.error("request %s (label %r) failed", req.rid, req.label, exc_info=exc)
         req.finish(internal_error(req))
 
     def _reset_after_fault(self) -> None:
