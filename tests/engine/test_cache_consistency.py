@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from radixgen import Engine
@@ -215,29 +217,52 @@ def test_a_burst_over_an_uncached_prompt_computes_it_once_in_one_batch(
     assert_idle_invariant(engine)
 
 
-def test_a_failed_forward_pass_answers_its_batch_and_drops_the_cache(
-    engine, monkeypatch, burst_alone
-):
-    """A pass that raises aborts every request of its batch with the error (none is left
-    waiting), drops the cache (a published prompt may lack its KV), and the engine serves on."""
-    assert engine.flush_cache()
+def _failing_forward(engine, monkeypatch, failures: int) -> list[int]:
+    """Make the runner's first `failures` forward passes raise; returns the batch sizes seen."""
     runner = engine.scheduler.runner
     real_forward = runner.forward
-    calls = []
+    calls: list[int] = []
 
     def fail_first(batch):
         calls.append(batch.batch_size)
-        if len(calls) == 1:
+        if len(calls) <= failures:
             raise RuntimeError("injected forward failure")
         return real_forward(batch)
 
     monkeypatch.setattr(runner, "forward", fail_first)
+    return calls
+
+
+def test_a_pass_that_fails_is_rerun_one_request_at_a_time(engine, monkeypatch, burst_alone):
+    """A batched pass that raises costs nobody anything: each request of the batch runs alone
+    (the publisher first, so its batch-mates still reuse its prompt) and every answer is the
+    one the question gets alone."""
+    assert engine.flush_cache()
+    calls = _failing_forward(engine, monkeypatch, failures=1)
     outs = engine.generate([_BURST_SHOTS + q for q in _BURST_QUESTIONS], GREEDY)
     monkeypatch.undo()
     assert calls[0] == len(_BURST_QUESTIONS)  # the whole burst was in the failed pass
+    assert calls[1 : 1 + len(_BURST_QUESTIONS)] == [1] * len(_BURST_QUESTIONS)
+    assert [o["output_ids"] for o in outs] == burst_alone
+    assert all(o["meta_info"]["finish_reason"]["type"] != "abort" for o in outs)
+    assert_idle_invariant(engine)
+
+
+def test_a_publisher_whose_pass_fails_alone_resets_the_engine(engine, monkeypatch, burst_alone):
+    """If the request that published its prompt fails even alone, its batch-mates may have
+    matched slots that hold no KV: every active request ends with an internal error naming
+    only its own id (never the exception), the cache is dropped, and the engine serves on."""
+    assert engine.flush_cache()
+    _failing_forward(engine, monkeypatch, failures=2)  # the batch, then the publisher alone
+    outs = engine.generate([_BURST_SHOTS + q for q in _BURST_QUESTIONS], GREEDY)
+    monkeypatch.undo()
+    messages = []
     for out in outs:
         reason = out["meta_info"]["finish_reason"]
-        assert reason["type"] == "abort" and "injected forward failure" in reason["message"]
+        assert reason["type"] == "abort" and reason["status_code"] == 500
+        assert re.fullmatch(r"internal error \(request [0-9a-f]{32}\)", reason["message"])
+        messages.append(reason["message"])
+    assert len(set(messages)) == len(outs)  # each names its own request
     stats = assert_idle_invariant(engine)
     assert stats["kv_free"] == stats["kv_total"]  # nothing cached, nothing leaked
     again = engine.generate(_BURST_SHOTS + _BURST_QUESTIONS[0], GREEDY)
