@@ -155,3 +155,40 @@ def test_raising_sink_ends_only_its_request(engine, alone):
     assert len(calls) == 3  # nothing is sent to a sink after it raised
     assert len(bad.output_ids) < GREEDY["max_new_tokens"]  # ended early, not at its length
     _assert_idle(engine)
+
+
+def _labelled(engine, tenant: str, label: str = "job") -> Req:
+    request = GenerateInput.of(text=PROMPTS[0], sampling_params=dict(GREEDY), rid=label)
+    (req,), _ = engine.make_requests(request, tenant)
+    return req
+
+
+@pytest.mark.parametrize("how", ["by-label", "all-of-tenant"])
+def test_abort_touches_only_the_callers_tenant(engine, alone, how):
+    """Two tenants use the same label; an abort by one of them ends only its own request.
+    The abort is queued behind both submissions, before either is scheduled."""
+    mine, theirs = _labelled(engine, "tenant-a"), _labelled(engine, "tenant-b")
+    finals: queue.Queue = queue.Queue()
+    gate = threading.Event()
+    held = engine.scheduler.call(lambda: gate.wait(TIMEOUT))
+    for req in (mine, theirs):
+        engine.scheduler.submit(req, lambda out, req=req: _put_final(finals, req, out))
+    if how == "by-label":
+        engine.abort("job", "tenant-a")
+        engine.abort("job", None)  # the keyless caller is a tenant of its own, too
+    else:
+        engine.abort_all("tenant-a")
+    gate.set()
+    held.result(timeout=TIMEOUT)
+    outs = dict(finals.get(timeout=TIMEOUT) for _ in range(2))
+
+    assert outs[mine.rid]["meta_info"]["finish_reason"]["type"] == "abort"
+    assert outs[mine.rid]["output_ids"] == []
+    assert outs[theirs.rid]["output_ids"] == alone[PROMPTS[0]]["output_ids"]
+    assert outs[theirs.rid]["meta_info"]["id"] == "job"
+    _assert_idle(engine)
+
+
+def _put_final(finals: queue.Queue, req: Req, out: dict[str, Any]) -> None:
+    if out["meta_info"]["finish_reason"] is not None:
+        finals.put((req.rid, out))
