@@ -18,6 +18,8 @@ from typing import Any
 
 MAX_ERROR_CHARS = 200
 _POSITION = re.compile(r"^(at \d+\(\d+\): )+")
+# The GBNF converter's "<what> at line N, '<text before>' ^ '<text after>'": keep "line N".
+_EXCERPT = re.compile(r"(line \d+), .* \^ .*$")
 
 
 def short_error(message: str) -> str:
@@ -27,7 +29,7 @@ def short_error(message: str) -> str:
     lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
     said = [line.removeprefix("error: ") for line in lines if line.startswith("error:")]
     line = said[-1] if said else (lines[0] if lines else "unknown grammar error")
-    line = _POSITION.sub("", line)
+    line = _EXCERPT.sub(r"\1", _POSITION.sub("", line))
     return line[:MAX_ERROR_CHARS]
 
 

@@ -201,10 +201,10 @@ class Scheduler:
 
     def _loop(self) -> None:
         while not self._stop.is_set():
-            self._drain_inbox(block=self.is_idle)
             try:
+                self._drain_inbox(block=self.is_idle)
                 self.step()
-            except Exception:  # never let one bad batch kill the engine
+            except Exception:  # never let one bad batch or message kill the engine
                 logger.exception("scheduler step failed outside any request's stages")
                 self._reset_after_fault()
 
@@ -227,7 +227,10 @@ class Scheduler:
             req.sampling_rng = random.Random(req.seed)
             self.sinks[req.rid] = sink
             if self.jump_forward and req.can_jump_forward:
-                self._jump_forward(req)  # text the grammar forces before any sampling
+                try:
+                    self._jump_forward(req)  # text the grammar forces before any sampling
+                except Exception as exc:  # its own grammar: it alone fails
+                    self._fail(req, exc)
                 if req.is_finished:
                     self._finish(req)
                     return
