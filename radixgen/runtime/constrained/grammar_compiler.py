@@ -85,6 +85,11 @@ class GrammarCompiler:
 
         grammar = _grammar_text(kind, source)
         matcher = LLMatcher(self.ll_tokenizer, grammar, log_level=0)
+        # The first mask builds the lexer's start state: for some patterns (a{100000}) that is
+        # most of a second, or fails on a lexer limit. Pay it here, on the caller's thread and
+        # once per cached template, not on the scheduler thread with every request waiting.
+        if not matcher.is_error():
+            matcher.compute_bitmask()
         if matcher.is_error():
             raise InvalidRequestError(f"invalid {kind}: {short_error(matcher.get_error())}", kind)
         return matcher
