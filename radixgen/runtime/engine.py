@@ -283,7 +283,7 @@ class Engine:
         stream = bool(request.stream)
         reqs: list[Req] = []
         for ids, params, label in zip(token_lists, params_list, labels, strict=True):
-            self._validate(ids, params)
+            self._validate(ids, params, field)
             grammar = self.grammars.compile(params)  # raises on an invalid constraint
             group = label or uuid.uuid4().hex
             for k in range(params.n):
@@ -329,11 +329,12 @@ class Engine:
             for index, req in enumerate(reqs):
                 self.scheduler.submit(req, sink_of(index))
 
-    def _validate(self, ids: list[int], params: SamplingParams) -> None:
+    def _validate(self, ids: list[int], params: SamplingParams, field: str) -> None:
+        """`field`: the input's name for the prompt (`text` or `input_ids`)."""
         vocab = self.model_config.vocab_size
         params.verify(vocab)
         if not ids:
-            raise InvalidRequestError("the prompt is empty", "prompt")
+            raise InvalidRequestError("the prompt is empty", field)
         if max(ids) >= vocab:
             raise InvalidRequestError(f"input_ids must be integers in [0, {vocab})", "input_ids")
         for name in ("structural_tag", "stop_regex"):
@@ -345,7 +346,7 @@ class Engine:
                 f"This model's maximum context length is {self.context_len} tokens. However, you "
                 f"requested {total} tokens ({len(ids)} in the prompt, {params.max_new_tokens} for "
                 "the completion). Please reduce the length of the prompt or completion.",
-                param="max_new_tokens" if len(ids) < self.context_len else "prompt",
+                param="max_new_tokens" if len(ids) < self.context_len else field,
                 code="context_length_exceeded",
             )
         if total > self.config.kv_cache_tokens:

@@ -7,8 +7,10 @@ exceptions (which can leak file paths), and never echo the prompt.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+from collections.abc import Iterator
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -79,6 +81,19 @@ def error_response(
 def stream_error_event(message: str, status: int = 400, param: str | None = None) -> bytes:
     """An in-band error for a stream whose 200 headers are already sent."""
     return b"data: " + json.dumps(error_body(status, message, param)).encode() + b"\n\n"
+
+
+@contextlib.contextmanager
+def params_renamed(names: dict[str, str]) -> Iterator[None]:
+    """Name the field of an engine-raised `InvalidRequestError` as the route's body names it
+    (the engine says `max_new_tokens` where a chat body says `max_tokens`)."""
+    try:
+        yield
+    except InvalidRequestError as exc:
+        head, _, rest = (exc.param or "").partition(".")
+        if head in names:
+            exc.param = names[head] + (f".{rest}" if rest else "")
+        raise
 
 
 def output_error(out: dict[str, Any]) -> tuple[int, str] | None:

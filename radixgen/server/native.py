@@ -11,6 +11,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 import radixgen
+from radixgen.runtime.sampling_params import SamplingParams
 from radixgen.server.app import (
     DONE_EVENT,
     engine_of,
@@ -20,11 +21,19 @@ from radixgen.server.app import (
     tenant_of,
     until_disconnect,
 )
-from radixgen.server.errors import APIError, output_error, raise_on_errors, stream_error_event
+from radixgen.server.errors import (
+    APIError,
+    output_error,
+    params_renamed,
+    raise_on_errors,
+    stream_error_event,
+)
 from radixgen.server.protocol import AbortRequest, GenerateRequest
 
 logger = logging.getLogger(__name__)
 router = APIRouter()
+# The engine names sampling parameters bare; /generate's body nests them.
+_SAMPLING_FIELDS = {name: f"sampling_params.{name}" for name in SamplingParams.model_fields}
 _HF_ARCHITECTURES = {
     "llama": "LlamaForCausalLM",
     "mistral": "MistralForCausalLM",
@@ -37,11 +46,12 @@ HEALTH_PROBE_TIMEOUT = 20.0
 async def generate(body: GenerateRequest, request: Request):
     engine = engine_of(request)
     tenant = tenant_of(request)
-    if not body.stream:
-        outputs = await until_disconnect(request, engine.async_generate_input(body, tenant))
-        raise_on_errors(outputs)
-        return outputs
-    outputs = await engine.async_generate_input(body, tenant)
+    with params_renamed(_SAMPLING_FIELDS):
+        if not body.stream:
+            outputs = await until_disconnect(request, engine.async_generate_input(body, tenant))
+            raise_on_errors(outputs)
+            return outputs
+        outputs = await engine.async_generate_input(body, tenant)
 
     async def events():
         try:

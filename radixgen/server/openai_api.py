@@ -29,13 +29,28 @@ from radixgen.server.app import (
     tenant_of,
     until_disconnect,
 )
-from radixgen.server.errors import APIError, output_error, raise_on_errors, stream_error_event
+from radixgen.server.errors import (
+    APIError,
+    output_error,
+    params_renamed,
+    raise_on_errors,
+    stream_error_event,
+)
 from radixgen.server.protocol import ChatCompletionRequest, CompletionRequest
 from radixgen.server.structured import constraint_params
 from radixgen.server.tools import ToolPlan, plan_tools, render_tool_history
 
 logger = logging.getLogger(__name__)
 router = APIRouter()
+# Engine names -> the OpenAI bodies' names, for errors the engine raises.
+_OPENAI_FIELDS = {
+    "text": "prompt",
+    "input_ids": "prompt",
+    "max_new_tokens": "max_tokens",
+    "min_new_tokens": "min_tokens",
+    "sampling_seed": "seed",
+}
+_CHAT_FIELDS = {**_OPENAI_FIELDS, "input_ids": "messages", "max_new_tokens": "max_tokens"}
 
 
 # --- models ---------------------------------------------------------------------------------
@@ -238,7 +253,8 @@ async def completions(body: CompletionRequest, request: Request):
         )
 
     if body.stream:
-        outputs = await engine.async_generate(**kwargs, stream=True)
+        with params_renamed(_OPENAI_FIELDS):
+            outputs = await engine.async_generate(**kwargs, stream=True)
         sent_tokens: dict[int, int] = {}
 
         def make_choice(out, index, delta, first):
@@ -259,7 +275,8 @@ async def completions(body: CompletionRequest, request: Request):
         return event_stream(
             _stream_choices(outputs, batch, "text_completion", make_choice, include_usage)
         )
-    outputs = await until_disconnect(request, engine.async_generate(**kwargs))
+    with params_renamed(_OPENAI_FIELDS):
+        outputs = await until_disconnect(request, engine.async_generate(**kwargs))
     raise_on_errors(outputs)
     choices = []
     for index, out in enumerate(outputs):
@@ -378,7 +395,8 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
         )
 
     if body.stream:
-        outputs = await engine.async_generate(**kwargs, stream=True)
+        with params_renamed(_CHAT_FIELDS):
+            outputs = await engine.async_generate(**kwargs, stream=True)
         sent_tokens: dict[int, int] = {}
 
         def make_choice(out, index, delta, first):
@@ -405,7 +423,8 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
         return event_stream(
             _stream_choices(outputs, batch, "chat.completion.chunk", make_choice, include_usage)
         )
-    outputs = await until_disconnect(request, engine.async_generate(**kwargs))
+    with params_renamed(_CHAT_FIELDS):
+        outputs = await until_disconnect(request, engine.async_generate(**kwargs))
     raise_on_errors(outputs)
     choices = []
     for index, out in enumerate(outputs):
