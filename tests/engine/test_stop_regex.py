@@ -112,6 +112,17 @@ def test_each_sample_of_n_stops_on_its_own(engine):
         assert not re.search(r"\s", out["text"]), out["text"]
 
 
+def test_a_too_slow_pattern_ends_only_its_own_request_as_a_client_error(engine, monkeypatch):
+    from radixgen.runtime import stop_regex
+
+    monkeypatch.setattr(stop_regex, "SEARCH_BUDGET_S", 0.0)  # every search is over budget
+    out = engine.generate(CHAT, {**GREEDY, "stop_regex": ITEM})
+    reason = out["meta_info"]["finish_reason"]
+    assert reason["type"] == "abort" and reason["status_code"] == 400
+    assert "stop_regex" in reason["message"]
+    assert engine.generate(CHAT, {**GREEDY, "max_new_tokens": 3})["meta_info"]["finish_reason"]
+
+
 # --- the matcher's frontier (no model) --------------------------------------------------------
 
 
