@@ -122,7 +122,10 @@ def _grammar_text(kind: str, source: str) -> str:
             message = short_error(str(exc))
             raise InvalidRequestError(f"invalid json_schema: {message}", kind) from exc
     if kind == "structural_tag":
-        return LLMatcher.grammar_from_lark(structural_tag_grammar(source))
+        try:
+            return LLMatcher.grammar_from_lark(structural_tag_grammar(source))
+        except RecursionError:  # json.loads or strict_schema on absurdly deep nesting
+            raise InvalidRequestError("structural_tag is nested too deeply", kind) from None
     try:  # ebnf: GBNF (`root ::= ...`, as llama.cpp and xgrammar take it) or Lark
         return LLMatcher.grammar_from_lark(any_to_lark(source))
     except Exception as exc:  # the GBNF converter raises plain exceptions on syntax errors
