@@ -307,6 +307,7 @@ class Engine:
                             params.stop,
                             params.skip_special_tokens,
                             params.no_stop_trim,
+                            params.stop_regex or (),
                         ),
                         stream=stream,
                         seed=seed,
@@ -337,9 +338,6 @@ class Engine:
             raise InvalidRequestError("the prompt is empty", field)
         if max(ids) >= vocab:
             raise InvalidRequestError(f"input_ids must be integers in [0, {vocab})", "input_ids")
-        for name in ("structural_tag", "stop_regex"):
-            if getattr(params, name) is not None:
-                raise InvalidRequestError(f"{name} is not supported yet", name)
         total = len(ids) + params.max_new_tokens
         if total > self.context_len:
             raise InvalidRequestError(

@@ -29,12 +29,14 @@ from pydantic import (
     model_validator,
 )
 
+from radixgen.runtime.stop_regex import compile_stop_regex
 from radixgen.runtime.validation import InvalidRequestError, first_error
 
 __all__ = ["InvalidRequestError", "SamplingParams"]
 
 GREEDY_TEMPERATURE = 1e-6  # temperatures below this are greedy decoding
-CONSTRAINT_FIELDS = ("json_schema", "regex", "ebnf")  # output constraints; at most one is set
+# Output constraints; at most one is set.
+CONSTRAINT_FIELDS = ("json_schema", "regex", "ebnf", "structural_tag")
 INT64 = 2**63 - 1
 MAX_STOP_SEQUENCES = 16
 MAX_STOP_LENGTH = 1024
@@ -68,6 +70,12 @@ def _schema_text(value: Any) -> Any:
     return json.dumps(value) if isinstance(value, dict | bool) else value
 
 
+def _stop_regex(pattern: str) -> str:
+    """A valid Python regular expression (compiled once here; the engine reuses it)."""
+    compile_stop_regex(pattern)
+    return pattern
+
+
 def _token_id_keys(bias: dict[Any, float]) -> dict[int, float]:
     """OpenAI's logit_bias keys are token ids as strings ("50256"); ints are accepted too."""
     out: dict[int, float] = {}
@@ -84,6 +92,7 @@ Text = Annotated[str, Strict(), AfterValidator(valid_unicode)]
 Pattern = Annotated[Text, Field(min_length=1, max_length=MAX_PATTERN_CHARS)]
 FiniteFloat = Annotated[float, Strict(), Field(allow_inf_nan=False)]
 StopString = Annotated[Text, Field(min_length=1, max_length=MAX_STOP_LENGTH)]
+StopRegex = Annotated[StopString, AfterValidator(_stop_regex)]
 TokenId = Annotated[StrictInt, Field(ge=0)]
 BiasValue = Annotated[FiniteFloat, Field(ge=-LOGIT_BIAS_RANGE, le=LOGIT_BIAS_RANGE)]
 Unset = BeforeValidator(_empty_as_none)
@@ -108,7 +117,7 @@ class SamplingParams(BaseModel):
         list[TokenId], Field(max_length=MAX_STOP_TOKEN_IDS), BeforeValidator(_one_or_many)
     ] = Field(default_factory=list)
     stop_regex: Annotated[
-        Annotated[list[Pattern], Field(max_length=MAX_STOP_SEQUENCES)] | None,
+        Annotated[list[StopRegex], Field(max_length=MAX_STOP_SEQUENCES)] | None,
         BeforeValidator(_one_or_many),
         Unset,
     ] = None
@@ -159,7 +168,7 @@ class SamplingParams(BaseModel):
         constraints = [name for name in CONSTRAINT_FIELDS if getattr(self, name) is not None]
         if len(constraints) > 1:
             raise InvalidRequestError(
-                f"at most one of json_schema, regex, ebnf may be set (got {constraints})",
+                f"at most one of {', '.join(CONSTRAINT_FIELDS)} may be set (got {constraints})",
                 constraints[1],
             )
         return self

@@ -94,6 +94,7 @@ def _sampling_params(body, max_new_tokens: int) -> dict[str, Any]:
         "temperature": body.temperature,
         "top_p": body.top_p,
         "stop": body.stop,
+        "stop_regex": body.stop_regex,
         "sampling_seed": body.seed,
         "presence_penalty": body.presence_penalty,
         "frequency_penalty": body.frequency_penalty,

@@ -17,12 +17,14 @@ from radixgen.runtime.sampling_params import (
     FiniteFloat,
     LogitBias,
     Pattern,
+    StopRegex,
     StopString,
     Text,
     TokenId,
 )
 
 Stop = Annotated[list[StopString], Field(max_length=MAX_STOP_SEQUENCES)]
+StopRegexes = Annotated[list[StopRegex], Field(max_length=MAX_STOP_SEQUENCES)]
 Count = Annotated[StrictInt, Field(ge=0)]
 
 
@@ -46,6 +48,7 @@ class _SamplingFields(_Lenient):
     temperature: Annotated[FiniteFloat, Field(ge=0, le=2)] | None = None
     top_p: Annotated[FiniteFloat, Field(gt=0, le=1)] | None = None
     stop: Annotated[Stop | None, BeforeValidator(_one_or_many)] = None
+    stop_regex: Annotated[StopRegexes | None, BeforeValidator(_one_or_many)] = None  # SGLang's
     seed: Annotated[StrictInt, Field(ge=-INT64 - 1, le=INT64)] | None = None
     presence_penalty: Annotated[FiniteFloat, Field(ge=-2, le=2)] | None = None
     frequency_penalty: Annotated[FiniteFloat, Field(ge=-2, le=2)] | None = None

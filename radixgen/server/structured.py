@@ -2,7 +2,8 @@
 
 - `response_format` (chat): `text`; `json_object` (any JSON object: the schema `{"type":
   "object"}`, as SGLang compiles it); `json_schema` (`{"json_schema": {"name", "schema",
-  "strict"}}`; a missing schema is a 400, as in vLLM).
+  "strict"}}`; a missing schema is a 400, as in vLLM); `structural_tag` (SGLang's `{"type":
+  "structural_tag", "structures": [...], "triggers": [...]}`, passed on whole).
 - Extensions on both routes (SGLang / vLLM names): `regex`, `ebnf` (GBNF or Lark), `json_schema`
   (a schema, as a string or an object), `choice` (the output is exactly one of the strings).
 
@@ -64,8 +65,11 @@ def _response_format(response_format: dict[str, Any]) -> dict[str, str]:
                 400, "response_format json_schema.schema must be provided", "response_format"
             )
         return {"json_schema": json.dumps(schema)}
+    if kind == "structural_tag":
+        return {"structural_tag": json.dumps(response_format)}
     raise APIError(
         400,
-        f"response_format type must be text, json_object or json_schema, got {kind!r}",
+        "response_format type must be text, json_object, json_schema or structural_tag, "
+        f"got {kind!r}",
         "response_format",
     )

@@ -7,6 +7,7 @@ stop strings, determinism at temperature 0.
 from __future__ import annotations
 
 import asyncio
+import re
 
 import pytest
 
@@ -74,6 +75,28 @@ def test_few_shot_answer_stops_at_stop_strings(backend):
     answer = state["answer"]
     assert isinstance(answer, str) and "\n" not in answer and "Q:" not in answer
     assert state.text().endswith("A:" + answer)
+
+
+@sgl.function
+def animals(s, stop_regex):
+    s += sgl.user("Name three animals.")
+    s += sgl.assistant_begin()
+    s += sgl.gen("answer", max_tokens=30, stop_regex=stop_regex)
+
+
+def test_gen_stops_at_a_stop_regex(backend):
+    """The regex reaches every backend (the OpenAI one as the `stop_regex` extension); the
+    answer, streamed or not, ends where the unstopped answer first matches."""
+    item = r"\n\d+\."
+    free = animals.run(stop_regex=None, backend=backend, temperature=0)["answer"]
+    match = re.search(item, free)
+    assert match, free  # the precondition: a numbered list with a second item
+    assert (
+        animals.run(stop_regex=item, backend=backend, temperature=0)["answer"]
+        == free[: match.start()]
+    )
+    streamed = animals.run(stop_regex=[item], backend=backend, temperature=0, stream=True)
+    assert "".join(streamed.text_iter("answer")) == free[: match.start()]
 
 
 @sgl.function

@@ -96,6 +96,29 @@ def test_regex_ebnf_choice_extensions(client, model_id):
     assert {c.message.content for c in out.choices} <= set(choices)
 
 
+def test_structural_tag_response_format(client, model_id):
+    """SGLang's response_format: free text, then JSON for the schema after the trigger."""
+    animal = {"type": "object", "properties": {"animal": {"type": "string"}}}
+    fmt = {
+        "type": "structural_tag",
+        "structures": [{"begin": "2. ", "schema": {**animal, "required": ["animal"]}, "end": "\n"}],
+        "triggers": ["2."],
+    }
+    messages = [{"role": "user", "content": "Name three animals."}]
+    free = client.chat.completions.create(
+        model=model_id, messages=messages, max_tokens=40, temperature=0
+    )
+    text = free.choices[0].message.content
+    out = client.chat.completions.create(
+        model=model_id, messages=messages, max_tokens=60, temperature=0, response_format=fmt
+    )
+    content = out.choices[0].message.content
+    at = text.index("2.")  # the precondition: the free answer has the trigger
+    assert content[:at] == text[:at] and content[at:].startswith("2. {")
+    segment = content[at + 3 : content.index("\n", at)]
+    jsonschema.validate(json.loads(segment), fmt["structures"][0]["schema"])
+
+
 def test_two_constraints_are_400(client, model_id):
     with pytest.raises(openai.BadRequestError):
         chat(client, model_id, response_format={"type": "json_object"}, extra_body={"regex": "a"})
@@ -203,6 +226,7 @@ BAD_CONSTRAINTS = [
         None,
     ),
     ({"response_format": {"type": "xml"}}, "response_format"),
+    ({"response_format": {"type": "structural_tag", "structures": []}}, "structural_tag"),
 ]
 
 

@@ -130,21 +130,28 @@ class OpenAI(BaseBackend):
         return texts[0], _meta_info(ret)
 
     def _constraint_kwargs(self, params: SglSamplingParams) -> dict[str, Any]:
-        """A gen's regex / JSON schema as request fields: chat models get the standard
-        `response_format` for a schema; the rest travel as the `regex` / `json_schema`
-        extensions that radixgen, SGLang and vLLM-style servers read. A server that knows
-        neither rejects the request rather than answering unconstrained."""
+        """A gen's regex / JSON schema / stop regexes as request fields: chat models get the
+        standard `response_format` for a schema; the rest travel as the `regex` /
+        `json_schema` / `stop_regex` extensions that radixgen, SGLang and vLLM-style servers
+        read. A server that knows none rejects the request rather than answering
+        unconstrained or unstopped."""
+        kwargs: dict[str, Any] = {}
+        extra: dict[str, Any] = {}
         if params.json_schema is not None:
             schema = params.json_schema
             if self.is_chat_model:
                 parsed = json.loads(schema) if isinstance(schema, str) else schema
                 spec = {"name": "output", "schema": parsed}
-                return {"response_format": {"type": "json_schema", "json_schema": spec}}
-            text = schema if isinstance(schema, str) else json.dumps(schema)
-            return {"extra_body": {"json_schema": text}}
-        if params.regex is not None:
-            return {"extra_body": {"regex": params.regex}}
-        return {}
+                kwargs["response_format"] = {"type": "json_schema", "json_schema": spec}
+            else:
+                extra["json_schema"] = schema if isinstance(schema, str) else json.dumps(schema)
+        elif params.regex is not None:
+            extra["regex"] = params.regex
+        if params.stop_regex:
+            extra["stop_regex"] = params.stop_regex
+        if extra:
+            kwargs["extra_body"] = extra
+        return kwargs
 
     def generate_stream(self, s: StreamExecutor, sampling_params: SglSamplingParams):
         kwargs = {**sampling_params.to_openai_kwargs(), **self._constraint_kwargs(sampling_params)}

@@ -1,4 +1,5 @@
-"""`GrammarCompiler`: sampling params' `regex` / `json_schema` / `ebnf` -> a ready `Grammar`.
+"""`GrammarCompiler`: sampling params' `regex` / `json_schema` / `ebnf` / `structural_tag` -> a
+ready `Grammar`.
 
 The grammar engine is llguidance (Rust; compiles regex, JSON schema and Lark/GBNF grammars against
 the tokenizer lazily, so compilation takes milliseconds and masks ~20 us per step). Why not
@@ -15,6 +16,11 @@ Contract:
   that jump-forward skips.
 - Objects that list `properties` admit no others unless `additionalProperties` says so (the
   "strict mode" of xgrammar, SGLang's default engine): small models otherwise keep inventing keys.
+- `structural_tag` (SGLang's `{"type": "structural_tag", "structures": [{"begin", "schema",
+  "end"}], "triggers": [...]}`): free text until a trigger appears; then the rest of the begin
+  string of a structure that starts with that trigger, JSON for its schema, its end string, and
+  free text again (any number of times). Translated into a Lark grammar with lazy trigger
+  lexemes (see `structural_tag_grammar`).
 """
 
 from __future__ import annotations
@@ -120,10 +126,91 @@ def _grammar_text(kind: str, source: str) -> str:
         except ValueError as exc:
             message = short_error(str(exc))
             raise InvalidRequestError(f"invalid json_schema: {message}", kind) from exc
+    if kind == "structural_tag":
+        try:
+            return LLMatcher.grammar_from_lark(structural_tag_grammar(source))
+        except RecursionError:  # json.loads or strict_schema on absurdly deep nesting
+            raise InvalidRequestError("structural_tag is nested too deeply", kind) from None
     try:  # ebnf: GBNF (`root ::= ...`, as llama.cpp and xgrammar take it) or Lark
         return LLMatcher.grammar_from_lark(any_to_lark(source))
     except Exception as exc:  # the GBNF converter raises plain exceptions on syntax errors
         raise InvalidRequestError(f"invalid ebnf: {short_error(str(exc))}", kind) from exc
+
+
+def structural_tag_grammar(source: str) -> str:
+    """SGLang's structural tag as an llguidance Lark grammar:
+
+        start: (tag_0 | tag_1 | ...)* free          free text, tagged segments, free text
+        free: FREE_TEXT
+        FREE_TEXT: /(.|\\n)*/
+        tag_i_trigger[lazy]: FREE_TEXT "<trigger>"  text up to the first trigger occurrence
+        tag_i: tag_i_trigger "<rest of begin>" %json {schema} "<end>"
+
+    A lazy lexeme ends at its first match, so once a trigger appears in free text the output
+    must go on with the rest of a matching structure's begin. Each structure is paired with
+    the shortest trigger its begin starts with: that trigger is seen first. Schemas get the
+    same strict, compact JSON as `json_schema`. Not expressible here: triggers are matched as
+    text, so a trigger that is a special token (`<|python_tag|>`) only fires when the model
+    spells it out in ordinary tokens; xgrammar's newer `{"type": "structural_tag", "format":
+    ...}` form is rejected."""
+    kind = "structural_tag"
+    try:
+        spec = json.loads(source)
+    except json.JSONDecodeError as exc:
+        raise InvalidRequestError(f"structural_tag is not valid JSON: {exc.msg}", kind) from exc
+    if not isinstance(spec, dict):
+        raise InvalidRequestError("structural_tag must be a JSON object", kind)
+    if spec.get("type", kind) != kind or "structures" not in spec:
+        raise InvalidRequestError(
+            'structural_tag must be {"type": "structural_tag", "structures": [...], '
+            '"triggers": [...]}',
+            kind,
+        )
+    structures, triggers = spec.get("structures"), spec.get("triggers")
+    if not isinstance(structures, list) or not structures:
+        raise InvalidRequestError("structural_tag structures must be a non-empty list", kind)
+    if not isinstance(triggers, list) or not all(isinstance(t, str) and t for t in triggers):
+        raise InvalidRequestError("structural_tag triggers must be non-empty strings", kind)
+    lines = ["%llguidance {}", "free: FREE_TEXT", "FREE_TEXT: /(.|\\n)*/"]
+    used: set[str] = set()
+    for i, structure in enumerate(structures):
+        begin, schema, end = _structure(structure, i)
+        trigger = min((t for t in triggers if begin.startswith(t)), key=len, default=None)
+        if trigger is None:
+            raise InvalidRequestError(
+                f"structural_tag structures[{i}].begin {begin!r} starts with no trigger", kind
+            )
+        used.add(trigger)
+        schema = {**strict_schema(schema), "x-guidance": {**JSON_OPTIONS}}
+        body = [_lark_string(begin[len(trigger) :]), f"%json {json.dumps(schema)}"]
+        body.append(_lark_string(end))
+        lines.append(f"tag_{i}_trigger[lazy]: FREE_TEXT {_lark_string(trigger)}")
+        lines.append(f"tag_{i}: tag_{i}_trigger {' '.join(b for b in body if b)}")
+    unused = [t for t in triggers if t not in used]
+    if unused:
+        raise InvalidRequestError(f"structural_tag trigger {unused[0]!r} begins no structure", kind)
+    tags = " | ".join(f"tag_{i}" for i in range(len(structures)))
+    lines.insert(1, f"start: ({tags})* free")
+    return "\n".join(lines) + "\n"
+
+
+def _structure(structure: Any, i: int) -> tuple[str, dict[str, Any], str]:
+    where = f"structural_tag structures[{i}]"
+    if not isinstance(structure, dict):
+        raise InvalidRequestError(f"{where} must be an object", "structural_tag")
+    begin, schema, end = structure.get("begin"), structure.get("schema"), structure.get("end")
+    if not isinstance(begin, str) or not begin or not isinstance(end, str):
+        raise InvalidRequestError(
+            f"{where} needs a non-empty string begin and a string end", "structural_tag"
+        )
+    if not isinstance(schema, dict):
+        raise InvalidRequestError(f"{where}.schema must be a JSON schema object", "structural_tag")
+    return begin, schema, end
+
+
+def _lark_string(text: str) -> str:
+    """A Lark string literal for `text` ("" for the empty string: nothing to match)."""
+    return json.dumps(text) if text else ""
 
 
 SCHEMA_MAPS = ("properties", "patternProperties", "$defs", "definitions", "dependentSchemas")

@@ -12,6 +12,7 @@ import torch
 
 from radixgen.runtime.request import FinishKind, FinishReason, Req
 from radixgen.runtime.sampler import top_logprobs
+from radixgen.runtime.stop_regex import StopRegexTimeout
 
 
 def grammar_error(message: str) -> FinishReason:
@@ -97,7 +98,11 @@ class OutputProcessor:
             req.finish(FinishReason(FinishKind.STOP, matched=token))
         matched_token = by_token and req.finish_reason.kind is FinishKind.STOP
         rendered = req.output_ids[:-1] if matched_token else req.output_ids
-        stop = req.detokenizer.update(rendered, final=req.is_finished)
+        try:
+            stop = req.detokenizer.update(rendered, final=req.is_finished)
+        except StopRegexTimeout as exc:  # the caller's pattern is too slow on this text
+            req.finish_reason = FinishReason(FinishKind.ABORT, message=str(exc), status_code=400)
+            return
         if stop is not None and not (req.is_finished and req.finish_reason.kind is FinishKind.STOP):
             req.finish_reason = FinishReason(FinishKind.STOP, matched=stop)
 
