@@ -31,7 +31,6 @@ Known upstream limits, kept visible here rather than papered over on the server:
   unconditional request sends no `logprob_start_len`, so the runtime returns no prompt logprobs
   (the method indexes [0] of an empty list). Those tests xfail on exactly these errors; a
   wrapper that counts None as 0.0 shows SGLang's greedy algorithm then agrees with radixgen's.
-- A non-empty `stop_regex` is answered 400 until radixgen implements it (xfail, not strict).
 """
 
 from __future__ import annotations
@@ -211,11 +210,6 @@ def test_get_server_info(both):
     assert "max_running_requests" in sg["keys"]
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="radixgen serve answers 400 'stop_regex is not supported yet' for a non-empty "
-    "stop_regex; implemented on a separate branch",
-)
 def test_gen_stop_regex(both):
     sg, rg = both("stop_regex")
     assert_same(ok(sg), ok(rg))
