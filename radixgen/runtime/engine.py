@@ -100,17 +100,7 @@ class Engine:
         cumulative outputs of a single request. With `n > 1`, sample k of request `rid` is
         labelled `f"{rid}_{k}"` (SGLang's convention). `rid` is only a label echoed in
         `meta_info["id"]` and used by `abort`; `tenant` scopes who may abort it."""
-        request = GenerateInput.of(
-            text=prompt,
-            input_ids=input_ids,
-            sampling_params=sampling_params,
-            rid=rid,
-            return_logprob=return_logprob,
-            logprob_start_len=logprob_start_len,
-            top_logprobs_num=top_logprobs_num,
-            return_text_in_logprobs=return_text_in_logprobs,
-            stream=stream,
-        )
+        request = _input_of(locals())
         reqs, single = self.make_requests(request, tenant)
         if stream:
             return self._stream(reqs)
@@ -156,17 +146,7 @@ class Engine:
     ) -> dict[str, Any] | list[dict[str, Any]] | AsyncIterator[dict[str, Any]]:
         """Asyncio variant of `generate`; with `stream=True` returns an async iterator of the
         cumulative outputs of every request of the batch."""
-        request = GenerateInput.of(
-            text=prompt,
-            input_ids=input_ids,
-            sampling_params=sampling_params,
-            rid=rid,
-            return_logprob=return_logprob,
-            logprob_start_len=logprob_start_len,
-            top_logprobs_num=top_logprobs_num,
-            return_text_in_logprobs=return_text_in_logprobs,
-            stream=stream,
-        )
+        request = _input_of(locals())
         return await self.async_generate_input(request, tenant)
 
     async def async_generate_input(
@@ -353,6 +333,13 @@ class Engine:
                 f"{self.config.kv_cache_tokens}; lower max_new_tokens or raise kv_cache_tokens",
                 param="max_new_tokens",
             )
+
+
+def _input_of(arguments: dict[str, Any]) -> GenerateInput:
+    """The validated input of a `generate` / `async_generate` call, from its arguments (the
+    engine's API says `prompt` where SGLang's input says `text`)."""
+    fields = {name: arguments[name] for name in GenerateInput.model_fields if name in arguments}
+    return GenerateInput.of(text=arguments["prompt"], **fields)
 
 
 def _logprob_options(request: GenerateInput) -> LogprobOptions:
