@@ -1,4 +1,4 @@
-"""Command line: `radixgen generate` (and, as they land, `serve` and `bench`).
+"""Command line: `radixgen generate` and `radixgen serve` (one process, or `--dp N` workers).
 
 Engine options are generated from `EngineConfig`'s fields, so their names, defaults, choices and
 help text are defined once, in config.py.
@@ -81,7 +81,62 @@ def _generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _option_argv(
+    parser: argparse.ArgumentParser, args: argparse.Namespace, skip: set[str]
+) -> list[str]:
+    """The options in `args` that differ from their defaults, as `parser` would read them."""
+    argv: list[str] = []
+    for action in parser._actions:  # argparse lists its actions only here
+        value = getattr(args, action.dest, action.default)
+        if not action.option_strings or action.dest in skip or value == action.default:
+            continue
+        flag = action.option_strings[0]
+        if action.nargs == 0:  # store_true
+            argv.append(flag)
+        elif action.nargs in ("*", "+"):
+            argv += [flag, *map(str, value)]
+        elif isinstance(value, list):  # append: one flag per value
+            for item in value:
+                argv += [flag, str(item)]
+        else:
+            argv += [flag, str(value)]
+    return argv
+
+
+def _serve_scaled(args: argparse.Namespace) -> int:
+    """`serve --dp N`: N workers behind SGLang's router (radixgen/deploy.py)."""
+    from radixgen.deploy import ScaleOutConfig, run
+
+    if len(args.api_key or ()) > 1:
+        print(
+            "radixgen serve --dp: give one --api-key (the router checks it and forwards it)",
+            file=sys.stderr,
+        )
+        return 2
+    config = ScaleOutConfig(
+        dp=args.dp,
+        host=args.host,
+        port=args.port,
+        model=args.model,
+        worker_args=tuple(
+            _option_argv(args.command_parser, args, {"host", "port", "num_threads", "dp"})
+        ),
+        num_threads=args.num_threads,
+        api_key=(args.api_key or [None])[0],
+        drain_timeout=args.drain_timeout,
+        router_log_level={"debug": "debug", "error": "error", "critical": "error"}.get(
+            args.log_level, "warn"
+        ),
+    )
+    return run(config)
+
+
 def _serve(args: argparse.Namespace) -> int:
+    if args.dp < 1:
+        print("radixgen serve: --dp must be at least 1", file=sys.stderr)
+        return 2
+    if args.dp > 1:
+        return _serve_scaled(args)
     import uvicorn
 
     from radixgen.server.app import EngineHolder, ServerSettings, create_app
@@ -183,8 +238,16 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         help="origins allowed by CORS (default: CORS off)",
     )
+    serve.add_argument(
+        "--dp",
+        "--dp-size",
+        type=int,
+        default=1,
+        help="data parallelism: run N workers behind SGLang's router (cache-aware policy) on "
+        "--host/--port, splitting the cores between them; needs radixgen[router] (default: 1)",
+    )
     add_engine_options(serve)
-    serve.set_defaults(handler=_serve)
+    serve.set_defaults(handler=_serve, command_parser=serve)
     return parser
 
 

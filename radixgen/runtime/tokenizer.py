@@ -32,6 +32,26 @@ def _quiet_transformers() -> None:
     transformers.logging.disable_progress_bar()
 
 
+def _saved_dir(source: ModelSource) -> Path:
+    """Where the converted tokenizer of a GGUF file is saved (keyed by path, size, mtime)."""
+    stat = source.path.stat()
+    ident = f"{source.path.resolve()}:{stat.st_size}:{int(stat.st_mtime)}"
+    return cache_dir() / "tokenizers" / hashlib.sha256(ident.encode()).hexdigest()[:16]
+
+
+def tokenizer_dir(source: ModelSource) -> Path | None:
+    """A directory holding the model's `tokenizer.json` (with its chat template), for tools
+    that read tokenizer files themselves (SGLang's router); None when the model has none
+    (e.g. a Hugging Face directory with only a SentencePiece model). A GGUF tokenizer is
+    converted and saved first if no process has done so yet."""
+    if source.format == "hf":
+        return source.path if (source.path / "tokenizer.json").exists() else None
+    if not (_saved_dir(source) / "tokenizer.json").exists():
+        load_tokenizer(source)
+    saved = _saved_dir(source)
+    return saved if (saved / "tokenizer.json").exists() else None
+
+
 def load_tokenizer(source: ModelSource) -> Any:
     """A transformers fast tokenizer for the model, with its chat template."""
     from transformers import AutoTokenizer
@@ -39,9 +59,7 @@ def load_tokenizer(source: ModelSource) -> Any:
     _quiet_transformers()
     if source.format == "hf":
         return AutoTokenizer.from_pretrained(str(source.path))
-    stat = source.path.stat()
-    ident = f"{source.path.resolve()}:{stat.st_size}:{int(stat.st_mtime)}"
-    saved = cache_dir() / "tokenizers" / hashlib.sha256(ident.encode()).hexdigest()[:16]
+    saved = _saved_dir(source)
     if (saved / "tokenizer.json").exists():
         return AutoTokenizer.from_pretrained(str(saved))
     logger.info("converting the GGUF tokenizer of %s (once)", source.path.name)
