@@ -28,13 +28,9 @@ from radixgen.runtime.detokenizer import IncrementalDetokenizer
 from radixgen.runtime.model.loader import resolve_model
 from radixgen.runtime.model.runner import ModelRunner
 from radixgen.runtime.request import LogprobOptions, Req
-from radixgen.runtime.sampling_params import (
-    CONSTRAINT_FIELDS,
-    InvalidRequestError,
-    SamplingParams,
-)
+from radixgen.runtime.sampling_params import InvalidRequestError, SamplingParams
 from radixgen.runtime.scheduler.loop import Scheduler
-from radixgen.runtime.tokenizer import eos_token_ids, load_tokenizer
+from radixgen.runtime.tokenizer import encode_texts, eos_token_ids, load_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -149,10 +145,11 @@ class Engine:
             return_logprob, logprob_start_len, top_logprobs_num, return_text_in_logprobs
         )
         make = (prompt, sampling_params, input_ids, logprob, stream, rid)
-        if _has_constraint(sampling_params):  # grammar compilation stays off the event loop
+        try:  # tokenization and grammar compilation stay off the event loop
             reqs, single = await asyncio.to_thread(self._make_requests, *make)
-        else:
-            reqs, single = self._make_requests(*make)
+        except BaseException:
+            self.scheduler.trim_when_idle()  # e.g. a huge prompt tokenized, then refused
+            raise
         loop = asyncio.get_running_loop()
         inbox: asyncio.Queue = asyncio.Queue()
         for req in reqs:
@@ -231,7 +228,7 @@ class Engine:
             texts = [prompt] if single else list(prompt)
             if not all(isinstance(t, str) for t in texts):
                 raise InvalidRequestError("prompt must be a string or a list of strings", "prompt")
-            token_lists = [self.tokenizer(t)["input_ids"] for t in texts]
+            token_lists = encode_texts(self.tokenizer, texts)
         else:
             single = bool(input_ids) and isinstance(input_ids[0], int)
             token_lists = [list(input_ids)] if single else [list(x) for x in input_ids]
@@ -325,13 +322,6 @@ def _logprob_options(
     if options.top_logprobs_num < 0:
         raise InvalidRequestError("top_logprobs_num must be >= 0", "top_logprobs_num")
     return options
-
-
-def _has_constraint(sampling_params: dict[str, Any] | list[dict[str, Any]] | None) -> bool:
-    params = sampling_params if isinstance(sampling_params, list) else [sampling_params or {}]
-    return any(
-        isinstance(p, dict) and any(p.get(k) is not None for k in CONSTRAINT_FIELDS) for p in params
-    )
 
 
 def _collect(results: dict[str, dict[str, Any]], out: dict[str, Any]) -> None:
