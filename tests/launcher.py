@@ -38,6 +38,13 @@ def wait_healthy(url: str, proc: subprocess.Popen, log) -> None:
 def running_server(args: list[str]):
     """A `radixgen serve` subprocess on a free loopback port; yields its base URL once
     /health answers 200, and terminates (and reaps) it on exit."""
+    with running_server_process(args) as (url, _proc):
+        yield url
+
+
+@contextlib.contextmanager
+def running_server_process(args: list[str]):
+    """`running_server` that yields `(url, proc)`, for tests that watch the process itself."""
     port = free_port()
     # Output goes to a file, not a pipe: an unread pipe would block the server once full.
     with tempfile.TemporaryFile() as log:
@@ -50,7 +57,7 @@ def running_server(args: list[str]):
         url = f"http://127.0.0.1:{port}"
         try:
             wait_healthy(url, proc, log)
-            yield url
+            yield url, proc
         finally:
             proc.terminate()
             try:

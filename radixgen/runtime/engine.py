@@ -32,7 +32,7 @@ from radixgen.runtime.model.runner import ModelRunner
 from radixgen.runtime.request import LogprobOptions, Req
 from radixgen.runtime.sampling_params import InvalidRequestError, SamplingParams
 from radixgen.runtime.scheduler.loop import Scheduler
-from radixgen.runtime.tokenizer import eos_token_ids, load_tokenizer
+from radixgen.runtime.tokenizer import encode_texts, eos_token_ids, load_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -154,7 +154,11 @@ class Engine:
     ) -> dict[str, Any] | list[dict[str, Any]] | AsyncIterator[dict[str, Any]]:
         """`async_generate` for an already validated input (the server's route bodies).
         Tokenizing and grammar compiling run in a worker thread: the event loop stays free."""
-        reqs, single = await asyncio.to_thread(self.make_requests, request, tenant)
+        try:
+            reqs, single = await asyncio.to_thread(self.make_requests, request, tenant)
+        except BaseException:
+            self.scheduler.trim_when_idle()  # e.g. a huge prompt tokenized, then refused
+            raise
         loop = asyncio.get_running_loop()
         inbox: asyncio.Queue = asyncio.Queue()
         self._submit(
@@ -256,7 +260,7 @@ class Engine:
                 "n",
             )
         if request.text is not None:
-            token_lists = [self.tokenizer(t)["input_ids"] for t in prompts]
+            token_lists = encode_texts(self.tokenizer, prompts)
         else:
             token_lists = [list(ids) for ids in prompts]
         logprob = _logprob_options(request)

@@ -25,6 +25,13 @@ there are cores its workers stop spinning between regions (libgomp's "throttled"
 pool -- say, the caller's thread loading the weights -- made every parallel kernel here ~2x slower
 (batch-1 decode 33 ms instead of 23 ms on 2 cores). Callers must keep parallel torch work off their
 own threads for the same reason.
+
+Memory: after its last request finishes, the loop calls `release_free_memory` (malloc_trim) once,
+then blocks on its inbox; without it a burst of huge requests leaves its freed token lists,
+activations and tokenizer buffers resident in malloc's arenas for good. The trim runs on the
+busy->idle edge only, never between steps (~0.5 ms after an ordinary request). The engine also
+asks for one (`trim_when_idle`) after a request it refused, whose tokenization the scheduler never
+saw. Before loading the model the thread pins malloc's thresholds (see memory.py).
 """
 
 from __future__ import annotations
@@ -43,6 +50,7 @@ import torch
 from radixgen.runtime.cache.kv_pool import SlotAllocator
 from radixgen.runtime.config import EngineConfig
 from radixgen.runtime.constrained import TokenMasker
+from radixgen.runtime.memory import fix_malloc_thresholds, release_free_memory
 from radixgen.runtime.model.runner import ModelRunner
 from radixgen.runtime.request import FinishKind, FinishReason, Req
 from radixgen.runtime.sampler import Sampler
@@ -125,7 +133,10 @@ class Scheduler:
             "prefill_seconds": 0.0,
             "decode_steps": 0,
             "decode_seconds": 0.0,
+            "memory_trims": 0,
+            "memory_trim_seconds": 0.0,
         }
+        self._trim_pending = False  # work ran (or freed memory) since the last trim
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
 
@@ -177,6 +188,10 @@ class Scheduler:
         """Abort every request of `tenant`."""
         self.inbox.put(("abort_tenant", tenant))
 
+    def trim_when_idle(self) -> None:
+        """Return freed heap memory to the OS as soon as nothing runs (see the module doc)."""
+        self.inbox.put(("trim",))
+
     def call(self, fn: Callable[[], Any]) -> Future:
         """Run `fn` on the scheduler thread between steps (consistent view of all state)."""
         future: Future = Future()
@@ -190,6 +205,7 @@ class Scheduler:
         return not self.waiting and not self.decode.running and self.chunked is None
 
     def _run(self, make_runner: Callable[[], ModelRunner], ready: Future) -> None:
+        fix_malloc_thresholds()
         try:
             self._set_up(make_runner())
         except BaseException as exc:
@@ -201,12 +217,22 @@ class Scheduler:
 
     def _loop(self) -> None:
         while not self._stop.is_set():
+            if self._trim_pending and self.is_idle:
+                self._release_memory()
             try:
                 self._drain_inbox(block=self.is_idle)
+                self._trim_pending |= not self.is_idle
                 self.step()
             except Exception:  # never let one bad batch or message kill the engine
                 logger.exception("scheduler step failed outside any request's stages")
                 self._reset_after_fault()
+
+    def _release_memory(self) -> None:
+        self._trim_pending = False
+        started = time.perf_counter()
+        if release_free_memory():
+            self.counters["memory_trims"] += 1
+            self.counters["memory_trim_seconds"] += time.perf_counter() - started
 
     def _drain_inbox(self, block: bool) -> None:
         try:
@@ -242,6 +268,8 @@ class Scheduler:
             self._abort_where(lambda r: r.tenant == tenant and label in (r.label, r.group))
         elif kind == "abort_tenant":
             self._abort_where(lambda r: r.tenant == message[1])
+        elif kind == "trim":
+            self._trim_pending = True
         elif kind == "call":
             _, fn, future = message
             try:
