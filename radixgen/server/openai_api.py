@@ -19,6 +19,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 
 from radixgen.runtime.engine import Engine
+from radixgen.runtime.tokenizer import encode_texts
 from radixgen.server import openai_format as fmt
 from radixgen.server.app import (
     DONE_EVENT,
@@ -327,7 +328,7 @@ def _chat_input_ids(engine: Engine, body: ChatCompletionRequest, plan: ToolPlan 
         raise APIError(
             400, f"messages cannot be rendered by the chat template: {exc}", "messages"
         ) from exc
-    return engine.tokenizer(text, add_special_tokens=False)["input_ids"]
+    return encode_texts(engine.tokenizer, [text], add_special_tokens=False)[0]
 
 
 def _tool_calls(plan: ToolPlan | None, out: dict[str, Any]) -> list[dict[str, Any]] | None:
