@@ -40,7 +40,7 @@ from typing import TextIO
 
 import httpx
 
-ROUTER_POLICY = "cache_aware"
+ROUTER_POLICY = "cache_aware"  # the default; benchmarks compare others (e.g. round_robin)
 POLL_SECONDS = 0.25
 KILL_MARGIN_SECONDS = 10.0  # beyond the drain timeout, before a process is killed
 ROUTER_HEALTH_CHECK_SECONDS = 5  # the router marks a worker unhealthy after 3 failed checks
@@ -69,6 +69,7 @@ class ScaleOutConfig:
     drain_timeout: float = 30.0
     startup_timeout: float = 900.0
     router_log_level: str = "warn"
+    policy: str = ROUTER_POLICY  # the router's --policy
 
     def threads_per_worker(self, cores: int | None = None) -> int:
         if self.num_threads is not None:
@@ -147,7 +148,7 @@ class ScaleOut:
             self.stop()
             raise
         names = ", ".join(w.url for w in self.workers)
-        self._say(f"ready: {self.url} (SGLang router, {ROUTER_POLICY}, workers: {names})")
+        self._say(f"ready: {self.url} (SGLang router, {self.config.policy}, workers: {names})")
 
     def wait(self) -> int:
         """Block until a stop is requested (0), the router exits or no worker is left (1)."""
@@ -229,7 +230,7 @@ class ScaleOut:
         link_tokenizer(self.config.model, served_name, Path(self._workdir.name))
         argv = router_argv(self.config, [w.url for w in self.workers])
         self.router = Child("router", self.url, self._spawn(argv, cwd=self._workdir.name))
-        self._say(f"router: {self.url} (pid {self.router.proc.pid}, policy {ROUTER_POLICY})")
+        self._say(f"router: {self.url} (pid {self.router.proc.pid}, policy {self.config.policy})")
 
     def _wait_router_ready(self) -> None:
         assert self.router is not None
@@ -266,7 +267,7 @@ def router_argv(config: ScaleOutConfig, worker_urls: list[str]) -> list[str]:
     router's default, 29000 on every interface, would collide between deployments)."""
     argv = [sys.executable, "-m", "sglang_router.launch_router"]
     argv += ["--host", config.host, "--port", str(config.port), "--worker-urls", *worker_urls]
-    argv += ["--policy", ROUTER_POLICY, "--log-level", config.router_log_level]
+    argv += ["--policy", config.policy, "--log-level", config.router_log_level]
     argv += ["--prometheus-host", "127.0.0.1", "--prometheus-port", str(free_port())]
     argv += ["--shutdown-grace-period-secs", str(int(config.drain_timeout))]
     argv += ["--health-check-interval-secs", str(ROUTER_HEALTH_CHECK_SECONDS)]

@@ -52,3 +52,9 @@ def test_tokenizer_link_refuses_names_that_leave_the_router_directory(tmp_path):
     assert not link_tokenizer("smollm2", "/etc/x", tmp_path)
     assert not link_tokenizer("smollm2", "", tmp_path)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_router_policy_is_configurable_for_benchmarks():
+    config = ScaleOutConfig(dp=2, host="h", port=1, model="m", policy="round_robin")
+    argv = router_argv(config, ["http://127.0.0.1:1"])
+    assert argv[argv.index("--policy") + 1] == "round_robin"
