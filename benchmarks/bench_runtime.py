@@ -1,6 +1,6 @@
 """Throughput benchmark: radixgen vs llama.cpp (llama-cpp-python) on the same GGUF model.
 
-Prints one Markdown table (paste-able into the README) plus machine info and ratios.
+Prints one Markdown table (for a record under docs/benchmarks) plus machine info and ratios.
 
 What is measured, and how (all prompts are token ids built once, from seeded random text, with
 radixgen's tokenizer of the model, and fed to both systems as ids, so both see identical tokens):
