@@ -547,8 +547,8 @@ class Scheduler:
         active = [*self.waiting, *self.decode.running, *self.prefilling]
         if self.chunked is not None:
             active.append(self.chunked)
-        seen: set[str] = set()
-        return [r for r in active if r.rid in self.sinks and not (r.rid in seen or seen.add(r.rid))]
+        unanswered = {r.rid: r for r in active if r.rid in self.sinks}  # one entry per request
+        return list(unanswered.values())
 
     def _abort_where(self, chosen: Callable[[Req], bool]) -> None:
         """Abort the active requests `chosen` picks (between steps: none is mid-pass)."""
