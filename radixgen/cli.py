@@ -28,6 +28,9 @@ def add_engine_options(parser: argparse.ArgumentParser) -> None:
         if hints[f.name] is bool:
             group.add_argument(flag, action="store_true", help=help_text)
             continue
+        if typing.get_origin(hints[f.name]) is tuple:  # repeatable: --tune a=1 --tune b=2
+            group.add_argument(flag, action="append", default=[], help=help_text)
+            continue
         kind = int if int in typing.get_args(hints[f.name]) or hints[f.name] is int else str
         group.add_argument(
             flag, type=kind, default=f.default, choices=f.metadata.get("choices"), help=help_text

@@ -14,6 +14,8 @@ from typing import Any
 
 import torch
 
+from radixgen.runtime.tuning import Tuning
+
 SCHEDULE_POLICIES = ("lpm", "fcfs", "dfs-weight")
 ATTENTION_BACKENDS = ("auto", "torch")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -120,6 +122,11 @@ class EngineConfig:
     max_request_sequences: int = _opt(
         256, "Most sequences (prompts x n) one request may make: bounds one caller's work."
     )
+    tune: tuple[str, ...] = _opt(
+        (),
+        "Override a performance threshold, as name=value (repeatable); the names and their "
+        "measured defaults are the fields of radixgen.runtime.tuning.Tuning.",
+    )
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPE_CHOICES:
@@ -147,6 +154,13 @@ class EngineConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.chunked_prefill_size == 0 or self.chunked_prefill_size < -1:
             raise ValueError("chunked_prefill_size must be positive or -1")
+        object.__setattr__(self, "tune", tuple(self.tune))
+        Tuning.parse(self.tune)  # fail at construction, naming the bad entry
+
+    @property
+    def tuning(self) -> Tuning:
+        """The performance thresholds, defaults with `tune` applied."""
+        return Tuning.parse(self.tune)
 
     @property
     def torch_dtype(self) -> torch.dtype:

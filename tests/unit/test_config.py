@@ -31,3 +31,25 @@ def test_int4_width_defaults_per_kernel_and_explicit_values_win():
     assert int4_max_tokens(3, torch.float32) == 3 and int4_max_tokens(0, torch.bfloat16) == 0
     with pytest.raises(ValueError, match="int4_max_tokens must be >= 0"):
         EngineConfig(int4_max_tokens=-1)
+
+
+def test_tuning_overrides_parse_and_name_bad_entries():
+    assert EngineConfig().tuning.max_in_place_extend == 1024
+    tuned = EngineConfig(tune=("max_in_place_extend=512", "ragged-waste-ratio=1.5")).tuning
+    assert tuned.max_in_place_extend == 512 and tuned.ragged_waste_ratio == 1.5
+    with pytest.raises(ValueError, match="no_such_knob"):
+        EngineConfig(tune=("no_such_knob=1",))
+    with pytest.raises(ValueError, match="max_in_place_extend takes an integer"):
+        EngineConfig(tune=("max_in_place_extend=lots",))
+    with pytest.raises(ValueError, match="must be >= 0"):
+        EngineConfig(tune=("min_segment_saving=-1",))
+
+
+def test_tune_is_a_repeatable_cli_option():
+    from radixgen.cli import build_parser, engine_config_from_args
+
+    args = build_parser().parse_args(
+        ["serve", "--tune", "min_shared_prefix=8", "--tune", "int8_head_max_tokens=0"]
+    )
+    tuning = engine_config_from_args(args).tuning
+    assert tuning.min_shared_prefix == 8 and tuning.int8_head_max_tokens == 0
