@@ -18,7 +18,10 @@ radixgen the cost of the grammar mask per decode step (engine counters: time in 
 over all decode/extend steps, against the mean step time).
 
     python benchmarks/bench_constrained.py [--requests 16] [--quick] [--skip-llamacpp]
-                                           [--json out.json]
+                                           [--json out.json] [--no-record]
+
+The report goes to stdout and, unless `--no-record`, with the machine's facts to a record
+docs/benchmarks/constrained-<date>[-N].md (benchmarks/record.py).
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import jsonschema
+import record
 
 from radixgen import Engine
 
@@ -284,7 +288,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="4 requests: a smoke run")
     parser.add_argument("--skip-llamacpp", action="store_true")
     parser.add_argument("--json", help="also write the results here")
+    record.add_record_args(parser)
     args = parser.parse_args(argv)
+    command = record.command_line("python benchmarks/bench_constrained.py", argv)
     n = 4 if args.quick else args.requests
     results: list[Result] = []
     for system, options, constrained in (
@@ -300,7 +306,11 @@ def main(argv: list[str] | None = None) -> int:
             results += run_llamacpp_in_fresh_process(prompts)
         except ImportError:
             log("llama-cpp-python is not installed (pip install -e .[peers]); skipped")
-    print(report(results))
+    text = report(results)
+    print(text)
+    settings = {"Model": "smollm2", "dtype": record.dtype_label(args.dtype), "requests": n}
+    title = "JSON decoding benchmark" + (" (--quick: a smoke run)" * args.quick)
+    record.save(args, "constrained", title, text, command, settings)
     if args.json:
         with open(args.json, "w") as f:
             json.dump([asdict(r) for r in results], f, indent=1)

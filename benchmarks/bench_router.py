@@ -20,7 +20,8 @@ request (client clock, includes queueing); aggregate cache hit rate = sum over t
 the delta of `cached_tokens` / the delta of `prompt_tokens` from `/get_server_info`. Ratios the
 targets of issue 25 name: cache_aware hit rate / single-worker hit rate (target >= 95%) and
 cache_aware req/s / round_robin req/s (target >= 1.3x). Progress goes to stderr; the report
-to stdout and, unless `--no-record`, to docs/benchmarks/router-<date>.md.
+to stdout and, unless `--no-record`, to a record docs/benchmarks/router-<date>[-N].md
+(benchmarks/record.py).
 """
 
 from __future__ import annotations
@@ -28,12 +29,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import datetime
-import os
-import platform
 import random
-import shlex
-import subprocess
 import sys
 import tempfile
 import time
@@ -43,8 +39,8 @@ from pathlib import Path
 
 import httpx
 
+from benchmarks import record
 from benchmarks.servers import (
-    ROOT,
     ServerSpec,
     flush_cache,
     log,
@@ -58,7 +54,6 @@ from radixgen.deploy import ScaleOut, ScaleOutConfig, free_port
 MODEL = "smollm2"
 WORKER_ARGS = ("--log-level", "warning", "--kv-cache-tokens", "65536")
 REQUEST_TIMEOUT_S = 600.0
-CPU_FLAG_PREFIXES = ("avx2", "avx512", "amx")
 
 # A fixed vocabulary: the generated few-shot text is the same on every machine and run.
 _VOCABULARY = (
@@ -234,28 +229,6 @@ def run_single(requests: list[Request], args: argparse.Namespace) -> Result:
 # --- report -----------------------------------------------------------------------------------
 
 
-def cpu_info() -> tuple[str, list[str]]:
-    """CPU model name and its SIMD/matrix flags of interest (avx2, avx512*, amx*)."""
-    name, flags = platform.processor() or platform.machine(), []
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name":
-                name = value.strip()
-            elif key.strip() == "flags":
-                flags = sorted(f for f in value.split() if f.startswith(CPU_FLAG_PREFIXES))
-                break
-    return name, flags
-
-
-def commit() -> str:
-    def git(*cmd: str) -> str:
-        return subprocess.run(["git", *cmd], cwd=ROOT, capture_output=True, text=True).stdout
-
-    sha = git("rev-parse", "--short", "HEAD").strip() or "unknown"
-    return sha + (" (dirty)" if git("status", "--porcelain", "--untracked-files=no") else "")
-
-
 def _fmt(x: float | None, spec: str) -> str:
     return "n/a" if x is None else format(x, spec)
 
@@ -268,16 +241,10 @@ def _ratio(a: float | None, b: float | None, spec: str) -> str:
     return "n/a" if a is None or not b else format(a / b, spec)
 
 
-def report(results: dict[str, Result], args: argparse.Namespace, command: str) -> str:
-    cpu, flags = cpu_info()
+def report(results: dict[str, Result], args: argparse.Namespace) -> str:
+    """The printed report (and the record's body): workload, table, the two target ratios."""
     lines = [
-        f"# Router benchmark ({datetime.date.today().isoformat()})",
-        "",
-        f"- Machine: {cpu}, {os.cpu_count()} logical CPUs; flags: {' '.join(flags) or 'none'}",
-        f"- Commit: {commit()}",
-        f"- Command: `{command}`",
-        f"- Python {platform.python_version()}, model {MODEL}, worker options "
-        f"`{' '.join(WORKER_ARGS)}`",
+        f"- Model {MODEL}, worker options `{' '.join(WORKER_ARGS)}`",
         f"- Workload: {args.prefixes} few-shot prefixes x {args.questions} questions = "
         f"{args.prefixes * args.questions} requests (seed {args.seed}), POST /generate, greedy, "
         f"max_new_tokens {args.max_new_tokens} (ignore_eos), {args.concurrency} in flight",
@@ -311,27 +278,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--max-new-tokens", type=int, default=4)
     parser.add_argument("--seed", type=int, default=1234)
-    parser.add_argument("--no-record", action="store_true", help="do not write docs/benchmarks/")
+    record.add_record_args(parser)
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    command = "python -m benchmarks.bench_router " + shlex.join(sys.argv[1:] if argv is None
-                                                                else argv)  # fmt: skip
+    command = record.command_line("python -m benchmarks.bench_router", argv)
     requests = build_workload(args.prefixes, args.questions, args.seed)
     results = {
         "cache_aware": run_routed("cache_aware", requests, args),
         "round_robin": run_routed("round_robin", requests, args),
         "single": run_single(requests, args),
     }
-    text = report(results, args, command.strip())
+    text = report(results, args)
     print(text)
-    if not args.no_record:
-        out = ROOT / "docs" / "benchmarks" / f"router-{datetime.date.today().isoformat()}.md"
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(text)
-        log(f"record written: {out.relative_to(ROOT)}")
+    record.save(args, "router", "Router benchmark", text, command)
     return 0
 
 

@@ -33,15 +33,16 @@ Only one engine is alive at a time. `--quick` shrinks every size so the run is a
 check; its numbers are not meaningful.
 
     python benchmarks/bench_runtime.py [--quick] [--dtype bfloat16] [--json out.json]
-                                       [--skip-llamacpp]
+                                       [--skip-llamacpp] [--no-record]
+
+Prints the report on stdout and, unless `--no-record`, writes it with the machine's facts to a
+record docs/benchmarks/runtime-<date>[-N].md (benchmarks/record.py).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import random
 import statistics
 import sys
@@ -50,6 +51,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import record
 import torch
 
 from radixgen import Engine
@@ -495,58 +497,56 @@ def _ratios(results: list[SystemResult]) -> str:
     return "Ratios: " + "; ".join(parts) + "."
 
 
-def print_report(
+def report(
     results: list[SystemResult], sizes: Sizes, w: Workloads, info: dict, llama_status: str
-) -> None:
-    print("\n" + ", ".join(f"{k}: {v}" for k, v in info.items()))
-    print(
+) -> str:
+    """The printed report (and the record's body): settings, workloads, table, notes, ratios."""
+    lines = [
+        ", ".join(f"{k}: {v}" for k, v in info.items()),
         f"Workloads: prefill {len(w.prefill)} tok; decode bs=1 {len(w.decode)}-tok prompt + "
         f"{sizes.decode_tokens} new; {sizes.concurrent} concurrent x "
         f"{sizes.concurrent_tokens} new; "
         f"shared prefix {len(w.shared_prefix)} tok ({sizes.shots}-shot) + {sizes.questions} "
         f"questions ({min(map(len, w.shared)) - len(w.shared_prefix)}-"
-        f"{max(map(len, w.shared)) - len(w.shared_prefix)} tok) x {sizes.answer_tokens} new.\n"
-    )
-    print(
+        f"{max(map(len, w.shared)) - len(w.shared_prefix)} tok) x {sizes.answer_tokens} new.",
+        "",
         "| system | prefill tok/s | decode tok/s (bs=1) | decode tok/s (32 concurrent) "
-        "| shared-prefix req/s | cache hit rate |"
-    )
-    print("|---|---:|---:|---:|---:|---:|")
-    for r in results:
-        print(_row(r))
+        "| shared-prefix req/s | cache hit rate |",
+        "|---|---:|---:|---:|---:|---:|",
+        *(_row(r) for r in results),
+    ]
     if llama_status:  # llama.cpp skipped or not installed: say so in its place in the table
-        print(f"| {llama_status} | — | — | — | — | — |")
-    print(
-        "\nprefill: median, cache flushed each run. decode bs=1: (completion tokens - 1) / "
+        lines.append(f"| {llama_status} | — | — | — | — | — |")
+    lines += [
+        "",
+        "prefill: median, cache flushed each run. decode bs=1: (completion tokens - 1) / "
         "(last token time - first token time), i.e. TTFT excluded. 32 concurrent: generated "
         "tokens / wall time (incl. prefills); (seq) = run one after another, no batching in "
         "llama-cpp-python. shared-prefix: req/s (generated tok/s); radixgen submits all "
         "requests as one batch, llama.cpp runs them sequentially and reuses the KV of the "
-        "prefix common with the previous prompt automatically."
-    )
+        "prefix common with the previous prompt automatically.",
+    ]
     ttft = [f"{r.system.split(' ')[0]} {1000 * r.ttft_s:.0f} ms" for r in results if r.ttft_s]
-    print("Time to first token (bs=1 decode prompt): " + ", ".join(ttft) + ".")
+    lines.append("Time to first token (bs=1 decode prompt): " + ", ".join(ttft) + ".")
     for r in results:
         s = r.shared
         if s and s.stats_hit_rate is not None and abs(s.stats_hit_rate - s.hit_rate) > 1e-6:
-            print(
+            lines.append(
                 f"warning: {r.system}: meta_info hit rate {s.hit_rate:.4f} != engine.stats() "
                 f"delta {s.stats_hit_rate:.4f}"
             )
-    print(_ratios(results))
+    lines.append(_ratios(results))
+    return "\n".join(lines)
 
 
 # --- main -------------------------------------------------------------------------------------
 
 
-def machine_info(dtype: str, quick: bool) -> dict[str, Any]:
+def run_settings(dtype: str, quick: bool) -> dict[str, Any]:
+    """What the run was asked to do; the machine's facts are the record's (benchmarks/record.py)."""
     return {
-        "cpu_count": os.cpu_count(),
-        "cpu": platform.processor() or platform.machine(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
-        "dtype": dtype,
+        "dtype": record.dtype_label(dtype),
         "model": default_model_path().name,
         "mode": "quick" if quick else "full",
     }
@@ -558,13 +558,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES)
     p.add_argument("--json", metavar="PATH", help="also write all results as JSON here")
     p.add_argument("--skip-llamacpp", action="store_true", help="do not run llama.cpp")
+    record.add_record_args(p)
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     sizes = QUICK if args.quick else Sizes()
-    info = machine_info(args.dtype, args.quick)
+    command = record.command_line("python benchmarks/bench_runtime.py", argv)
+    info = run_settings(args.dtype, args.quick)
     workloads = build_workloads(load_tokenizer(resolve_model(MODEL)), sizes)
     log("radixgen: loading (radix cache ON)")
     results = run_radixgen(workloads, sizes, args.dtype, info)
@@ -576,7 +578,10 @@ def main(argv: list[str] | None = None) -> int:
         results += run_llamacpp(workloads, sizes, info)
     else:
         llama_status = LLAMA_INSTALL_HINT
-    print_report(results, sizes, workloads, info, llama_status)
+    text = report(results, sizes, workloads, info, llama_status)
+    print(text)
+    title = "Runtime benchmark" + (" (--quick: sizes too small to mean anything)" * args.quick)
+    record.save(args, "runtime", title, text, command)
     if args.json:
         payload = {"info": info, "sizes": asdict(sizes), "results": [asdict(r) for r in results]}
         with open(args.json, "w") as f:

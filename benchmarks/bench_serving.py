@@ -4,7 +4,7 @@ One run starts each system in turn as its own subprocess (one server alive at a 
 127.0.0.1 only), replays the same workload through `POST /v1/chat/completions` and prints one
 Markdown table plus machine info and ratios. Systems:
 
-1. radixgen (`python -m radixgen.cli serve`, bfloat16, default model, `--kv-cache-tokens 65536`);
+1. radixgen (`python -m radixgen.cli serve`, dtype auto, default model, `--kv-cache-tokens 65536`);
 2. radixgen with `--disable-radix-cache`, the cache-off baseline;
 3. llama.cpp's OpenAI server (`python -m llama_cpp.server`, same GGUF file, `--n_threads 2
    --n_ctx 4096`) when `llama_cpp.server` is importable (it needs the `[server]` extra); else a row
@@ -51,21 +51,21 @@ A request that fails (HTTP error, error event) ends its conversation and is coun
 not in the metrics.
 
     python benchmarks/bench_serving.py [--quick] [--users 8] [--conversations 32] [--turns 4]
-        [--max-tokens 64] [--seed 1234] [--skip-llamacpp] [--json out.json]
+        [--max-tokens 64] [--seed 1234] [--skip-llamacpp] [--json out.json] [--no-record]
 
 `--quick` shrinks every size so the run is a ~1-2 minute smoke check; its numbers mean nothing.
+The report goes to stdout and, unless `--no-record`, with the machine's facts to a record
+docs/benchmarks/serving-<date>[-N].md (benchmarks/record.py).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import importlib.metadata
 import importlib.util
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -76,6 +76,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import record
 from servers import (
     ServerSpec,
     flush_cache,
@@ -417,26 +418,26 @@ def detail_line(r: SystemResult) -> str:
     return f"{r.system}: " + "; ".join(parts)
 
 
-def print_report(results: list[SystemResult], info: dict[str, Any], workload: str) -> None:
-    print("\n" + ", ".join(f"{k}: {v}" for k, v in info.items()))
-    print(workload + "\n")
-    print(
+def report(results: list[SystemResult], info: dict[str, Any], workload: str) -> str:
+    """The printed report (and the record's body): settings, workload, table, details, ratios."""
+    lines = [
+        ", ".join(f"{k}: {v}" for k, v in info.items()),
+        workload,
+        "",
         "| system | req/s | output tok/s | TTFT p50/p99 (ms) | ITL p50/p99 (ms) "
-        "| E2E p50/p99 (s) | cache hit rate |"
-    )
-    print("|---|---:|---:|---:|---:|---:|---:|")
-    for r in results:
-        print(table_row(r))
-    print()
-    for r in results:
-        if not r.status:
-            print("- " + detail_line(r))
+        "| E2E p50/p99 (s) | cache hit rate |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+        *(table_row(r) for r in results),
+        "",
+        *("- " + detail_line(r) for r in results if not r.status),
+    ]
     if any(r.key == "llamacpp" and not r.status for r in results):
-        print(
+        lines.append(
             "- llama.cpp: its stream has no usage, so output tokens = content chunks (a lower "
             "bound) and the cache hit rate is n/a; llama-cpp-python serves one request at a time."
         )
-    print("\nRatios: " + "; ".join(ratios(results)) + ".")
+    lines += ["", "Ratios: " + "; ".join(ratios(results)) + "."]
+    return "\n".join(lines)
 
 
 # --- main -------------------------------------------------------------------------------------
@@ -449,25 +450,15 @@ def _version(dist: str) -> str:
         return "not installed"
 
 
-def _cpu_name() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
-
-
-def machine_info(model_path: Path, quick: bool) -> dict[str, Any]:
+def run_settings(model_path: Path, quick: bool) -> dict[str, Any]:
+    """What the run used; the machine's facts are the record's (benchmarks/record.py)."""
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     return {
-        "cpu": _cpu_name(),
-        "cpu_count": os.cpu_count(),
         "load avg at start": load,
-        "python": platform.python_version(),
         "radixgen": _version("radixgen"),
-        "torch": _version("torch"),
         "llama-cpp-python": _version("llama-cpp-python"),
         "model": model_path.name,
+        "radixgen dtype": record.dtype_label(),
         "mode": "quick" if quick else "full",
     }
 
@@ -482,6 +473,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, help=f"conversation sample seed (default {Sizes.seed})")
     p.add_argument("--skip-llamacpp", action="store_true", help="do not run llama.cpp")
     p.add_argument("--json", metavar="PATH", help="also write all results as JSON here")
+    record.add_record_args(p)
     return p.parse_args(argv)
 
 
@@ -524,14 +516,18 @@ def main(argv: list[str] | None = None) -> int:
     from radixgen.runtime.model.loader import default_model_path
 
     model_path = default_model_path()
-    info = machine_info(model_path, args.quick)
+    command = record.command_line("python benchmarks/bench_serving.py", argv)
+    info = run_settings(model_path, args.quick)
     plans, workload = build_plans(sizes)
     specs, llama_reason = systems(args, model_path)
     with tempfile.TemporaryDirectory(prefix="bench_serving_") as log_dir:
         results = [bench_or_reason(s, plans, sizes.users, Path(log_dir)) for s in specs]
     if llama_reason:
         results.append(SystemResult("llamacpp", "llama.cpp", status=llama_reason))
-    print_report(results, info, workload)
+    text = report(results, info, workload)
+    print(text)
+    title = "Serving benchmark" + (" (--quick: sizes too small to mean anything)" * args.quick)
+    record.save(args, "serving", title, text, command)
     if args.json:
         payload = {"info": info, "sizes": asdict(sizes), "results": [asdict(r) for r in results]}
         Path(args.json).write_text(json.dumps(payload, indent=2))

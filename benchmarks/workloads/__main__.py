@@ -12,7 +12,9 @@ With `--repeat N` the whole pass runs N times, the system order reversed every o
 each (workload, system) reports its median round and every round's throughput, and speedups
 are the median of the per-round ratios (see `metrics.paired_ratio`).
 Writes the results as JSON and the normalized-throughput chart (PNG, needs
-`pip install -e ".[bench]"`), prints the Markdown report to stdout (progress goes to stderr).
+`pip install -e ".[bench]"`), prints the Markdown report to stdout (progress goes to stderr)
+and, unless `--no-record`, writes it with the machine's facts to a record
+docs/benchmarks/workloads-<date>[-N].md (benchmarks/record.py).
 """
 
 from __future__ import annotations
@@ -22,15 +24,12 @@ import dataclasses
 import datetime
 import importlib.metadata
 import json
-import os
-import platform
-import shlex
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+from benchmarks import record
 from benchmarks.servers import log
 from benchmarks.workloads import WORKLOADS
 from benchmarks.workloads.base import SIZES
@@ -92,31 +91,30 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--out", type=Path, help="results JSON (default: results/<size>.json)")
     parser.add_argument("--chart", type=Path, help="chart PNG (default: next to --out)")
+    record.add_record_args(parser)
     return parser.parse_args(argv)
 
 
 def machine_info() -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    info = {
+    """The machine's facts for the JSON and the report's first line (benchmarks/record.py)."""
+    host = record.machine()
+    return {
         "date": datetime.date.today().isoformat(),
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "python": platform.python_version(),
+        "cpu": host.cpu,
+        "cpu_flags": " ".join(host.flags),
+        "cores": host.logical_cpus,
+        "python": host.python,
         "dtype": auto_dtype("cpu"),  # what radixgen's and transformers' "auto" computes in
+        "torch": host.torch,
+        "llama_cpp_python": _version("llama-cpp-python"),
     }
-    for name, dist in (("torch", "torch"), ("llama_cpp_python", "llama-cpp-python")):
-        try:
-            info[name] = importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
-            info[name] = "not installed"
-    return info
+
+
+def _version(dist: str) -> str:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
 
 
 def run_rounds(
@@ -209,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or RESULTS_DIR / f"{args.size}.json"
     chart_path = args.chart or out.with_suffix(".png")
     out.parent.mkdir(parents=True, exist_ok=True)
-    command = "python -m benchmarks.workloads " + shlex.join(sys.argv[1:] if argv is None else argv)
+    command = record.command_line("python -m benchmarks.workloads", argv)
     info = machine_info()
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="radixgen-workloads-") as log_dir:
@@ -238,6 +236,8 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError:
         log('no chart: matplotlib is missing (pip install -e ".[bench]")')
     print(report)
+    settings = {"Results": f"{out.name} and {chart_path.name} in {out.parent}"}
+    record.save(args, "workloads", "Workload suite", report, command, settings)
     log(f"done in {info['total_s']:.0f}s: {out}, {chart_path}")
     return 0
 

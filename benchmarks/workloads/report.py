@@ -151,8 +151,9 @@ def markdown(
             "speedups are the median of the per-round ratios."
         )
     dtype = info.get("dtype", "bfloat16")  # runs from before the field computed in bfloat16
+    flags = f" ({info['cpu_flags']})" if info.get("cpu_flags") else ""
     lines = [
-        f"`{command}` ({info['date']}, size `{size}`). Hardware: {info['cpu']}, "
+        f"`{command}` ({info['date']}, size `{size}`). Hardware: {info['cpu']}{flags}, "
         f"{info['cores']} cores, torch {info['torch']} CPU. Model: SmolLM2-135M-Instruct "
         f"Q4_1 GGUF (radixgen and transformers compute in {dtype}, "
         f"radixgen's decode steps of <= {_int4_tokens(dtype)} requests on the 4-bit "

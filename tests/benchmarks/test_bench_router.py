@@ -26,7 +26,7 @@ def test_report_has_the_table_and_both_target_ratios():
         "round_robin": Result("B", 10, 0, 2.0, (0.1, 0.3), 100, 80),
         "single": Result("C", 10, 0, 1.0, (0.1, 0.2), 100, 90),
     }
-    text = report(results, args, "python -m benchmarks.bench_router")
+    text = report(results, args)
     assert "| A | 10.00 | 90.0% |" in text
     assert "single-worker hit rate: 100.0% (target >= 95%)" in text
     assert "round_robin req/s: 2.00x (target >= 1.3x)" in text
