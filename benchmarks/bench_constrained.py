@@ -309,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
     text = report(results)
     print(text)
     settings = {"Model": "smollm2", "dtype": record.dtype_label(args.dtype), "requests": n}
-    title = "JSON decoding benchmark" + (" (--quick: a smoke run)" * args.quick)
+    title = "JSON decoding benchmark" + (", --quick smoke run" * args.quick)
     record.save(args, "constrained", title, text, command, settings)
     if args.json:
         with open(args.json, "w") as f:

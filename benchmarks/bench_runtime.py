@@ -580,7 +580,7 @@ def main(argv: list[str] | None = None) -> int:
         llama_status = LLAMA_INSTALL_HINT
     text = report(results, sizes, workloads, info, llama_status)
     print(text)
-    title = "Runtime benchmark" + (" (--quick: sizes too small to mean anything)" * args.quick)
+    title = "Runtime benchmark" + (", --quick smoke run" * args.quick)
     record.save(args, "runtime", title, text, command)
     if args.json:
         payload = {"info": info, "sizes": asdict(sizes), "results": [asdict(r) for r in results]}

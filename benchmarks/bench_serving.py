@@ -526,7 +526,7 @@ def main(argv: list[str] | None = None) -> int:
         results.append(SystemResult("llamacpp", "llama.cpp", status=llama_reason))
     text = report(results, info, workload)
     print(text)
-    title = "Serving benchmark" + (" (--quick: sizes too small to mean anything)" * args.quick)
+    title = "Serving benchmark" + (", --quick smoke run" * args.quick)
     record.save(args, "serving", title, text, command)
     if args.json:
         payload = {"info": info, "sizes": asdict(sizes), "results": [asdict(r) for r in results]}
