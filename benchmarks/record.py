@@ -38,6 +38,8 @@ class Machine:
     cpu: str
     flags: tuple[str, ...]
     """The members of KEY_FLAGS the CPU reports."""
+    cores: int | None
+    """Physical cores (distinct physical id / core id pairs), None where not reported."""
     logical_cpus: int | None
     torch: str
     python: str
@@ -46,20 +48,26 @@ class Machine:
         missing = [f for f in KEY_FLAGS if f not in self.flags]
         flags = " ".join(self.flags) or "none of " + " ".join(KEY_FLAGS)
         absent = f" (no {' '.join(missing)})" if missing and self.flags else ""
-        return f"{self.cpu}, {self.logical_cpus} logical CPUs; flags: {flags}{absent}"
+        cores = f"{self.cores} cores, " if self.cores else ""
+        return f"{self.cpu}, {cores}{self.logical_cpus} logical CPUs; flags: {flags}{absent}"
 
 
-def _cpuinfo() -> tuple[str | None, set[str]]:
-    name, flags = None, set()
+def _cpuinfo() -> tuple[str | None, set[str], int | None]:
+    """Model name, flags and physical core count from /proc/cpuinfo (Linux)."""
+    name, flags, cores, package = None, set(), set(), ""
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             key, _, value = line.partition(":")
-            key = key.strip()
+            key, value = key.strip(), value.strip()
             if key == "model name" and name is None:
-                name = value.strip()
+                name = value
             elif key == "flags" and not flags:
                 flags = set(value.split())
-    return name, flags
+            elif key == "physical id":
+                package = value
+            elif key == "core id":
+                cores.add((package, value))
+    return name, flags, len(cores) or None
 
 
 def _lscpu_model() -> str | None:
@@ -80,11 +88,12 @@ def _version(dist: str) -> str:
 
 
 def machine() -> Machine:
-    name, flags = _cpuinfo()
+    name, flags, cores = _cpuinfo()
     cpu = name or _lscpu_model() or platform.processor() or platform.machine()
     return Machine(
         cpu=cpu,
         flags=tuple(f for f in KEY_FLAGS if f in flags),
+        cores=cores,
         logical_cpus=os.cpu_count(),
         torch=_version("torch"),
         python=platform.python_version(),

@@ -41,10 +41,13 @@ def test_machine_facts_come_from_the_cpu_and_the_installed_torch():
     assert set(host.flags) == {f for f in record.KEY_FLAGS if f in flags}
     assert torch.__version__.startswith(host.torch.split("+")[0])
     assert host.torch != "not installed"
+    cores = {ln for ln in cpuinfo.splitlines() if ln.startswith(("physical id", "core id"))}
+    if cores:  # Linux reports them; a VM may hide them
+        assert host.cores is not None and 1 <= host.cores <= (host.logical_cpus or 1)
 
 
 def test_render_has_every_fact_and_the_report_verbatim():
-    host = record.Machine("Some CPU", ("avx2", "avx512f"), 2, "2.13.0", "3.11.7")
+    host = record.Machine("Some CPU", ("avx2", "avx512f"), 2, 4, "2.13.0", "3.11.7")
     report = "| system | x |\n|---|---|\n| a | 1.0 |\n\nRatios: a/b 2.00x."
     text = record.render(
         "Runtime benchmark", report, "python b.py --quick", {"dtype": "float32"}, host, "2026-01-02"
@@ -52,7 +55,7 @@ def test_render_has_every_fact_and_the_report_verbatim():
     lines = text.splitlines()
     assert lines[0] == "# Runtime benchmark (2026-01-02)"
     machine = next(ln for ln in lines if ln.startswith("- Machine: "))
-    assert "Some CPU, 2 logical CPUs; flags: avx2 avx512f (no fma avx512_bf16" in machine
+    assert "Some CPU, 2 cores, 4 logical CPUs; flags: avx2 avx512f (no fma avx512_bf16" in machine
     assert "- Software: torch 2.13.0, Python 3.11.7" in lines
     sha = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
