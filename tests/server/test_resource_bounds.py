@@ -24,7 +24,7 @@ import pytest
 
 from radixgen.launcher import running_server
 from radixgen.runtime.config import EngineConfig
-from radixgen.server.app import ServerSettings
+from radixgen.server.context import ServerSettings
 from tests.server.conftest import wait_idle
 
 CONTEXT = 64

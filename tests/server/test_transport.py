@@ -25,7 +25,8 @@ import uvicorn
 
 from radixgen.launcher import free_port
 from radixgen.runtime.config import EngineConfig
-from radixgen.server.app import ServerSettings, create_app
+from radixgen.server.app import create_app
+from radixgen.server.context import ServerSettings
 from radixgen.server.guard import MAX_BODY_BYTES, GuardMiddleware, key_tenant
 from tests.server.conftest import BODY_READ_TIMEOUT
 

@@ -15,8 +15,8 @@ from radixgen.launcher import ServerStartError, free_port, launch, running_serve
 PORT_SERVER = """
 import http.server, sys
 print("listening", flush=True)
-server = http.server.HTTPServer(("127.0.0.1", int(sys.argv[-1])), http.server.SimpleHTTPRequestHandler)
-server.serve_forever()
+handler = http.server.SimpleHTTPRequestHandler
+http.server.HTTPServer(("127.0.0.1", int(sys.argv[-1])), handler).serve_forever()
 """
 # A server that ignores SIGTERM and never answers (stop must kill it).
 STUBBORN = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(600)"
