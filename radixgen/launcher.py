@@ -225,18 +225,24 @@ def launch(
         path, temporary = Path(name_), True
     else:
         path = Path(log_path)
-    with contextlib.ExitStack() as stack:
-        out = None if path is None else stack.enter_context(open(path, "wb"))
-        proc = subprocess.Popen(
-            list(argv),
-            cwd=cwd,
-            env=None if env is None else dict(env),
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=None if out is None else subprocess.STDOUT,
-            start_new_session=new_session,
-            preexec_fn=_die_with_parent if die_with_parent and sys.platform == "linux" else None,
-        )
+    preexec = _die_with_parent if die_with_parent and sys.platform == "linux" else None
+    try:
+        with contextlib.ExitStack() as stack:  # the child keeps its own copy of the log's fd
+            out = None if path is None else stack.enter_context(open(path, "wb"))
+            proc = subprocess.Popen(
+                list(argv),
+                cwd=cwd,
+                env=None if env is None else dict(env),
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=None if out is None else subprocess.STDOUT,
+                start_new_session=new_session,
+                preexec_fn=preexec,
+            )
+    except BaseException:  # e.g. no such program: nothing started, no log left behind
+        if temporary and path is not None:
+            path.unlink(missing_ok=True)
+        raise
     return ServerProcess(proc, url, name or f"the server at {url}", path, temporary)
 
 

@@ -59,3 +59,10 @@ def test_the_deadline_raises_and_stop_kills_a_server_that_ignores_sigterm():
     server.stop(grace=1)
     assert server.proc.returncode == -signal.SIGKILL and _reaped(server.pid)
     server.stop(grace=1)  # idempotent
+
+
+def test_a_command_that_cannot_start_leaves_no_temporary_log(tmp_path, monkeypatch):
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
+    with pytest.raises(FileNotFoundError):
+        launch([str(tmp_path / "no-such-server")], "http://127.0.0.1:1")
+    assert list(tmp_path.iterdir()) == []
