@@ -49,7 +49,8 @@ from benchmarks.servers import (
     server_counters,
 )
 from benchmarks.stats import percentile
-from radixgen.deploy import ScaleOut, ScaleOutConfig, free_port
+from radixgen.deploy import ScaleOut, ScaleOutConfig
+from radixgen.launcher import free_port
 
 MODEL = "smollm2"
 WORKER_ARGS = ("--log-level", "warning", "--kv-cache-tokens", "65536")

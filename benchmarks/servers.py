@@ -4,8 +4,6 @@ ready, stop it, and read its counters."""
 from __future__ import annotations
 
 import contextlib
-import socket
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -14,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+
+from radixgen import launcher
 
 ROOT = Path(__file__).resolve().parents[1]
 READY_TIMEOUT_S = 900.0
@@ -57,63 +57,19 @@ def llamacpp_spec(model_path: Path) -> ServerSpec:
     return ServerSpec("llamacpp", "llama.cpp (llama-cpp-python server)", tuple(argv), "/v1/models")
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _tail(path: Path, lines: int = 15) -> str:
-    """The log's last line (for the table), then its last `lines` lines (for stderr)."""
-    text = path.read_text(errors="replace").strip().splitlines() or ["(empty log)"]
-    return text[-1][:200] + "\n" + "\n".join(text[-lines:])
-
-
-def wait_ready(proc: subprocess.Popen, url: str, log_path: Path) -> None:
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}: {_tail(log_path)}")
-        with contextlib.suppress(httpx.HTTPError, ValueError):
-            resp = httpx.get(url, timeout=5.0)
-            if resp.status_code == 200:
-                return
-            if resp.status_code == 503 and resp.json().get("status") == "failed":
-                raise RuntimeError(f"model failed to load: {_tail(log_path)}")
-        time.sleep(0.5)
-    raise RuntimeError(f"server not ready after {READY_TIMEOUT_S:.0f}s: {_tail(log_path)}")
-
-
-def stop_server(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 @contextlib.contextmanager
 def running_server(spec: ServerSpec, log_dir: Path) -> Iterator[str]:
-    """Start the server, wait until it is ready, yield its root URL; always stop it."""
-    port = free_port()
-    log_path = log_dir / f"{spec.key}.log"
-    with open(log_path, "wb") as log_file:
-        proc = subprocess.Popen(
-            [*spec.argv, "--port", str(port)],
-            cwd=ROOT,
-            stdin=subprocess.DEVNULL,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # a Ctrl-C reaches only us; the finally below stops it
-        )
-        try:
-            root = f"http://127.0.0.1:{port}"
-            wait_ready(proc, root + spec.ready_path, log_path)
-            yield root
-        finally:
-            stop_server(proc)
+    """Start the server (radixgen/launcher.py) with its output in `log_dir/<key>.log`, wait
+    until `spec.ready_path` answers, yield its root URL; always stop it."""
+    with launcher.running_server(
+        command=spec.argv,
+        health_path=spec.ready_path,
+        timeout=READY_TIMEOUT_S,
+        name=spec.label,
+        log_path=log_dir / f"{spec.key}.log",
+        cwd=ROOT,
+    ) as server:
+        yield server.url
 
 
 def served_model(root: str) -> str:

@@ -39,8 +39,8 @@ from radixgen.lang.global_config import global_config
 from radixgen.runtime.config import EngineConfig
 from radixgen.runtime.engine import Engine
 from radixgen.runtime.sampling_params import InvalidRequestError, SamplingParams
+from radixgen.version import __version__
 
-__version__ = "0.1.0"
 __all__ = [
     "Engine",
     "EngineConfig",

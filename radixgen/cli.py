@@ -42,7 +42,7 @@ def engine_config_from_args(args: argparse.Namespace) -> EngineConfig:
 
 
 def _generate(args: argparse.Namespace) -> int:
-    from radixgen import Engine
+    from radixgen.runtime.engine import Engine
 
     started = time.perf_counter()
     engine = Engine(engine_config_from_args(args))
@@ -142,7 +142,8 @@ def _serve(args: argparse.Namespace) -> int:
         return _serve_scaled(args)
     import uvicorn
 
-    from radixgen.server.app import EngineHolder, ServerSettings, create_app
+    from radixgen.server.app import create_app
+    from radixgen.server.context import EngineHolder, ServerSettings
 
     limits = {  # unset flags keep ServerSettings' defaults
         name: getattr(args, name)

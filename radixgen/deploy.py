@@ -20,18 +20,18 @@ policy on the requested host and port, and supervises them. Contract:
 - Failures: if a worker exits while starting, everything started is stopped (exit status 1). A
   worker that dies later is reported and the router keeps routing to the others; the launcher
   exits (stopping the rest) when the router exits or no worker is left.
+
+Every process is started, awaited and stopped through radixgen/launcher.py; their output goes to
+the launcher's own stdout and stderr.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import dataclasses
 import importlib.util
 import os
 import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -39,6 +39,17 @@ from pathlib import Path, PurePosixPath
 from typing import TextIO
 
 import httpx
+
+from radixgen.launcher import (
+    ServerProcess,
+    ServerStartError,
+    connect_host,
+    free_port,
+    launch,
+    serve_argv,
+    stop_all,
+    url_of,
+)
 
 ROUTER_POLICY = "cache_aware"  # the default; benchmarks compare others (e.g. round_robin)
 POLL_SECONDS = 0.25
@@ -83,40 +94,8 @@ def available_cores() -> int:
     return os.cpu_count() or 1
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
-
-
-def connect_host(host: str) -> str:
-    """Where to reach a server bound to `host` from this machine."""
-    return {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
-
-
-def url_of(host: str, port: int) -> str:
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
-
-
 def router_available() -> bool:
     return importlib.util.find_spec("sglang_router") is not None
-
-
-def _die_with_parent() -> None:
-    """In the child before exec (Linux): SIGTERM it when the launcher dies."""
-    with contextlib.suppress(Exception):
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
-@dataclasses.dataclass
-class Child:
-    name: str
-    url: str
-    proc: subprocess.Popen
-
-    @property
-    def alive(self) -> bool:
-        return self.proc.poll() is None
 
 
 class ScaleOut:
@@ -126,8 +105,8 @@ class ScaleOut:
     def __init__(self, config: ScaleOutConfig, out: TextIO = sys.stdout) -> None:
         self.config = config
         self.out = out
-        self.workers: list[Child] = []
-        self.router: Child | None = None
+        self.workers: list[ServerProcess] = []
+        self.router: ServerProcess | None = None
         self.url = url_of(config.host, config.port)
         self._stop_requested = False
         self._workdir: tempfile.TemporaryDirectory | None = None
@@ -175,50 +154,51 @@ class ScaleOut:
         if any(c.alive for c in children):
             self._say(f"stopping: the router, then {len(self.workers)} workers")
         if self.router is not None:
-            _terminate([self.router.proc], grace)
-        _terminate([w.proc for w in self.workers], grace)
+            stop_all([self.router], grace)
+        stop_all(self.workers, grace)
         if self._workdir is not None:
             self._workdir.cleanup()
             self._workdir = None
 
     # -- steps ------------------------------------------------------------------------------
-    def _spawn(self, argv: list[str], cwd: str | None = None) -> subprocess.Popen:
-        return subprocess.Popen(
-            argv,
-            cwd=cwd,
-            start_new_session=True,  # Ctrl-C reaches the launcher only; it stops them in order
-            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
-        )
+    def _spawn(self, argv: list[str], url: str, name: str, cwd: str | None = None) -> ServerProcess:
+        """Own session: Ctrl-C reaches the launcher only, which stops them in order."""
+        return launch(argv, url, name=name, inherit_output=True, cwd=cwd, die_with_parent=True)
 
     def _start_workers(self) -> None:
         threads = self.config.threads_per_worker()
         for i in range(self.config.dp):
             port = free_port()
-            argv = [sys.executable, "-m", "radixgen.cli", "serve", "--host", "127.0.0.1"]
-            argv += ["--port", str(port), "--num-threads", str(threads)]
-            argv += self.config.worker_args
+            args = ["--host", "127.0.0.1", "--num-threads", str(threads)]
             name = f"worker {i + 1}/{self.config.dp}"
-            child = Child(name, url_of("127.0.0.1", port), self._spawn(argv))
+            url = url_of("127.0.0.1", port)
+            child = self._spawn(serve_argv(port, [*args, *self.config.worker_args]), url, name)
             self.workers.append(child)
-            self._say(f"{child.name}: {child.url} (pid {child.proc.pid}, {threads} threads)")
+            self._say(f"{child.name}: {child.url} (pid {child.pid}, {threads} threads)")
 
     def _wait_workers_healthy(self) -> None:
-        pending = list(self.workers)
+        """One after the other: they load at the same time, so this takes the slowest's time."""
         deadline = time.monotonic() + self.config.startup_timeout
-        while pending:
-            self._check_interrupt()
-            for child in list(pending):
-                if not child.alive:
-                    raise StartupError(
-                        f"{child.name} exited with status {child.proc.returncode} while loading"
-                    )
-                with contextlib.suppress(httpx.HTTPError):
-                    if httpx.get(f"{child.url}/health", timeout=2).status_code == 200:
-                        pending.remove(child)
-            if pending and time.monotonic() > deadline:
-                raise StartupError(f"{pending[0].name} was not healthy in time")
-            if pending:
-                time.sleep(POLL_SECONDS)
+        for child in self.workers:
+            try:
+                child.wait_ready(
+                    "/health",
+                    timeout=max(0.0, deadline - time.monotonic()),
+                    request_timeout=2,
+                    poll=POLL_SECONDS,
+                    check=self._check_starting_workers,
+                )
+            except ServerStartError as exc:
+                raise StartupError(str(exc)) from exc
+
+    def _check_starting_workers(self) -> None:
+        """While waiting for one worker: a stop request, or any worker's exit, ends the start."""
+        self._check_interrupt()
+        for child in self.workers:
+            if not child.alive:
+                raise StartupError(
+                    f"{child.name} exited with status {child.proc.returncode} while loading"
+                )
 
     def _served_model_name(self) -> str:
         reply = httpx.get(f"{self.workers[0].url}/model_info", headers=self._auth(), timeout=30)
@@ -229,26 +209,31 @@ class ScaleOut:
         self._workdir = tempfile.TemporaryDirectory(prefix="radixgen-router-")
         link_tokenizer(self.config.model, served_name, Path(self._workdir.name))
         argv = router_argv(self.config, [w.url for w in self.workers])
-        self.router = Child("router", self.url, self._spawn(argv, cwd=self._workdir.name))
-        self._say(f"router: {self.url} (pid {self.router.proc.pid}, policy {self.config.policy})")
+        reachable = url_of(connect_host(self.config.host), self.config.port)
+        self.router = self._spawn(argv, reachable, "the router", cwd=self._workdir.name)
+        self._say(f"router: {self.url} (pid {self.router.pid}, policy {self.config.policy})")
 
     def _wait_router_ready(self) -> None:
+        """Ready once the router lists every worker as healthy."""
         assert self.router is not None
-        probe = url_of(connect_host(self.config.host), self.config.port) + "/workers"
-        deadline = time.monotonic() + 120
-        while True:
-            self._check_interrupt()
-            if not self.router.alive:
-                raise StartupError(f"the router exited with status {self.router.proc.returncode}")
-            with contextlib.suppress(httpx.HTTPError, ValueError):
-                reply = httpx.get(probe, headers=self._auth(), timeout=2)
-                listed = reply.json().get("workers", []) if reply.status_code == 200 else []
-                healthy = {w["url"] for w in listed if w.get("is_healthy")}
-                if healthy >= {w.url for w in self.workers}:
-                    return
-            if time.monotonic() > deadline:
-                raise StartupError("the router did not register every worker in time")
-            time.sleep(POLL_SECONDS)
+        expected = {w.url for w in self.workers}
+
+        def all_workers_healthy(reply: httpx.Response) -> bool:
+            listed = reply.json().get("workers", [])
+            return {w["url"] for w in listed if w.get("is_healthy")} >= expected
+
+        try:
+            self.router.wait_ready(
+                "/workers",
+                timeout=120,
+                headers=self._auth(),
+                request_timeout=2,
+                is_ready=all_workers_healthy,
+                poll=POLL_SECONDS,
+                check=self._check_interrupt,
+            )
+        except ServerStartError as exc:
+            raise StartupError(str(exc)) from exc
 
     # -- helpers ----------------------------------------------------------------------------
     def _check_interrupt(self) -> None:
@@ -295,21 +280,6 @@ def link_tokenizer(model: str, served_name: str, workdir: Path) -> bool:
     link.parent.mkdir(parents=True, exist_ok=True)
     link.symlink_to(source_dir.resolve(), target_is_directory=True)
     return True
-
-
-def _terminate(procs: list[subprocess.Popen], grace: float) -> None:
-    """SIGTERM every live process, wait for all up to `grace` seconds, then kill the rest."""
-    for proc in procs:
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.terminate()
-    deadline = time.monotonic() + grace
-    for proc in procs:
-        try:
-            proc.wait(timeout=max(0.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def run(config: ScaleOutConfig, out: TextIO = sys.stdout) -> int:

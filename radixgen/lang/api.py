@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 from radixgen.lang.backend.runtime import Runtime as Runtime  # re-exported, as in SGLang
+from radixgen.lang.backend_choice import resolve_backend
 from radixgen.lang.choices import ChoicesSamplingMethod, token_length_normalized
 from radixgen.lang.function import SglFunction
 from radixgen.lang.global_config import global_config
@@ -23,7 +24,6 @@ from radixgen.lang.ir import (
     SglVideo,
     as_expr,
 )
-from radixgen.lang.runner import resolve_backend
 
 
 def function(func: Callable[..., Any] | None = None, num_api_spec_tokens: int | None = None):

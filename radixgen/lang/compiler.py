@@ -15,6 +15,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from radixgen.lang.backend_choice import resolve_backend
 from radixgen.lang.interpreter import ProgramError, StreamExecutor
 from radixgen.lang.ir import (
     SglArgument,
@@ -26,7 +27,7 @@ from radixgen.lang.ir import (
     SglVariable,
     as_expr,
 )
-from radixgen.lang.runner import cache_program, resolve_backend
+from radixgen.lang.runner import cache_program
 from radixgen.lang.state import ProgramState
 from radixgen.lang.tracer import TracerProgramState
 

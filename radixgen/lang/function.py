@@ -7,9 +7,12 @@ import inspect
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from radixgen.lang.backend_choice import resolve_backend
+from radixgen.lang.compiler import compile_func
 from radixgen.lang.ir import SglSamplingParams
-from radixgen.lang.runner import cache_program, resolve_backend, run_program, run_program_batch
+from radixgen.lang.runner import cache_program, run_program, run_program_batch
 from radixgen.lang.state import ProgramState
+from radixgen.lang.tracer import TracingScope, trace_program
 
 
 def _sampling_defaults(**values: Any) -> SglSamplingParams:
@@ -143,8 +146,6 @@ class SglFunction:
     def trace(self, *, backend: Any = None, **kwargs: Any):
         """Record the program as a graph of nodes without running it (unknown arguments
         become placeholders); returns the `TracerProgramState`."""
-        from radixgen.lang.tracer import trace_program
-
         return trace_program(self, kwargs, backend)
 
     def cache(self, backend: Any = None) -> str:
@@ -153,14 +154,10 @@ class SglFunction:
 
     def compile(self, *, backend: Any = None):
         """A `CompiledFunction`: the traced graph, run with independent streams in parallel."""
-        from radixgen.lang.compiler import compile_func
-
         return compile_func(self, backend)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """Run the program, or, called inside a traced program, trace it into that trace."""
-        from radixgen.lang.tracer import TracingScope
-
         scope = TracingScope.get_current_scope()
         if scope is None:
             return self.run(*args, **kwargs)

@@ -347,10 +347,3 @@ class SglSeparateReasoning(SglExpr):
     def __repr__(self) -> str:
         return f"SeparateReasoning({self.model_type!r}, {self.expr!r})"
 
-
-def __getattr__(name: str) -> Any:  # `from radixgen.lang.ir import SglFunction`, as in SGLang
-    if name == "SglFunction":
-        from radixgen.lang.function import SglFunction
-
-        return SglFunction
-    raise AttributeError(name)

@@ -2,12 +2,12 @@
 
 A program function runs on the caller's thread (or its own with `stream=True`) and only submits
 nodes; its executor's worker does the generation. Batches first cache the program's constant
-prefix (found by tracing) so the first wave of requests does not all compute it.
+prefix (found by tracing) so the first wave of requests does not all compute it. Which backend a
+program runs on is `backend_choice.py`'s.
 """
 
 from __future__ import annotations
 
-import contextvars
 import os
 import threading
 from collections.abc import Iterator
@@ -16,10 +16,12 @@ from typing import TYPE_CHECKING, Any
 
 import tqdm
 
+from radixgen.lang.backend_choice import calling_backend, resolve_backend
 from radixgen.lang.global_config import global_config
 from radixgen.lang.interpreter import ProgramError, StreamExecutor
 from radixgen.lang.ir import SglSamplingParams
 from radixgen.lang.state import ProgramState
+from radixgen.lang.tracer import extract_prefix_by_tracing
 
 if TYPE_CHECKING:
     from radixgen.lang.function import SglFunction
@@ -28,39 +30,14 @@ PRECACHE_MIN_CHARS = 64  # shorter prefixes are not worth a separate request
 GENERATOR_CHUNK = 200
 
 
-# The backend of the program whose function is running: nested program calls inherit it.
-_calling_backend: contextvars.ContextVar[Any] = contextvars.ContextVar("sgl_backend", default=None)
-
-
-def resolve_backend(backend: Any = None) -> Any:
-    """The backend to use: `backend`, else the calling program's (for a program called from
-    inside another), else the default one. A `Runtime` means its endpoint; a
-    `radixgen.Engine` is wrapped in its in-process backend."""
-    if backend is None:
-        backend = _calling_backend.get()
-    backend = backend if backend is not None else global_config.default_backend
-    if backend is None:
-        raise ValueError("no backend: pass backend=... or call set_default_backend(...)")
-    endpoint = getattr(backend, "endpoint", None)
-    if endpoint is not None:
-        return endpoint
-    from radixgen.runtime.engine import Engine
-
-    if isinstance(backend, Engine):
-        from radixgen.lang.backend.engine import engine_backend
-
-        return engine_backend(backend)
-    return backend
-
-
 def _call_program(state: ProgramState, program: SglFunction, args: tuple, kwargs: dict) -> None:
-    token = _calling_backend.set(state.stream_executor.backend)
+    token = calling_backend.set(state.stream_executor.backend)
     try:
         state.ret_value = program.func(state, *args, **kwargs)
     except ProgramError:
         pass  # a backend call failed: the state carries it (`state.error()`)
     finally:
-        _calling_backend.reset(token)
+        calling_backend.reset(token)
         state.stream_executor.end()
 
 
@@ -107,8 +84,6 @@ def run_program(
 
 def cache_program(program: SglFunction, backend: Any) -> str:
     """Cache the program's constant prefix if it is longer than 64 characters; returns it."""
-    from radixgen.lang.tracer import extract_prefix_by_tracing
-
     prefix = extract_prefix_by_tracing(program, backend)
     if len(prefix) > PRECACHE_MIN_CHARS:
         backend.cache_prefix(prefix)

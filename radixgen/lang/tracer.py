@@ -18,6 +18,7 @@ import uuid
 from typing import Any
 
 from radixgen.lang.backend.base import BaseBackend
+from radixgen.lang.backend_choice import resolve_backend
 from radixgen.lang.global_config import global_config
 from radixgen.lang.ir import (
     SglArgument,
@@ -74,8 +75,6 @@ class TracingScope:
 
 
 def _tracing_backend(backend: Any) -> Any:
-    from radixgen.lang.runner import resolve_backend
-
     backend = backend if backend is not None else global_config.default_backend
     return BaseBackend() if backend is None else resolve_backend(backend)
 

@@ -21,15 +21,7 @@ from fastapi import APIRouter, Request
 from radixgen.runtime.engine import Engine
 from radixgen.runtime.tokenizer import encode_texts
 from radixgen.server import openai_format as fmt
-from radixgen.server.app import (
-    DONE_EVENT,
-    engine_of,
-    event_stream,
-    served_model_name,
-    sse,
-    tenant_of,
-    until_disconnect,
-)
+from radixgen.server.context import engine_of, served_model_name, tenant_of
 from radixgen.server.errors import (
     APIError,
     output_error,
@@ -38,6 +30,7 @@ from radixgen.server.errors import (
     stream_error_event,
 )
 from radixgen.server.protocol import ChatCompletionRequest, CompletionRequest
+from radixgen.server.streaming import DONE_EVENT, event_stream, sse, until_disconnect
 from radixgen.server.structured import constraint_params
 from radixgen.server.tools import ToolPlan, plan_tools, render_tool_history
 

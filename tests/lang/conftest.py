@@ -17,7 +17,7 @@ import pytest
 import radixgen as sgl
 from radixgen.lang.backend.engine import EngineBackend
 from radixgen.lang.global_config import global_config
-from tests.launcher import running_server
+from radixgen.launcher import running_server
 
 LANG_SERVER_ARGS = [
     "--dtype",
@@ -35,8 +35,8 @@ NATIVE_BACKENDS = ["engine", "runtime"]
 
 @pytest.fixture(scope="session")
 def lang_server_url():
-    with running_server(LANG_SERVER_ARGS) as url:
-        yield url
+    with running_server(LANG_SERVER_ARGS) as server:
+        yield server.url
 
 
 @pytest.fixture(scope="session")

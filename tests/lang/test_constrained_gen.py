@@ -9,7 +9,7 @@ import re
 import pytest
 
 import radixgen as sgl
-from radixgen.lang.backend.native import apply_dtype
+from radixgen.lang.backend.native_protocol import apply_dtype
 from radixgen.lang.ir import REGEX_BOOL, REGEX_FLOAT, REGEX_INT, REGEX_STR, SglSamplingParams
 
 PERSON = {

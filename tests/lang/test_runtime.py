@@ -9,7 +9,7 @@ import os
 import pytest
 
 import radixgen as sgl
-from tests.launcher import free_port
+from radixgen.launcher import free_port
 
 
 @sgl.function

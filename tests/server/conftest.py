@@ -1,7 +1,7 @@
 """A live `radixgen serve` process on the default model, shared by the server tests.
 
-It runs float32 with a modest KV pool on a free loopback port; the fixture waits for /health and
-terminates the process (and waits for it) at the end of the session.
+It runs float32 with a modest KV pool on a free loopback port (radixgen/launcher.py): the fixture
+waits for /health and terminates the process (and reaps it) at the end of the session.
 """
 
 from __future__ import annotations
@@ -11,11 +11,7 @@ import time
 import httpx
 import pytest
 
-from tests.launcher import free_port as _free_port
-from tests.launcher import running_server
-from tests.launcher import wait_healthy as _wait_healthy
-
-__all__ = ["_free_port", "_wait_healthy", "running_server"]  # imported by server tests
+from radixgen.launcher import running_server
 
 BODY_READ_TIMEOUT = 2
 
@@ -37,8 +33,8 @@ SERVER_ARGS = [
 
 @pytest.fixture(scope="session")
 def server_url():
-    with running_server(SERVER_ARGS) as url:
-        yield url
+    with running_server(SERVER_ARGS) as server:
+        yield server.url
 
 
 @pytest.fixture(scope="session")

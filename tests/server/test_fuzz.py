@@ -13,7 +13,7 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 
-from tests.server.conftest import running_server
+from radixgen.launcher import running_server
 
 # "auto": the dtype this CPU multiplies fastest. A fuzzed chat request may ask for n = 123
 # completions; on an AVX2-only CPU bfloat16 matmuls fall back to a generic loop and that one
@@ -33,8 +33,8 @@ NESTED = "#/components/schemas/SamplingParams"
 
 @pytest.fixture(scope="module")
 def fuzz_url():
-    with running_server(FUZZ_ARGS) as url:
-        yield url
+    with running_server(FUZZ_ARGS) as server:
+        yield server.url
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,8 @@ import httpx
 import pytest
 
 from radixgen.runtime.config import EngineConfig
-from radixgen.server.app import EngineHolder, ServerSettings, create_app
+from radixgen.server.app import create_app
+from radixgen.server.context import EngineHolder, ServerSettings
 from tests.server.conftest import wait_idle
 
 PROMPT = "The capital of France is"

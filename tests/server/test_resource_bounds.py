@@ -22,9 +22,9 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
+from radixgen.launcher import running_server
 from radixgen.runtime.config import EngineConfig
-from radixgen.server.app import ServerSettings
-from tests.launcher import running_server_process
+from radixgen.server.context import ServerSettings
 from tests.server.conftest import wait_idle
 
 CONTEXT = 64
@@ -50,8 +50,8 @@ RSS_SLACK = 1.10
 
 @pytest.fixture(scope="module")
 def server():
-    with running_server_process(SERVER_ARGS) as (url, proc):
-        yield url, proc.pid
+    with running_server(SERVER_ARGS) as server:
+        yield server.url, server.pid
 
 
 def rss_mb(pid: int) -> float:

@@ -20,7 +20,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.server.conftest import _free_port, wait_idle
+from radixgen.launcher import free_port
+from tests.server.conftest import wait_idle
 
 pytest.importorskip("sglang_router", reason="needs the router extra: pip install -e '.[router]'")
 psutil = pytest.importorskip("psutil")
@@ -67,7 +68,7 @@ class Deployment:
 @pytest.fixture(scope="module")
 def deployment(tmp_path_factory):
     argv = [sys.executable, "-m", "radixgen.cli", "serve", "--dp", "2"]
-    argv += ["--port", str(_free_port()), "--num-threads", "1", "--served-model-name", SERVED_NAME]
+    argv += ["--port", str(free_port()), "--num-threads", "1", "--served-model-name", SERVED_NAME]
     argv += ["--kv-cache-tokens", "4096", "--max-running-requests", "8", "--drain-timeout", "5"]
     argv += ["--log-level", "warning"]
     log = tmp_path_factory.mktemp("router") / "serve.log"

@@ -23,10 +23,12 @@ import httpx
 import pytest
 import uvicorn
 
+from radixgen.launcher import free_port
 from radixgen.runtime.config import EngineConfig
-from radixgen.server.app import ServerSettings, create_app
+from radixgen.server.app import create_app
+from radixgen.server.context import ServerSettings
 from radixgen.server.guard import MAX_BODY_BYTES, GuardMiddleware, key_tenant
-from tests.server.conftest import BODY_READ_TIMEOUT, _free_port
+from tests.server.conftest import BODY_READ_TIMEOUT
 
 TINY = {"text": "Hi", "sampling_params": {"max_new_tokens": 2, "temperature": 0}}
 KEYS = ("key-one", "key-two")
@@ -165,7 +167,7 @@ def test_malformed_chunked_encoding_is_refused_without_5xx(server_url, body):
 def keyed_url():
     """The app with two API keys, served by uvicorn in a thread. Its lifespan is off, so the
     engine never loads: a request past the guard gets 503 "still loading"."""
-    port = _free_port()
+    port = free_port()
     app = create_app(ServerSettings(engine=EngineConfig(), api_keys=KEYS))
     config = uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="off", log_level="error")
     server = uvicorn.Server(config)

@@ -13,9 +13,10 @@ import weakref
 from collections.abc import Iterator
 from typing import Any
 
-from radixgen.lang.backend.native import NativeBackend, Output
+from radixgen.lang.backend.native_protocol import NativeBackend, Output
 from radixgen.lang.chat_template import choose_chat_template
 from radixgen.runtime.engine import Engine
+from radixgen.version import __version__
 
 _REQUEST_FIELDS = (
     "input_ids",
@@ -61,12 +62,10 @@ class EngineBackend(NativeBackend):
         return self.engine.flush_cache()
 
     def get_server_info(self) -> dict[str, Any]:
-        import radixgen
-
         return {
             **dataclasses.asdict(self.engine.config),
             **self.engine.stats(),
-            "version": radixgen.__version__,
+            "version": __version__,
             "context_length": self.engine.context_len,
         }
 

@@ -9,7 +9,7 @@ Keyword arguments are `radixgen serve` options (EngineConfig fields plus host, p
 served_model_name, drain_timeout, max_body_bytes, body_read_timeout); SGLang's `model_path`
 means `model`. Options radixgen does not have (e.g. SGLang's `tp_size`) are ignored with a
 warning. The port is the first free one from `port` (default 30000) upwards. The server's output
-goes to `runtime.log_path`.
+goes to `runtime.log_path`. Starting, waiting and stopping are radixgen/launcher.py's.
 """
 
 from __future__ import annotations
@@ -18,11 +18,7 @@ import atexit
 import dataclasses
 import json
 import os
-import socket
-import subprocess
-import sys
 import tempfile
-import time
 import warnings
 from collections.abc import AsyncIterator
 from typing import Any
@@ -30,6 +26,7 @@ from typing import Any
 import httpx
 
 from radixgen.lang.backend.runtime_endpoint import RuntimeEndpoint
+from radixgen.launcher import ServerProcess, first_free_port, launch, serve_argv, url_of
 from radixgen.runtime.config import EngineConfig
 
 _SERVER_OPTIONS = {
@@ -41,15 +38,6 @@ _SERVER_OPTIONS = {
     "max_body_bytes",
     "body_read_timeout",
 }
-
-
-def _port_is_free(host: str, port: int) -> bool:
-    with socket.socket() as sock:
-        try:
-            sock.bind((host, port))
-        except OSError:
-            return False
-    return True
 
 
 def _serve_flags(options: dict[str, Any]) -> list[str]:
@@ -72,52 +60,38 @@ def _serve_flags(options: dict[str, Any]) -> list[str]:
 class Runtime:
     def __init__(self, log_level: str = "error", launch_timeout: float = 300.0, **kwargs: Any):
         """Start the server and wait until `/health_generate` answers 200 (a one-token
-        generation), polling every half second; raise with the server's log tail if it exits
-        or `launch_timeout` passes."""
+        generation), polling every half second; raise `ServerStartError` (a RuntimeError) with
+        the server's log tail if it exits or `launch_timeout` passes."""
         if "model_path" in kwargs:
             kwargs.setdefault("model", kwargs.pop("model_path"))
         host = kwargs.pop("host", "127.0.0.1")
-        port = int(kwargs.pop("port", 30000))
-        while not _port_is_free(host, port):
-            port += 1
+        port = first_free_port(host, int(kwargs.pop("port", 30000)))
         self.api_key = kwargs.get("api_key")
-        self.url = f"http://{host}:{port}"
+        self.url = url_of(host, port)
         self.generate_url = self.url + "/generate"
         self.endpoint: RuntimeEndpoint | None = None
-        command = [sys.executable, "-m", "radixgen.cli", "serve", "--host", host]
-        command += ["--port", str(port), "--log-level", log_level, *_serve_flags(kwargs)]
+        args = ["--host", host, "--log-level", log_level, *_serve_flags(kwargs)]
         log_fd, self.log_path = tempfile.mkstemp(prefix="radixgen-runtime-", suffix=".log")
-        with os.fdopen(log_fd, "wb") as log:  # a file, not a pipe: a full pipe would block
-            self.process: subprocess.Popen | None = subprocess.Popen(
-                command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-            )
+        os.close(log_fd)  # kept after shutdown, for the user to read
+        self.process: ServerProcess | None = launch(
+            serve_argv(port, args), self.url, name="the Runtime's server", log_path=self.log_path
+        )
         self.pid = self.process.pid
         atexit.register(self.shutdown)
         try:
-            self._wait_ready(launch_timeout)
+            self.process.wait_ready(
+                "/health_generate",
+                timeout=launch_timeout,
+                headers=self._headers(),
+                request_timeout=30,
+            )
         except BaseException:
             self.shutdown()
             raise
         self.endpoint = RuntimeEndpoint(self.url, api_key=self.api_key)
 
-    def _wait_ready(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"the server exited during start-up:\n{self._log_tail()}")
-            try:
-                response = httpx.get(f"{self.url}/health_generate", headers=headers, timeout=30)
-                if response.status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.5)
-        raise TimeoutError(f"the server did not start within {timeout} s:\n{self._log_tail()}")
-
-    def _log_tail(self, chars: int = 3000) -> str:
-        with open(self.log_path, "rb") as log:
-            return log.read().decode(errors="replace")[-chars:]
+    def _headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
 
     def shutdown(self) -> None:
         """Stop the server (SIGTERM, then SIGKILL after 30 s) and reap it. Idempotent."""
@@ -126,12 +100,7 @@ class Runtime:
         process, self.process = self.process, None
         if process is None:
             return
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        process.stop(grace=30)
         atexit.unregister(self.shutdown)
 
     # --- conveniences of SGLang's Runtime ---------------------------------------------------------
@@ -168,7 +137,7 @@ class Runtime:
     ) -> AsyncIterator[str]:
         """Stream `/generate`, yielding new text as it arrives."""
         payload = {"text": prompt, "sampling_params": sampling_params or {}, "stream": True}
-        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+        headers = self._headers()
         sent = 0
         async with (
             httpx.AsyncClient(timeout=httpx.Timeout(None, connect=30.0)) as client,

@@ -1,6 +1,6 @@
 """`RuntimeEndpoint`: a backend over the native HTTP API of a radixgen (or SGLang) server.
 
-Requests are the bodies SGLang's frontend sends (see native.py); any non-200 answer raises
+Requests are the bodies SGLang's frontend sends (see native_protocol.py); any non-200 answer raises
 `RuntimeError` with the server's error body. Streams are read as server-sent events carrying
 cumulative outputs, up to `data: [DONE]`.
 """
@@ -14,7 +14,7 @@ from typing import Any
 
 import httpx
 
-from radixgen.lang.backend.native import NativeBackend, Output
+from radixgen.lang.backend.native_protocol import NativeBackend, Output
 from radixgen.lang.chat_template import choose_chat_template
 
 
@@ -113,10 +113,3 @@ def _raise_for_status(response: httpx.Response) -> None:
         content = response.text
     raise RuntimeError(content)
 
-
-def __getattr__(name: str) -> Any:  # SGLang's import path: sglang.lang.backend.runtime_endpoint
-    if name == "Runtime":
-        from radixgen.lang.backend.runtime import Runtime
-
-        return Runtime
-    raise AttributeError(name)

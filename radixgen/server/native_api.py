@@ -10,17 +10,8 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-import radixgen
 from radixgen.runtime.sampling_params import SamplingParams
-from radixgen.server.app import (
-    DONE_EVENT,
-    engine_of,
-    event_stream,
-    served_model_name,
-    sse,
-    tenant_of,
-    until_disconnect,
-)
+from radixgen.server.context import engine_of, served_model_name, tenant_of
 from radixgen.server.errors import (
     APIError,
     output_error,
@@ -29,6 +20,8 @@ from radixgen.server.errors import (
     stream_error_event,
 )
 from radixgen.server.protocol import AbortRequest, GenerateRequest
+from radixgen.server.streaming import DONE_EVENT, event_stream, sse, until_disconnect
+from radixgen.version import __version__
 
 logger = logging.getLogger(__name__)
 router = APIRouter()
@@ -115,7 +108,7 @@ async def get_server_info(request: Request):
         "tp_size": 1,
         "dp_size": 1,
         **stats,
-        "version": radixgen.__version__,
+        "version": __version__,
         "context_length": engine.context_len,
     }
 
