@@ -17,7 +17,7 @@ import torch
 from radixgen.runtime.tuning import Tuning
 
 SCHEDULE_POLICIES = ("lpm", "fcfs", "dfs-weight")
-ATTENTION_BACKENDS = ("auto", "torch")
+ATTENTION_BACKENDS = ("auto", "native", "reference")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DTYPE_CHOICES = ("auto", *DTYPES)
 
@@ -110,8 +110,9 @@ class EngineConfig:
     )
     attention_backend: str = _opt(
         "auto",
-        "Attention kernels: 'auto' takes the native AMX segment kernel where it runs (bfloat16 "
-        "on a CPU with AMX, head_dim 64), else PyTorch's; 'torch' always PyTorch's.",
+        "Attention executor: 'auto' takes the AMX segment kernel where it runs (bfloat16 on a "
+        "CPU with AMX, head_dim 64), else 'native': the native in-place kernel with PyTorch's "
+        "flash attention; 'reference' runs plain PyTorch (slow; for checking).",
         choices=ATTENTION_BACKENDS,
     )
     num_threads: int | None = _opt(None, "Torch intra-op threads (default: all cores).")

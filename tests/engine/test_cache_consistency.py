@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 
 import pytest
 
 from radixgen import Engine
-from radixgen.runtime.model import attention as attention_module
 from tests.helpers import assert_idle_invariant
 
 GREEDY = {"max_new_tokens": 12, "temperature": 0, "ignore_eos": True}
@@ -132,7 +132,7 @@ def test_batch_sharing_a_cached_prefix_matches_running_alone(engine, monkeypatch
     """Requests over cached few-shot prefixes take the shared-prefix (cascade) attention path in
     prefill and decode: one prefix shared by all, then one per group (two instructions over the
     same examples). Their outputs equal each request run alone on a cold cache."""
-    instructions = [  # each longer than MIN_SHARED_PREFIX tokens
+    instructions = [  # each longer than Tuning.min_shared_prefix tokens
         "Now add the two numbers of the next question and write their sum as digits.\n\n",
         "Next, answer with one number only, with no words before or after it.\n\n",
     ]
@@ -148,19 +148,24 @@ def test_batch_sharing_a_cached_prefix_matches_running_alone(engine, monkeypatch
     assert engine.flush_cache()
     for instruction in instructions:  # cache both group prefixes
         engine.generate(_FEW_SHOT + instruction, {"max_new_tokens": 0})
-    monkeypatch.setattr(attention_module, "MIN_SEGMENT_SAVING", 0)  # even 4-request groups
-    monkeypatch.setattr(attention_module, "MIN_IN_PLACE_SEGMENT_SAVING", 0)  # with the kernel
-    monkeypatch.setattr(attention_module, "MIN_IN_PLACE_DECODE_SEGMENT_SAVING", 0)
-    attention = engine.scheduler.runner.attention
-    levels = []
-    original = attention._merge_level
-    monkeypatch.setattr(
-        attention,
-        "_merge_level",
-        lambda q, out, lse, k, v, level: (
-            levels.append(len(level)) or original(q, out, lse, k, v, level)
-        ),
+    planner = engine.scheduler.runner.planner
+    every_segment = dataclasses.replace(  # even 4-request groups, with or without the kernel
+        planner.tuning,
+        min_segment_saving=0,
+        min_in_place_segment_saving=0,
+        min_in_place_decode_segment_saving=0,
+        amx_min_segment_saving=0,
     )
+    monkeypatch.setattr(planner, "tuning", every_segment)
+    levels = []
+    original = planner.plan
+
+    def plan_and_record(batch):
+        plan = original(batch)
+        levels.extend(level.num_problems for level in plan.shared)
+        return plan
+
+    monkeypatch.setattr(planner, "plan", plan_and_record)
     batched = engine.generate(questions, GREEDY)
     assert 1 in levels and 2 in levels, "the shared and per-group prefix paths were not both used"
     assert [o["output_ids"] for o in batched] == alone

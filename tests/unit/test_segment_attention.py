@@ -1,4 +1,4 @@
-"""The AMX segment kernel and its backend against float32 attention in torch.
+"""The AMX segment kernel against float32 attention in torch (its executor: test_attention_plan).
 
 Skipped where the kernel cannot run (no AMX, no C compiler). Sizes straddle the kernel's
 blocking: 16-key score tiles, 32-key value blocks, 512-key chunks, 16-row tiles, 128-row items.
@@ -6,23 +6,14 @@ blocking: 16-key score tiles, 32-key value blocks, 512-key chunks, 16-row tiles,
 
 from __future__ import annotations
 
-import random
-
 import pytest
 import torch
-import torch.nn.functional as F
 
-from radixgen.runtime.cache.kv_pool import KVPool
-from radixgen.runtime.cache.req_table import ReqToTokenTable
-from radixgen.runtime.model import segment_attention
-from radixgen.runtime.model.batch import ForwardBatch, ForwardMode
-from radixgen.runtime.model.segment_attention import SegmentKernelBackend
 from radixgen.runtime.model.segment_kernel import (
     SegmentAttentionKernel,
     SegmentProblems,
     load_segment_attention,
 )
-from tests.unit.test_attention import tree_batch
 
 HKV, G, D = 3, 3, 64  # SmolLM2's attention: 9 query heads over 3 KV heads
 
@@ -137,73 +128,3 @@ def test_rejects_what_it_cannot_read(segment_kernel):
             torch.empty(1, HKV, G, D),
             torch.empty(1, HKV, G),
         )
-
-
-def run_backend(kernel, requests):
-    """The backend's output for a batch of (slots of every position, new tokens) requests."""
-    max_len = max(len(s) for s, _ in requests)
-    size = max(max(s) for s, _ in requests) + 1
-    pool = KVPool(size, 1, HKV, D, torch.bfloat16)
-    table = ReqToTokenTable(len(requests) + 1, max_len + 1)
-    backend = SegmentKernelBackend(pool, table, HKV * G, HKV, kernel)
-    gen = torch.Generator().manual_seed(0)
-    pool.k[0].copy_(torch.randn(pool.k[0].shape, generator=gen))
-    pool.v[0].copy_(torch.randn(pool.v[0].shape, generator=gen))
-    for row, (slot_list, _) in enumerate(requests, start=1):
-        table.write(row, 0, torch.tensor(slot_list))
-    extend = torch.tensor([n for _, n in requests])
-    new_slots = torch.cat([torch.tensor(s[len(s) - n :]) for s, n in requests])
-    T = int(extend.sum())
-    q = torch.randn(T, HKV * G * D, generator=gen).bfloat16()
-    batch = ForwardBatch(
-        ForwardMode.DECODE if bool((extend == 1).all()) else ForwardMode.EXTEND,
-        torch.zeros(T, dtype=torch.int64),
-        torch.cat([torch.arange(len(s) - n, len(s)) for s, n in requests]),
-        new_slots,
-        torch.arange(1, len(requests) + 1),
-        torch.tensor([len(s) for s, _ in requests]),
-        extend,
-        torch.arange(T),
-    )
-    meta = backend.prepare(batch)
-    k_new = pool.k[0, new_slots].reshape(T, -1).clone()  # written back unchanged
-    v_new = pool.v[0, new_slots].reshape(T, -1).clone()
-    return backend.forward(0, q, k_new, v_new, meta), q, pool, meta
-
-
-def causal_reference(requests, q, pool):
-    """Plain causal attention per request over its own gathered KV, float32."""
-    outs, first = [], 0
-    for slot_list, n in requests:
-        k = pool.k[0, slot_list].float().repeat_interleave(G, dim=1).transpose(0, 1)  # [H, L, D]
-        v = pool.v[0, slot_list].float().repeat_interleave(G, dim=1).transpose(0, 1)
-        qr = q[first : first + n].float().view(n, HKV * G, D).transpose(0, 1)  # [H, n, D]
-        L = len(slot_list)
-        mask = torch.arange(L)[None, :] <= torch.arange(L - n, L)[:, None]  # [n, L]
-        out = F.scaled_dot_product_attention(qr, k, v, attn_mask=mask)  # [H, n, D]
-        outs.append(out.transpose(0, 1).reshape(n, -1))
-        first += n
-    return torch.cat(outs)
-
-
-@pytest.mark.parametrize("seed", range(6))
-@pytest.mark.parametrize("decode", [True, False])
-def test_backend_over_a_prefix_tree_matches_per_request_attention(
-    segment_kernel, seed, decode, monkeypatch
-):
-    monkeypatch.setattr(segment_attention, "MIN_SEGMENT_SAVING", 0)  # every prefix >= 16 tokens
-    requests = tree_batch(random.Random(seed), decode)
-    out, q, pool, meta = run_backend(segment_kernel, requests)
-    if len(requests) > 1:
-        assert meta.shared_levels, "a batch with shared prefixes found none"
-    expected = causal_reference(requests, q, pool)
-    torch.testing.assert_close(out.float(), expected, rtol=0.02, atol=0.02)
-
-
-def test_a_fresh_prompt_is_one_causal_problem(segment_kernel):
-    requests = [(list(range(1, 601)), 600)]  # crosses the 512-key chunk
-    out, q, pool, meta = run_backend(segment_kernel, requests)
-    assert meta.shared_levels == () and meta.own.limits.tolist() == list(range(1, 601))
-    torch.testing.assert_close(
-        out.float(), causal_reference(requests, q, pool), rtol=0.02, atol=0.02
-    )

@@ -1,6 +1,6 @@
 """`ForwardBatch`: the one value the scheduler hands the model runner.
 
-The scheduler fills every field; the runner and the attention backend only read them and never
+The scheduler fills every field; the runner and the attention planner only read them and never
 look at scheduler state. Tokens of all requests are packed back to back ("flat" layout):
 
     input_ids   [ r0 new tokens | r1 new tokens | ... ]        T = sum(extend_lens)
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import Any, Protocol
 
 import torch
 
@@ -41,20 +40,3 @@ class ForwardBatch:
     @property
     def num_tokens(self) -> int:
         return int(self.input_ids.shape[0])
-
-
-class AttentionBackend(Protocol):
-    """What the model asks of attention: `prepare` once per batch (its metadata is opaque to
-    the model), then `forward` per layer, which stores the layer's new K/V in the pool and
-    returns the attention output."""
-
-    def prepare(self, batch: ForwardBatch) -> Any: ...
-
-    def forward(
-        self,
-        layer: int,
-        q: torch.Tensor,  # [T, H*D]
-        k: torch.Tensor,  # [T, Hkv*D]
-        v: torch.Tensor,  # [T, Hkv*D]
-        meta: Any,
-    ) -> torch.Tensor: ...  # [T, H*D]

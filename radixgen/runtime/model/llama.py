@@ -1,7 +1,7 @@
 """Llama-family decoder (Llama 2/3, Mistral, SmolLM2, TinyLlama; Qwen2 via q/k/v biases).
 
 The model works on the flat token layout of `ForwardBatch`: hidden states are [T, hidden], with
-no batch or padding axis; attention finds each request's KV through the attention metadata.
+no batch or padding axis; attention finds each request's KV through the attention plan.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from radixgen.runtime.config import ModelConfig
-from radixgen.runtime.model.batch import AttentionBackend
+from radixgen.runtime.model.attention import AttentionExecutor
 from radixgen.runtime.model.block_matmul import Int8Blocks, Int8Panels, load_block_matmul
 from radixgen.runtime.model.fused import fused_ops
 from radixgen.runtime.model.int4 import Int4Groups
@@ -46,8 +46,8 @@ class LlamaAttention(nn.Module):
         self,
         x: torch.Tensor,  # [T, hidden]
         rope: tuple[torch.Tensor, torch.Tensor],
-        attn: AttentionBackend,
-        meta: object,  # what attn.prepare returned for this batch
+        attn: AttentionExecutor,
+        meta: object,  # the attention plan of this batch
     ) -> torch.Tensor:
         T = x.shape[0]
         H, Hkv, D = self.num_heads, self.num_kv_heads, self.head_dim
@@ -85,8 +85,8 @@ class LlamaDecoderLayer(nn.Module):
         x: torch.Tensor,  # [T, hidden]: the residual stream before this layer's attention
         residual: torch.Tensor | None,  # [T, hidden]: added to x first (None: x is the stream)
         rope: tuple[torch.Tensor, torch.Tensor],
-        attn: AttentionBackend,
-        meta: object,  # what attn.prepare returned for this batch
+        attn: AttentionExecutor,
+        meta: object,  # the attention plan of this batch
     ) -> tuple[torch.Tensor, torch.Tensor]:  # the MLP's output, the stream it adds to
         """One layer; the residual adds are deferred into the next RMSNorm (one fused pass)."""
         if residual is None:
@@ -128,8 +128,8 @@ class LlamaForCausalLM(nn.Module):
         self,
         input_ids: torch.Tensor,  # [T]
         positions: torch.Tensor,  # [T]
-        attn: AttentionBackend,
-        meta: object,  # what attn.prepare returned for this batch
+        attn: AttentionExecutor,
+        meta: object,  # the attention plan of this batch
         logit_rows: torch.Tensor,  # [R]
     ) -> torch.Tensor:  # [R, vocab] float32
         x = self.embed_tokens(input_ids)  # [T, hidden]

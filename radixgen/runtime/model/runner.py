@@ -1,4 +1,4 @@
-"""ModelRunner: owns the model weights, the KV pool and the attention backend.
+"""ModelRunner: owns the model weights, the KV pool and attention (its planner and executor).
 
 `forward(batch)` is the whole contract with the scheduler: it takes a `ForwardBatch` and returns
 the float32 logits of `batch.logit_rows`. The runner never reads scheduler state.
@@ -14,15 +14,20 @@ import torch
 from radixgen.runtime.cache.kv_pool import KVPool
 from radixgen.runtime.cache.req_table import ReqToTokenTable
 from radixgen.runtime.config import EngineConfig, ModelConfig
-from radixgen.runtime.model.attention import TorchSDPABackend
-from radixgen.runtime.model.batch import AttentionBackend, ForwardBatch
+from radixgen.runtime.model.attention import (
+    AmxExecutor,
+    AttentionExecutor,
+    AttentionPlanner,
+    NativeExecutor,
+    ReferenceExecutor,
+)
+from radixgen.runtime.model.batch import ForwardBatch
 from radixgen.runtime.model.block_matmul import INT8_HEAD_MAX_TOKENS
 from radixgen.runtime.model.decode_kernel import load_decode_attention
 from radixgen.runtime.model.int4 import can_use_int4, int4_max_tokens
 from radixgen.runtime.model.layers import rope_inv_freq
 from radixgen.runtime.model.llama import LlamaForCausalLM
 from radixgen.runtime.model.loader import ModelSource
-from radixgen.runtime.model.segment_attention import SegmentKernelBackend
 from radixgen.runtime.model.segment_kernel import load_segment_attention
 
 logger = logging.getLogger(__name__)
@@ -71,21 +76,26 @@ class ModelRunner:
         self.req_table = ReqToTokenTable(
             engine_config.max_running_requests + 1, context_len, self.device
         )
-        self.attention = self._attention_backend(model_config, engine_config)
-        logger.info("attention backend: %s", type(self.attention).__name__)
+        self.attention = self._attention_executor(model_config, engine_config)
+        self.planner = AttentionPlanner(
+            self.req_table, engine_config.tuning, self.attention.target, self.dtype
+        )
+        logger.info("attention executor: %s", type(self.attention).__name__)
 
-    def _attention_backend(
+    def _attention_executor(
         self, model_config: ModelConfig, engine_config: EngineConfig
-    ) -> AttentionBackend:
+    ) -> AttentionExecutor:
         heads = (model_config.num_heads, model_config.num_kv_heads)
+        if engine_config.attention_backend == "reference":
+            return ReferenceExecutor(self.kv_pool, *heads)
         if engine_config.attention_backend == "auto":
             kernel = load_segment_attention(self.device, self.dtype, model_config.head_dim)
             if kernel is not None:
-                return SegmentKernelBackend(self.kv_pool, self.req_table, *heads, kernel)
-        decode_kernel = load_decode_attention(self.device, self.dtype)
-        return TorchSDPABackend(self.kv_pool, self.req_table, *heads, decode_kernel)
+                return AmxExecutor(self.kv_pool, *heads, kernel)
+        in_place_kernel = load_decode_attention(self.device, self.dtype)
+        return NativeExecutor(self.kv_pool, *heads, in_place_kernel)
 
     def forward(self, batch: ForwardBatch) -> torch.Tensor:
         """Run one batch; returns logits [R, vocab] float32 for `batch.logit_rows`."""
-        meta = self.attention.prepare(batch)
-        return self.model(batch.input_ids, batch.positions, self.attention, meta, batch.logit_rows)
+        plan = self.planner.plan(batch)
+        return self.model(batch.input_ids, batch.positions, self.attention, plan, batch.logit_rows)

@@ -1,0 +1,115 @@
+"""An attention plan: which query tokens attend to which KV slots, and how the parts merge.
+
+The planner (`planner.py`) builds one `AttentionPlan` per forward pass; every layer's executor
+runs the same plan. A plan is a list of *passes*, each a `ProblemSet`:
+
+    own          every token of the batch in exactly one problem: its request's new tokens over
+                 the request's own KV (after the shared segments), token n seeing the first
+                 limits[n] slots of its problem's row, which makes extends causal;
+    shared[d]    the prefixes groups of requests share at nesting depth d (`prefix_tree.py`):
+                 one problem per group, all its tokens over the group's common slots. Tokens of
+                 one level are disjoint; a token may be in no problem of a level.
+
+Each pass yields (out, log-sum-exp) per token; the shared passes merge into the own result by
+log-sum-exp, in order. Every executor computes exactly this; `ReferenceExecutor` does it in
+plain PyTorch, so it runs any plan on any device and is what the others are tested against.
+
+`method` and `layout` say how the planner meant the pass to run on its executor (the executor
+cannot choose better: the planner sees the whole batch and the tuning). They never change what
+is computed.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+
+from radixgen.runtime.model.segment_kernel import SegmentProblems
+
+
+class PlanTarget(enum.Enum):
+    """The executor family a plan is built for: which methods its passes may use."""
+
+    GATHER = "gather"  # torch's flash attention over gathered K/V only
+    IN_PLACE = "in_place"  # plus the native kernel reading the pool in place
+    SEGMENT = "segment"  # the AMX segment kernel, every pass in place
+
+
+class Method(enum.Enum):
+    """How a pass runs."""
+
+    IN_PLACE = "in_place"  # the native kernel reads each problem's slots where they lie
+    PADDED = "padded"  # own parts gathered into one padded, masked flash problem
+    PER_PROBLEM = "per_problem"  # own parts, one flash problem per request (causal + cached)
+    GATHERED = "gathered"  # shared segments, each gathered once for all its tokens
+    SEGMENT = "segment"  # the AMX segment kernel, flattened problems
+
+
+@dataclass(frozen=True)
+class PaddedLayout:
+    """Own parts as one problem: queries padded to [B, E], keys to [B, Lo]."""
+
+    slots: torch.Tensor  # [B * Lo] KV slots of each request's own part, 0 past its length
+    mask: torch.Tensor  # [B, 1, E, Lo] additive (0 or -inf), in the pool's dtype
+    q_dest: torch.Tensor | None  # [T] row of each flat token in the [B * E] layout (None: same)
+    batch_size: int  # B
+    max_extend: int  # E
+
+
+@dataclass(frozen=True)
+class PerProblemLayout:
+    """Own parts one request at a time: its new tokens causal, its cached own KV all visible."""
+
+    extend_lens: tuple[int, ...]  # E_b, in flat token order
+    cached_slots: tuple[torch.Tensor | None, ...]  # [C_b] own slots before the new tokens
+
+
+@dataclass(frozen=True)
+class GatheredLayout:
+    """Shared segments one at a time: each one's tokens and slots, ready to gather."""
+
+    tokens: tuple[torch.Tensor | None, ...]  # [Tg] flat tokens of each segment (None: all)
+    slots: tuple[torch.Tensor, ...]  # [P_s] each segment's slots
+
+
+@dataclass(frozen=True)
+class ProblemSet:
+    """One pass: problem p's tokens attend to a prefix of slots[p] (see the module doc)."""
+
+    method: Method
+    tokens: torch.Tensor | None  # [N] flat token rows, problem after problem (None: all T)
+    token_problem: torch.Tensor | None  # [N] problem of each token (None: token n is problem n)
+    limits: torch.Tensor  # [N] slots each token sees: slots[problem, :limit]
+    slots: torch.Tensor  # [P, L] each problem's KV slots in order; past its longest limit, any
+    layout: PaddedLayout | PerProblemLayout | GatheredLayout | SegmentProblems | None = None
+
+    @property
+    def num_problems(self) -> int:
+        return int(self.slots.shape[0])
+
+
+@dataclass(frozen=True)
+class AttentionPlan:
+    """Everything a layer's attention needs, computed once per forward pass."""
+
+    out_cache_loc: torch.Tensor  # [T] slots receiving the new K/V
+    own: ProblemSet  # covers every token once
+    shared: tuple[ProblemSet, ...]  # by nesting depth; merged into `own` in order
+
+
+class AttentionExecutor(Protocol):
+    """Runs plans: per layer, stores the new K/V in the pool, then attends as the plan says."""
+
+    target: PlanTarget
+
+    def forward(
+        self,
+        layer: int,
+        q: torch.Tensor,  # [T, H*D]
+        k: torch.Tensor,  # [T, Hkv*D]
+        v: torch.Tensor,  # [T, Hkv*D]
+        plan: AttentionPlan,
+    ) -> torch.Tensor: ...  # [T, H*D]

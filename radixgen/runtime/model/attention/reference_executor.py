@@ -1,0 +1,68 @@
+"""ReferenceExecutor: any plan, in plain PyTorch, on any device.
+
+It reads nothing of a pass but its meaning (tokens, their problems, limits, slots) and ignores
+the method and layout, so it checks the planner on its own: every plan the planner can build,
+for any target, must give the same attention as each request's causal attention over its KV.
+It is slow (every token gathers its problem's keys) and meant for tests and debugging
+(`--attention-backend reference`).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from radixgen.runtime.cache.kv_pool import KVPool
+from radixgen.runtime.model.attention.partials import merge_tokens
+from radixgen.runtime.model.attention.plan import AttentionPlan, PlanTarget, ProblemSet
+
+NO_KEYS_LSE = -1e30  # a token that sees no key: zero output, and no weight in a merge
+
+
+class ReferenceExecutor:
+    def __init__(self, kv_pool: KVPool, num_heads: int, num_kv_heads: int):
+        self.kv_pool = kv_pool
+        self.num_heads = num_heads
+        self.num_kv_heads = num_kv_heads
+        self.target = PlanTarget.GATHER  # the plans it is given by default; it runs any
+
+    def forward(
+        self,
+        layer: int,
+        q: torch.Tensor,  # [T, H*D]
+        k: torch.Tensor,  # [T, Hkv*D]
+        v: torch.Tensor,  # [T, Hkv*D]
+        plan: AttentionPlan,
+    ) -> torch.Tensor:  # [T, H*D]
+        T = q.shape[0]
+        Hkv, G = self.num_kv_heads, self.num_heads // self.num_kv_heads
+        D = q.shape[1] // self.num_heads
+        self.kv_pool.write(layer, plan.out_cache_loc, k.view(T, Hkv, D), v.view(T, Hkv, D))
+        k_buf, v_buf = self.kv_pool.buffers(layer)  # [S, Hkv, D] each
+        q_tokens = q.view(T, Hkv, G, D).float()
+        out, lse = self.attend(q_tokens, k_buf, v_buf, plan.own)
+        for level in plan.shared:
+            level_out, level_lse = self.attend(q_tokens, k_buf, v_buf, level)
+            out, lse = merge_tokens(out, lse, level.tokens, level_out, level_lse)
+        return out.to(q.dtype).reshape(T, Hkv * G * D)
+
+    @staticmethod
+    def attend(
+        q: torch.Tensor,  # [T, Hkv, G, D] float32, every token of the batch
+        k_buf: torch.Tensor,  # [S, Hkv, D]
+        v_buf: torch.Tensor,  # [S, Hkv, D]
+        problems: ProblemSet,
+    ) -> tuple[torch.Tensor, torch.Tensor]:  # out [N, Hkv, G, D], lse [N, Hkv, G] float32
+        """softmax(q k^T / sqrt(D)) v of each of the pass's tokens over its visible slots."""
+        token_q = q if problems.tokens is None else q[problems.tokens]  # [N, Hkv, G, D]
+        N = token_q.shape[0]
+        rows = torch.arange(N) if problems.token_problem is None else problems.token_problem
+        slots = problems.slots[rows]  # [N, L]
+        keys = k_buf[slots].float()  # [N, L, Hkv, D]
+        values = v_buf[slots].float()
+        scores = torch.einsum("nhgd,nlhd->nhgl", token_q, keys) * q.shape[-1] ** -0.5
+        visible = torch.arange(slots.shape[1])[None, :] < problems.limits[:, None]  # [N, L]
+        scores = scores.masked_fill(~visible[:, None, None, :], float("-inf"))
+        lse = torch.logsumexp(scores, dim=-1)  # [N, Hkv, G]; -inf where nothing is visible
+        weights = torch.exp(scores - lse[..., None]).nan_to_num(0.0)
+        out = torch.einsum("nhgl,nlhd->nhgd", weights, values)
+        return out, lse.clamp(min=NO_KEYS_LSE)
