@@ -14,14 +14,12 @@ import torch.nn.functional as F
 
 from radixgen.runtime.cache.kv_pool import KVPool
 from radixgen.runtime.cache.req_table import ReqToTokenTable
+from radixgen.runtime.config import EngineConfig
+from radixgen.runtime.kernels.engine_kernels import EngineKernels
+from radixgen.runtime.kernels.segment_attention import SegmentAttentionKernel, SegmentProblems
 from radixgen.runtime.model import segment_attention
 from radixgen.runtime.model.batch import ForwardBatch, ForwardMode
 from radixgen.runtime.model.segment_attention import SegmentKernelBackend
-from radixgen.runtime.model.segment_kernel import (
-    SegmentAttentionKernel,
-    SegmentProblems,
-    load_segment_attention,
-)
 from tests.unit.test_attention import tree_batch
 
 HKV, G, D = 3, 3, 64  # SmolLM2's attention: 9 query heads over 3 KV heads
@@ -29,7 +27,7 @@ HKV, G, D = 3, 3, 64  # SmolLM2's attention: 9 query heads over 3 KV heads
 
 @pytest.fixture(scope="module")
 def segment_kernel() -> SegmentAttentionKernel:
-    found = load_segment_attention(torch.device("cpu"), torch.bfloat16, D)
+    found = EngineKernels.choose(EngineConfig(dtype="bfloat16"), head_dim=D).segment_attention
     if found is None:
         pytest.skip("the AMX segment kernel does not run here")
     return found

@@ -40,8 +40,8 @@ import torch
 
 from radixgen.runtime.cache.kv_pool import KVPool
 from radixgen.runtime.cache.req_table import ReqToTokenTable
+from radixgen.runtime.kernels.decode_attention import DecodeAttentionKernel
 from radixgen.runtime.model.batch import ForwardBatch, ForwardMode
-from radixgen.runtime.model.decode_kernel import DecodeAttentionKernel
 
 MIN_SHARED_PREFIX = 16  # shorter common prefixes are not worth a second attention call
 # A segment costs a few kernel calls per layer; it pays off once the KV it stops re-reading,

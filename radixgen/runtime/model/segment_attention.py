@@ -23,9 +23,9 @@ import torch
 
 from radixgen.runtime.cache.kv_pool import KVPool
 from radixgen.runtime.cache.req_table import ReqToTokenTable
+from radixgen.runtime.kernels.segment_attention import SegmentAttentionKernel, SegmentProblems
 from radixgen.runtime.model.attention import TokenSegment, find_shared_segments, token_levels
 from radixgen.runtime.model.batch import ForwardBatch
-from radixgen.runtime.model.segment_kernel import SegmentAttentionKernel, SegmentProblems
 
 # A shared segment must spare re-packing at least this many prefix tokens, (requests - 1) x its
 # length, to pay for its own kernel call per layer.
