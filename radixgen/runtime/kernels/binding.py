@@ -2,9 +2,9 @@
 
 Each entry point is declared once, as a `Signature`: its C name, its return type and every
 argument in order, a tensor (allowed dtypes, rank, layout, optional) or a scalar (int64, int,
-float). `bind` derives the ctypes argtypes from the declaration and returns a `BoundFunction`,
-called with keyword arguments named as in the declaration (and in the C source; a unit test
-compares the two). Before every call it checks each tensor against its declaration and raises
+float). `bind` derives the ctypes argtypes from the declaration and returns a function called
+with keyword arguments named as in the declaration (and in the C source; a unit test compares
+the two). Before every call it checks each tensor against its declaration and raises
 ValueError naming the kernel and the argument, so a tensor of the wrong dtype, rank or layout
 never reaches the C side as a raw pointer. Relations between arguments (this tensor has as many
 rows as that one) stay with the kernel's wrapper, which knows what they mean.
@@ -13,6 +13,7 @@ rows as that one) stay with the kernel's wrapper, which knows what they mean.
 from __future__ import annotations
 
 import ctypes
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -84,38 +85,68 @@ class Signature:
         ]
 
 
-class BoundFunction:
-    """A declared entry point of a loaded library; call it with every argument by name."""
+def bind(library: ctypes.CDLL, signature: Signature) -> Callable[..., Any]:
+    """The entry point `signature.name` of `library`, typed and checked by `signature`: a
+    function taking every argument by keyword, as declared.
 
-    def __init__(self, library: ctypes.CDLL, signature: Signature):
-        self.signature = signature
-        self._function = getattr(library, signature.name)
-        self._function.restype = _RETURN_TYPES[signature.returns]
-        self._function.argtypes = signature.argtypes()
-        self._names = tuple(a.name for a in signature.args)
-        self._name_set = frozenset(self._names)
-        self._tensors = tuple((i, a) for i, a in enumerate(signature.args) if isinstance(a, Tensor))
-
-    def __call__(self, **arguments: Any) -> Any:
-        if arguments.keys() != self._name_set:
-            missing = [n for n in self._names if n not in arguments]
-            unknown = sorted(set(arguments) - set(self._names))
-            raise TypeError(f"{self.signature.name}: missing {missing}, unknown {unknown}")
-        values = [arguments[name] for name in self._names]
-        for i, spec in self._tensors:
-            value = values[i]
-            if value is None:
-                if not spec.optional:
-                    raise ValueError(f"{self.signature.name}: {spec.name} is required")
-                continue  # NULL
-            spec.check(self.signature.name, value, arguments)
-            values[i] = value.data_ptr()
-        return self._function(*values)
+    It runs on every layer of every forward pass, so it is compiled from the declaration into
+    one plain function (its text is the returned function's `source`): keyword-only parameters,
+    one expression per tensor (dtype, device, rank, layout) and the ctypes call. When a tensor's
+    expression fails, its declaration's `check` raises the error that names the argument."""
+    function = getattr(library, signature.name)
+    function.restype = _RETURN_TYPES[signature.returns]
+    function.argtypes = signature.argtypes()
+    source, namespace = _compile(signature)
+    namespace["_function"] = function
+    exec(source, namespace)  # our own declaration's text, not input
+    bound = namespace[signature.name]
+    bound.signature, bound.source = signature, source
+    return bound
 
 
-def bind(library: ctypes.CDLL, signature: Signature) -> BoundFunction:
-    """The entry point `signature.name` of `library`, typed and checked by `signature`."""
-    return BoundFunction(library, signature)
+def _compile(signature: Signature) -> tuple[str, dict[str, Any]]:
+    """The source of a checked call of `signature`, and the namespace it runs in."""
+    namespace: dict[str, Any] = {}
+    names = ", ".join(a.name for a in signature.args)
+    lines = [f"def {signature.name}(*, {names}):" if names else f"def {signature.name}():"]
+    passed = []
+    for i, arg in enumerate(signature.args):
+        if isinstance(arg, Scalar):
+            passed.append(arg.name)
+            continue
+        n = arg.name
+        namespace[f"_spec{i}"], namespace[f"_dtypes{i}"] = arg, arg.dtypes
+        layout = f"{n}.is_contiguous()" if arg.layout == "contiguous" else _rows_test(n, arg.rank)
+        test = f"{n}.dtype in _dtypes{i} and {n}.is_cpu and {n}.dim() == {arg.rank} and {layout}"
+        if arg.same_dtype_as is not None:
+            test += f" and {n}.dtype == {arg.same_dtype_as}.dtype"
+        pad = "    "
+        if arg.optional:
+            lines.append(f"    if {n} is not None:")
+            pad = "        "
+        lines += [
+            f"{pad}try:",
+            f"{pad}    fits = {test}",
+            f"{pad}except AttributeError:",  # not a tensor
+            f"{pad}    fits = False",
+            f"{pad}if not fits:",
+            f"{pad}    _spec{i}.check({signature.name!r}, {n}, locals())",
+        ]
+        pointer = f"{n}.data_ptr()"
+        passed.append(f"None if {n} is None else {pointer}" if arg.optional else pointer)
+    lines.append(f"    return _function({', '.join(passed)})")
+    return "\n".join(lines) + "\n", namespace
+
+
+def _rows_test(name: str, rank: int) -> str:
+    """An expression true when every dimension of `name` but the first is packed: stride(d) is
+    the product of the sizes after d. Stricter than `_rows_packed` (a dimension of size 1 may
+    have any stride), which `check` applies when this fails."""
+    tests = []
+    for dim in range(rank - 1, 0, -1):
+        packed = " * ".join(f"{name}.size({d})" for d in range(dim + 1, rank)) or "1"
+        tests.append(f"{name}.stride({dim}) == {packed}")
+    return " and ".join(tests)
 
 
 def _rows_packed(t: torch.Tensor) -> bool:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from radixgen.runtime.kernels.binding import BoundFunction, Scalar, Signature, Tensor, bind
+from radixgen.runtime.kernels.binding import Scalar, Signature, Tensor, bind
 
 GROUP_SIZE = 32  # inputs per scale: the block size of GGUF's Q4_0, Q4_1 and Q8_0
 
@@ -133,39 +133,52 @@ class BlockMatmulKernel:
     def int4(self, x: torch.Tensor, weight: Int4Panels) -> torch.Tensor:
         """x [M, K] float32 @ w.T -> [M, N] float32."""
         width = weight.codes.shape[1] * _CODES_PER_WORD
-        panels = {"codes": weight.codes, "scales": weight.scales, "zeros": weight.zeros}
-        return _multiply(self._int4, x, width, weight.cols, panels)
+        x, out = _operands(x, width, weight.codes)
+        status = self._int4(
+            x=x,
+            rows=x.shape[0],
+            k=width,
+            codes=weight.codes,
+            scales=weight.scales,
+            zeros=weight.zeros,
+            cols=out.shape[1],
+            num_threads=torch.get_num_threads(),
+            out=out,
+        )
+        return _result(status, out, weight.cols)
 
     def int8(self, x: torch.Tensor, weight: Int8Panels) -> torch.Tensor:
         """x [M, K] float32 @ w.T -> [M, N] float32."""
-        panels = {"codes": weight.codes, "scales": weight.scales}
-        return _multiply(self._int8, x, weight.codes.shape[1], weight.cols, panels)
+        width = weight.codes.shape[1]
+        x, out = _operands(x, width, weight.codes)
+        status = self._int8(
+            x=x,
+            rows=x.shape[0],
+            k=width,
+            codes=weight.codes,
+            scales=weight.scales,
+            cols=out.shape[1],
+            num_threads=torch.get_num_threads(),
+            out=out,
+        )
+        return _result(status, out, weight.cols)
 
 
-def _multiply(
-    run: BoundFunction, x: torch.Tensor, width: int, cols: int, panels: dict[str, torch.Tensor]
-) -> torch.Tensor:
-    """Call one of the kernel's entry points on a weight's panels ([N' / 8, ...] each); returns
-    the first `cols` columns."""
+def _operands(x: torch.Tensor, width: int, codes: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """x made contiguous, and the output [M, N'] for a weight whose codes are [N' / 8, ...]."""
     if x.shape[1] != width:
         raise ValueError(f"input width {x.shape[1]} does not fit a weight of width {width}")
-    x = x.contiguous()
-    rows, padded_cols = x.shape[0], panels["codes"].shape[0] * _BLOCK_COLS
-    out = torch.empty(rows, padded_cols, dtype=torch.float32)
-    status = run(
-        x=x,
-        rows=rows,
-        k=width,
-        **panels,
-        cols=padded_cols,
-        num_threads=torch.get_num_threads(),
-        out=out,
-    )
+    out = torch.empty(x.shape[0], codes.shape[0] * _BLOCK_COLS, dtype=torch.float32)
+    return x.contiguous(), out
+
+
+def _result(status: int, out: torch.Tensor, cols: int) -> torch.Tensor:
+    """The first `cols` columns of a call's output, or its failure as an exception."""
     if status == -1:
         raise ValueError("block matmul kernel: the input width is no multiple of 32")
     if status != 0:
         raise MemoryError("block matmul kernel: no memory for its decoding panel")
-    return out if padded_cols == cols else out[:, :cols]
+    return out if out.shape[1] == cols else out[:, :cols]
 
 
 def load_block_matmul(library: ctypes.CDLL | None) -> BlockMatmulKernel | None:

@@ -12,11 +12,12 @@ itself, so callers never branch.
 from __future__ import annotations
 
 import ctypes
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 
-from radixgen.runtime.kernels.binding import BoundFunction, Scalar, Signature, Tensor, bind
+from radixgen.runtime.kernels.binding import Scalar, Signature, Tensor, bind
 
 _SUFFIXES = {torch.bfloat16: "bf16", torch.float32: "f32"}
 
@@ -75,7 +76,7 @@ SIGNATURES = tuple(s for dtype, suffix in _SUFFIXES.items() for s in _signatures
 def _suffix(*tensors: torch.Tensor) -> str | None:
     """The kernel variant serving these tensors ("bf16", "f32"), or None (torch chain)."""
     dtype = tensors[0].dtype
-    if any(t.dtype != dtype or t.device.type != "cpu" for t in tensors):
+    if any(t.dtype != dtype or not t.is_cpu for t in tensors):
         return None
     return _SUFFIXES.get(dtype)
 
@@ -85,7 +86,7 @@ class FusedOps:
 
     def __init__(self, library: ctypes.CDLL | None):
         self._library = library
-        self._entry: dict[str, BoundFunction] = {}
+        self._entry: dict[str, Callable[..., None]] = {}
         if library is not None:
             self._entry = {s.name: bind(library, s) for s in SIGNATURES}
 
