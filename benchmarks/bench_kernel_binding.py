@@ -6,12 +6,15 @@ tensor, where the cost of crossing from Python into the kernel dominates:
 
     ctypes, raw           data_ptr()s passed to a ctypes function: the floor of ctypes
     ctypes, binding       the same through radixgen.runtime.kernels.binding (declared
-                          signature, keyword arguments, every tensor checked): what radixgen runs
+                          signature, keyword arguments, every tensor checked)
+    radixgen FusedOps     radixgen's own silu_mul (elementwise.c) through its wrapper: what the
+                          model calls, output allocation and dtype dispatch included
     cpp_extension         load_inline: a pybind11 function taking and returning torch::Tensor
     torch eager           F.silu(gate) * up, for scale
 
 Prints a Markdown table (median per call, and first-build / warm-load times) with the CPU,
-torch version and date, then the ratios. Builds in temporary directories; nothing is cached.
+torch version and date, then the ratios, and the cold build time of each of radixgen's kernels.
+Builds in temporary directories; nothing is cached.
 
     python -m benchmarks.bench_kernel_binding [--calls 20000]
 """
@@ -33,8 +36,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from radixgen.runtime.kernels import build
 from radixgen.runtime.kernels.binding import Scalar, Signature, Tensor, bind
 from radixgen.runtime.kernels.cpu import cpu_features
+from radixgen.runtime.kernels.elementwise import FusedOps
 
 C_SOURCE = r"""
 #include <math.h>
@@ -141,6 +146,7 @@ def main() -> None:
         raw.restype = None
         raw.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p]
         bound = bind(library, SIGNATURE)
+        ops = FusedOps(build.load_library("elementwise"))
 
         def ctypes_raw():
             out = torch.empty(rows, inter)
@@ -160,11 +166,12 @@ def main() -> None:
             return module.silu_mul(gate_up)
 
         expected = torch_eager()
-        for variant in (ctypes_raw, ctypes_binding, cpp_extension):
+        for variant in (ctypes_raw, ctypes_binding, cpp_extension, lambda: ops.silu_mul(gate_up)):
             torch.testing.assert_close(variant(), expected)
         per_call = {
             "ctypes, raw": median_call_us(ctypes_raw, args.calls),
             "ctypes, radixgen binding (checked)": median_call_us(ctypes_binding, args.calls),
+            "radixgen FusedOps.silu_mul": median_call_us(lambda: ops.silu_mul(gate_up), args.calls),
             "cpp_extension (pybind11)": median_call_us(cpp_extension, args.calls),
             "torch eager chain": median_call_us(torch_eager, args.calls),
         }
@@ -176,12 +183,14 @@ def main() -> None:
     print(f"C compiler: {compiler}\n")
     print("| binding | first build (cold) | warm load | per call |")
     print("|---|---:|---:|---:|")
-    builds = {"ctypes, raw": (c_build, c_warm), "cpp_extension (pybind11)": (cpp_build, cpp_warm)}
+    builds = {
+        "ctypes, raw": (c_build, c_warm),
+        "ctypes, radixgen binding (checked)": (c_build, c_warm),
+        "cpp_extension (pybind11)": (cpp_build, cpp_warm),
+    }
     for name, micros in per_call.items():
-        build, warm = builds.get(name, (None, None))
-        if name.startswith("ctypes, radixgen"):
-            build, warm = c_build, c_warm
-        cold = "—" if build is None else f"{build:.2f} s"
+        seconds, warm = builds.get(name, (None, None))
+        cold = "—" if seconds is None else f"{seconds:.2f} s"
         loaded = "—" if warm is None else f"{warm * 1000:.1f} ms"
         print(f"| {name} | {cold} | {loaded} | {micros:.2f} µs |")
     print()
@@ -190,6 +199,24 @@ def main() -> None:
     ext = per_call["cpp_extension (pybind11)"]
     print(f"per call, radixgen binding / cpp_extension: {checked / ext:.2f}x")
     print(f"per call, raw ctypes / cpp_extension: {per_call['ctypes, raw'] / ext:.2f}x")
+    wrapper = per_call["radixgen FusedOps.silu_mul"]
+    print(f"per call, FusedOps / cpp_extension: {wrapper / ext:.2f}x")
+    print("\ncold build of radixgen's kernels (build.py, this host's flags):")
+    for name, seconds in kernel_build_times().items():
+        print(f"  {name}.c: {seconds:.2f} s")
+
+
+def kernel_build_times() -> dict[str, float]:
+    """Seconds to compile each kernel source from a cold cache, as the engine's first start."""
+    compiler = shutil.which(os.environ.get("CC", "cc"))
+    times = {}
+    with tempfile.TemporaryDirectory() as cache:
+        os.environ["RADIXGEN_KERNEL_CACHE"] = cache
+        for source in sorted(build.SOURCE_DIR.glob("*.c")):
+            start = time.perf_counter()
+            build.build(source.stem, compiler, [*build.BASE_FLAGS, *build.TARGET_FLAGS[0]])
+            times[source.stem] = time.perf_counter() - start
+    return times
 
 
 if __name__ == "__main__":

@@ -29,10 +29,10 @@ from pathlib import Path
 logger = logging.getLogger(__name__)
 
 SOURCE_DIR = Path(__file__).parent
-_BASE_FLAGS = ["-O3", "-ffast-math", "-fopenmp", "-fPIC", "-shared"]
+BASE_FLAGS = ["-O3", "-ffast-math", "-fopenmp", "-fPIC", "-shared"]
 # Tried in order: the host's full instruction set with whole AVX-512 vectors (x86), the host's
 # instruction set, the compiler's default target.
-_TARGET_FLAGS = (["-march=native", "-mprefer-vector-width=512"], ["-march=native"], [])
+TARGET_FLAGS = (["-march=native", "-mprefer-vector-width=512"], ["-march=native"], [])
 
 
 def cache_dir() -> Path:
@@ -81,9 +81,9 @@ def _load(name: str, compiler: str) -> ctypes.PyDLL | None:
     """One handle per library and compiler for the process: dlopen would share the code anyway,
     and `binding.bind` sets the argtypes of its functions once."""
     errors = []
-    for target_flags in _TARGET_FLAGS:
+    for target_flags in TARGET_FLAGS:
         try:
-            return ctypes.PyDLL(str(build(name, compiler, [*_BASE_FLAGS, *target_flags])))
+            return ctypes.PyDLL(str(build(name, compiler, [*BASE_FLAGS, *target_flags])))
         except (OSError, subprocess.SubprocessError) as exc:
             stderr = getattr(exc, "stderr", b"") or b""
             errors.append(f"{exc} {stderr.decode(errors='replace')[-500:]}")
