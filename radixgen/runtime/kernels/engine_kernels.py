@@ -10,6 +10,7 @@ torch chains); each user keeps a PyTorch path for that case, with the same resul
 
 from __future__ import annotations
 
+import ctypes
 import logging
 from dataclasses import dataclass
 
@@ -53,7 +54,7 @@ class EngineKernels:
         if device.type == "cpu" and cpu is None:
             cpu = cpu_features()
 
-        def library(name: str, needs: bool = True):
+        def library(name: str, needs: bool = True) -> ctypes.CDLL | None:
             return load_library(name) if native and needs else None
 
         decode = None

@@ -39,7 +39,7 @@ class ModelRunner:
         self.kernels = EngineKernels.choose(engine_config, model_config.head_dim)
         start = time.perf_counter()
         with torch.device("meta"):
-            model = LlamaForCausalLM(model_config, context_len, self.kernels)
+            model = LlamaForCausalLM(model_config, max_positions=context_len, kernels=self.kernels)
         model = model.to_empty(device=self.device)
         model.rotary.set_inv_freq(rope_inv_freq(model_config))  # buffers were on "meta"
         model.load_weights(source.iter_weights(model_config))
@@ -51,7 +51,7 @@ class ModelRunner:
             weights = source.iter_int4_weights(model_config)
             switched = self.model.use_int4(weights, int4_tokens, int4)
             logger.info("%d projections use 4-bit weights for small batches", switched)
-            if self.dtype == torch.float32 and self.model.use_int8_head(  # float32: block_matmul
+            if self.dtype == torch.float32 and self.model.use_int8_head(  # float32 rows only
                 source.iter_int8_weights(model_config),
                 engine_config.tuning.int8_head_max_tokens,
                 self.kernels.block_matmul,
