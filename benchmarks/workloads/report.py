@@ -9,9 +9,7 @@ from typing import Any
 from benchmarks.workloads.base import Workload
 from benchmarks.workloads.metrics import RunResult, paired_ratio, round_ratios
 from benchmarks.workloads.systems import SPECS
-from radixgen.runtime.config import DTYPES, EngineConfig
-from radixgen.runtime.model.block_matmul import INT8_HEAD_MAX_TOKENS
-from radixgen.runtime.model.int4 import int4_max_tokens
+from radixgen.runtime.config import EngineConfig
 
 FIVE_X_WORKLOADS = ("mmlu", "tot", "judge")  # the ">= 5x cache off" target
 DASH = "—"
@@ -19,13 +17,14 @@ DASH = "—"
 
 def _int4_tokens(dtype: str) -> int:
     """The widest decode step on the 4-bit weights, for the run's compute dtype."""
-    return int4_max_tokens(EngineConfig().int4_max_tokens, DTYPES[dtype])
+    return EngineConfig(dtype=dtype).int4_tokens()
 
 
 def _head_note(dtype: str) -> str:
     """How the run's output head multiplied: float32 engines use its Q8_0 blocks for narrow
     passes (since dcf26f7)."""
-    return "" if dtype != "float32" else f" and of <= {INT8_HEAD_MAX_TOKENS} on the Q8_0 head"
+    head = EngineConfig().tuning.int8_head_max_tokens
+    return "" if dtype != "float32" else f" and of <= {head} on the Q8_0 head"
 
 
 def _fmt(x: float | None, spec: str, suffix: str = "") -> str:

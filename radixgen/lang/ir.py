@@ -346,4 +346,3 @@ class SglSeparateReasoning(SglExpr):
 
     def __repr__(self) -> str:
         return f"SeparateReasoning({self.model_type!r}, {self.expr!r})"
-

@@ -115,6 +115,12 @@ class EngineConfig:
         "flash attention; 'reference' runs plain PyTorch (slow; for checking).",
         choices=ATTENTION_BACKENDS,
     )
+    disable_native_kernels: bool = _opt(
+        False,
+        "Run every operation on PyTorch's kernels: build and use none of radixgen's C kernels "
+        "(in-place attention, fused element-wise steps, quantized matmuls). Same outputs in "
+        "float32 (to rounding), slower. Their build cache: $RADIXGEN_KERNEL_CACHE.",
+    )
     num_threads: int | None = _opt(None, "Torch intra-op threads (default: all cores).")
     random_seed: int = _opt(0, "Seed for requests that do not set their own sampling seed.")
     max_queued_requests: int | None = _opt(None, "Reject new requests beyond this many waiting.")
@@ -162,6 +168,13 @@ class EngineConfig:
     def tuning(self) -> Tuning:
         """The performance thresholds, defaults with `tune` applied."""
         return Tuning.parse(self.tune)
+
+    def int4_tokens(self) -> int:
+        """The widest pass on the 4-bit weights: `int4_max_tokens`, or the tuned default for
+        the compute dtype (0: always dense)."""
+        if self.int4_max_tokens is not None:
+            return self.int4_max_tokens
+        return self.tuning.int4_max_tokens(self.torch_dtype)
 
     @property
     def torch_dtype(self) -> torch.dtype:

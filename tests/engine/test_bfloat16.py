@@ -4,10 +4,8 @@ float32. It runs on every host; on one without native bfloat16 matmuls it is slo
 from __future__ import annotations
 
 import pytest
-import torch
 
 from radixgen import Engine
-from radixgen.runtime.model.segment_kernel import load_segment_attention
 from tests.helpers import assert_idle_invariant
 
 
@@ -38,7 +36,7 @@ def test_bfloat16_burst_over_an_uncached_prefix_runs_in_one_batch_and_agrees(bf1
     an uncached few-shot prefix prefill together and answer as they do alone. (Without the
     kernel, PyTorch's attention merges the shared segment in bfloat16 steps that a lone request
     does not take, so answers agree only to rounding; the float32 engine tests the batching.)"""
-    if load_segment_attention(torch.device("cpu"), torch.bfloat16, 64) is None:
+    if bf16_engine.scheduler.runner.kernels.segment_attention is None:
         pytest.skip("the AMX segment kernel does not run here")
     shots = "".join(f"Q: {a} + {b} = ?\nA: {a + b}\n\n" for a, b in [(2, 3), (10, 7), (41, 1)])
     prompts = [shots + f"Q: {a} + {b} = ?\nA:" for a, b in [(4, 4), (15, 2), (30, 12)]]

@@ -20,6 +20,8 @@ import torch.nn.functional as F
 
 from radixgen.runtime.cache.kv_pool import KVPool
 from radixgen.runtime.cache.req_table import ReqToTokenTable
+from radixgen.runtime.config import EngineConfig
+from radixgen.runtime.kernels.engine_kernels import EngineKernels
 from radixgen.runtime.model.attention import (
     AmxExecutor,
     AttentionPlanner,
@@ -30,7 +32,6 @@ from radixgen.runtime.model.attention import (
 from radixgen.runtime.model.attention.plan import Method
 from radixgen.runtime.model.attention.prefix_tree import find_shared_segments
 from radixgen.runtime.model.batch import ForwardBatch, ForwardMode
-from radixgen.runtime.model.segment_kernel import load_segment_attention
 from radixgen.runtime.tuning import Tuning
 
 H, HKV, D = 6, 2, 16
@@ -213,7 +214,7 @@ def test_native_executor_matches_the_reference(seed, decode, dtype, tuning, kern
 
 @pytest.fixture(scope="module")
 def amx_kernel():
-    found = load_segment_attention(torch.device("cpu"), torch.bfloat16, 64)
+    found = EngineKernels.choose(EngineConfig(dtype="bfloat16"), head_dim=64).segment_attention
     if found is None:
         pytest.skip("the AMX segment kernel does not run here")
     return found

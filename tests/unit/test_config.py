@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from radixgen.runtime.config import EngineConfig, cpu_has_fast_bfloat16
-from radixgen.runtime.model.int4 import int4_max_tokens
 
 
 def test_auto_dtype_is_bfloat16_only_where_the_cpu_multiplies_it_natively():
@@ -25,10 +24,13 @@ def test_unknown_dtype_is_refused_naming_the_choices():
 
 def test_int4_width_defaults_per_kernel_and_explicit_values_win():
     assert EngineConfig().int4_max_tokens is None
-    assert int4_max_tokens(None, torch.bfloat16) == 8  # PyTorch's kernel
-    assert int4_max_tokens(None, torch.float32) == 128  # the native float32 kernel
-    assert int4_max_tokens(None, torch.float16) == 0  # no 4-bit kernel: dense
-    assert int4_max_tokens(3, torch.float32) == 3 and int4_max_tokens(0, torch.bfloat16) == 0
+    assert EngineConfig(dtype="bfloat16").int4_tokens() == 8  # PyTorch's kernel
+    assert EngineConfig(dtype="float32").int4_tokens() == 128  # the native float32 kernel
+    assert EngineConfig(dtype="float16").int4_tokens() == 0  # no 4-bit kernel: dense
+    assert EngineConfig(dtype="float32", int4_max_tokens=3).int4_tokens() == 3
+    assert EngineConfig(dtype="bfloat16", int4_max_tokens=0).int4_tokens() == 0
+    tuned = EngineConfig(dtype="float32", tune=("int4_max_tokens_float32=64",))
+    assert tuned.int4_tokens() == 64
     with pytest.raises(ValueError, match="int4_max_tokens must be >= 0"):
         EngineConfig(int4_max_tokens=-1)
 

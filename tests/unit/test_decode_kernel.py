@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from radixgen.runtime.model import native
-from radixgen.runtime.model.decode_kernel import load_decode_attention
+from radixgen.runtime.config import EngineConfig
+from radixgen.runtime.kernels.engine_kernels import EngineKernels
 
 
 def reference(q, k_buf, v_buf, slots, lens, kv_heads):
@@ -61,10 +61,12 @@ def test_a_request_without_keys_gets_no_weight(kernel, dtype):
 def test_rejects_what_it_cannot_read(kernel):
     k_buf = torch.randn(10, 1, 64)
     one_slot = torch.zeros(1, 1, dtype=torch.int64), torch.ones(1, dtype=torch.int64)
-    with pytest.raises(ValueError, match="one dtype"):  # float16, and mixed dtypes
+    with pytest.raises(ValueError, match="decode_attention: q must be bfloat16 or float32"):
         kernel(torch.randn(1, 64).half(), k_buf.half(), k_buf.half(), *one_slot)
-    with pytest.raises(ValueError, match="one dtype"):
+    with pytest.raises(ValueError, match="k must have the dtype of q"):  # mixed dtypes
         kernel(torch.randn(1, 64).bfloat16(), k_buf, k_buf, *one_slot)
+    with pytest.raises(ValueError, match="v must be contiguous"):  # a pool is never copied
+        kernel(torch.randn(1, 64), k_buf, torch.randn(20, 1, 64)[::2], *one_slot)
 
 
 def test_many_query_rows_per_kv_head_share_one_read(kernel):
@@ -235,13 +237,9 @@ def test_tokens_need_a_length_and_a_row_each(kernel):
 
 
 def test_disabled_or_without_a_compiler_the_torch_path_stays(monkeypatch):
-    native.load_kernel.cache_clear()
-    try:
-        monkeypatch.setenv("RADIXGEN_NATIVE_KERNELS", "0")
-        assert load_decode_attention(torch.device("cpu"), torch.bfloat16) is None
-        monkeypatch.delenv("RADIXGEN_NATIVE_KERNELS")
-        monkeypatch.setenv("CC", "no-such-compiler-radixgen")
-        assert load_decode_attention(torch.device("cpu"), torch.bfloat16) is None
-        assert load_decode_attention(torch.device("cpu"), torch.float32) is None
-    finally:
-        native.load_kernel.cache_clear()
+    disabled = EngineConfig(dtype="float32", disable_native_kernels=True)
+    assert EngineKernels.choose(disabled, head_dim=64).decode_attention is None
+    monkeypatch.setenv("CC", "no-such-compiler-radixgen")
+    for dtype in ("bfloat16", "float32"):
+        chosen = EngineKernels.choose(EngineConfig(dtype=dtype), head_dim=64)
+        assert chosen.decode_attention is None

@@ -5,14 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from radixgen.runtime.model.fused import FusedOps, fused_ops
+from radixgen.runtime.kernels.elementwise import FusedOps
 
 TORCH = FusedOps(None)  # every method runs its torch chain
 
 
 @pytest.fixture(scope="module")
-def native() -> FusedOps:
-    ops = fused_ops()
+def native(native_kernels) -> FusedOps:
+    ops = native_kernels.elementwise
     if not ops.is_native:
         pytest.skip("no C compiler for the native kernels")
     return ops

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from radixgen.runtime.model.block_matmul import Int4Panels, load_block_matmul
-from radixgen.runtime.model.int4 import GROUP_SIZE, Int4Groups
+from radixgen.runtime.kernels.block_matmul import GROUP_SIZE, BlockMatmulKernel, Int4Panels
+from radixgen.runtime.kernels.int4 import Int4Groups, Int4Matmul
 from radixgen.runtime.model.layers import Linear, MergedLinear
 from radixgen.runtime.model.loader import default_model_path
 from radixgen.runtime.model.loader.gguf_loader import (
@@ -16,6 +16,8 @@ from radixgen.runtime.model.loader.gguf_loader import (
     iter_gguf_weights,
     read_gguf_config,
 )
+
+BFLOAT16 = Int4Matmul(torch.bfloat16)  # PyTorch's kernel: no native code involved
 
 
 def random_groups(rng: torch.Generator, n: int, k: int) -> Int4Groups:
@@ -62,7 +64,7 @@ def test_int4_linear_matches_dequantized_dense(rows, bias):
     layer.weight.data.copy_(groups.dequantize())
     x = torch.randn(rows, 64, generator=rng).to(torch.bfloat16)
     dense = layer(x).float()
-    layer.use_int4([groups], max_tokens=16, dtype=torch.bfloat16)
+    layer.use_int4([groups], max_tokens=16, matmul=BFLOAT16)
     out = layer(x)
     assert out.dtype == torch.bfloat16
     # scales and zeros are rounded to bfloat16; the dense weights are rounded per element
@@ -76,7 +78,7 @@ def test_wide_inputs_keep_the_bfloat16_weights():
     layer.weight.data.copy_(groups.dequantize())
     x = torch.randn(9, 64, generator=rng).to(torch.bfloat16)
     dense = layer(x)
-    layer.use_int4([groups], max_tokens=8, dtype=torch.bfloat16)
+    layer.use_int4([groups], max_tokens=8, matmul=BFLOAT16)
     assert torch.equal(layer(x), dense)  # 9 rows > 8: the int4 kernel is not used
     assert not torch.equal(layer(x[:8]), dense[:8])  # 8 rows: it is (rounded differently)
 
@@ -85,40 +87,43 @@ def test_merged_int4_shards_stack_in_output_order():
     rng = torch.Generator().manual_seed(1)
     parts = [random_groups(rng, n, 64) for n in (32, 16, 16)]
     layer = MergedLinear(64, [32, 16, 16], bias=False).to(torch.bfloat16)
-    layer.use_int4(parts, max_tokens=4, dtype=torch.bfloat16)
+    layer.use_int4(parts, max_tokens=4, matmul=BFLOAT16)
     x = torch.randn(2, 64, generator=rng).to(torch.bfloat16)
     expected = torch.cat([x.float() @ p.dequantize().T for p in parts], dim=-1)
     torch.testing.assert_close(layer(x).float(), expected, rtol=0.02, atol=0.02)
     with pytest.raises(ValueError, match="does not fit"):
-        layer.use_int4(parts[:2], max_tokens=4, dtype=torch.bfloat16)
+        layer.use_int4(parts[:2], max_tokens=4, matmul=BFLOAT16)
 
 
-def needs_float32_kernel() -> None:
-    if load_block_matmul() is None:
+@pytest.fixture
+def block_matmul(native_kernels) -> BlockMatmulKernel:
+    if native_kernels.block_matmul is None:
         pytest.skip("no C compiler (or no AVX2) for the native block kernel")
+    return native_kernels.block_matmul
 
 
 # 1-4 rows decode in registers; more go through panels in tiles of 6 rows (and a partial one)
 @pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 6, 16, 37])
 @pytest.mark.parametrize("bias", [False, True])
-def test_float32_int4_kernel_matches_dequantized_dense_to_float32_rounding(rows, bias):
+def test_float32_int4_kernel_matches_dequantized_dense_to_float32_rounding(
+    rows, bias, block_matmul
+):
     """The native float32 kernel multiplies by exactly the dequantized weights: only the
     summation order (and one fused rounding per weight) differs from the dense GEMM."""
-    needs_float32_kernel()
     rng = torch.Generator().manual_seed(rows)
     groups = random_groups(rng, 50, 576)  # 50 columns pad to 64; 576 inputs span 2 slices
     layer = Linear(576, 50, bias=bias)
     layer.weight.data.copy_(groups.dequantize())
     x = torch.randn(rows, 576, generator=rng)
     dense = layer(x)
-    layer.use_int4([groups], max_tokens=64, dtype=torch.float32)
+    layer.use_int4([groups], max_tokens=64, matmul=Int4Matmul(torch.float32, block_matmul))
     out = layer(x)
     assert out.dtype == torch.float32 and out.shape == (rows, 50)
     # sums of 576 products: float32 rounding reaches ~1e-5; a misplaced weight would be ~0.1
     torch.testing.assert_close(out, dense, rtol=1e-5, atol=1e-4)
 
 
-def test_float32_int4_panels_interleave_eight_columns():
+def test_float32_int4_panels_interleave_eight_columns(native_kernels):
     """Word (b, p, i) holds the codes of column 8b + i at inputs 8p .. 8p + 7, one nibble
     each (input 8p + j in bits 4j .. 4j + 3); scales and zeros interleave the same columns."""
     codes = (torch.arange(16 * 64) % 16).to(torch.uint8).reshape(16, 64)
@@ -130,18 +135,18 @@ def test_float32_int4_panels_interleave_eight_columns():
     assert packed.scales[1, 1, 2].item() == scales[10, 1].item()
     x = torch.zeros(1, 64)
     x[0, 17] = 1.0  # picks input 17 of every column: (code 1 - 8) * scale + 0
-    needs_float32_kernel()
+    if native_kernels.block_matmul is None:
+        pytest.skip("no C compiler (or no AVX2) for the native block kernel")
     expected = (codes[:, 17].float() - 8) * scales[:, 0]
-    assert torch.equal(load_block_matmul().int4(x, packed)[0], expected)
+    assert torch.equal(native_kernels.block_matmul.int4(x, packed)[0], expected)
 
 
-def test_float32_int4_kernel_refuses_what_it_cannot_serve():
-    needs_float32_kernel()
+def test_float32_int4_kernel_refuses_what_it_cannot_serve(block_matmul):
     rng = torch.Generator().manual_seed(0)
     g = random_groups(rng, 8, 64)
     packed = Int4Panels.pack(g.codes, g.scales, g.zeros)
-    assert load_block_matmul().int4(torch.zeros(0, 64), packed).shape == (0, 8)
+    assert block_matmul.int4(torch.zeros(0, 64), packed).shape == (0, 8)
     with pytest.raises(ValueError, match="does not fit"):
-        load_block_matmul().int4(torch.zeros(1, 32), packed)
+        block_matmul.int4(torch.zeros(1, 32), packed)
     with pytest.raises(ValueError, match="float32"):
-        load_block_matmul().int4(torch.zeros(1, 64, dtype=torch.bfloat16), packed)
+        block_matmul.int4(torch.zeros(1, 64, dtype=torch.bfloat16), packed)

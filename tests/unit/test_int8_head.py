@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from radixgen.runtime.model.block_matmul import GROUP_SIZE, Int8Blocks, load_block_matmul
+from radixgen.runtime.kernels.block_matmul import GROUP_SIZE, BlockMatmulKernel, Int8Blocks
 from radixgen.runtime.model.loader import default_model_path
 from radixgen.runtime.model.loader.gguf_loader import (
     _q8_0_blocks,
@@ -17,9 +17,11 @@ from radixgen.runtime.model.loader.gguf_loader import (
 )
 
 
-def needs_kernel() -> None:
-    if load_block_matmul() is None:
+@pytest.fixture
+def block_matmul(native_kernels) -> BlockMatmulKernel:
+    if native_kernels.block_matmul is None:
         pytest.skip("no C compiler (or no AVX2) for the native block kernel")
+    return native_kernels.block_matmul
 
 
 def random_blocks(rng: torch.Generator, n: int, k: int) -> Int8Blocks:
@@ -58,30 +60,27 @@ def test_default_model_head_blocks_equal_the_dequantized_embedding():
 
 # 1-4 rows decode in registers; more go through panels in tiles of 6 rows (and a partial one)
 @pytest.mark.parametrize("rows", [1, 2, 4, 5, 16, 37])
-def test_int8_kernel_matches_the_dense_product_to_float32_rounding(rows):
-    needs_kernel()
+def test_int8_kernel_matches_the_dense_product_to_float32_rounding(rows, block_matmul):
     rng = torch.Generator().manual_seed(rows)
     blocks = random_blocks(rng, 50, 576)  # 50 columns pad to 64; 576 inputs span 2 slices
     x = torch.randn(rows, 576, generator=rng)
-    out = load_block_matmul().int8(x, blocks.panels())
+    out = block_matmul.int8(x, blocks.panels())
     assert out.shape == (rows, 50)
     # sums of 576 products of size ~1: float32 rounding reaches ~1e-5; a misplaced weight ~1
     torch.testing.assert_close(out, x @ blocks.dequantize().T, rtol=1e-5, atol=1e-4)
 
 
-def test_int8_kernel_refuses_what_it_cannot_serve():
-    needs_kernel()
+def test_int8_kernel_refuses_what_it_cannot_serve(block_matmul):
     blocks = random_blocks(torch.Generator().manual_seed(0), 8, 64).panels()
     with pytest.raises(ValueError, match="does not fit"):
-        load_block_matmul().int8(torch.zeros(1, 32), blocks)
+        block_matmul.int8(torch.zeros(1, 32), blocks)
     with pytest.raises(ValueError, match="float32"):
-        load_block_matmul().int8(torch.zeros(1, 64, dtype=torch.bfloat16), blocks)
+        block_matmul.int8(torch.zeros(1, 64, dtype=torch.bfloat16), blocks)
 
 
-def test_float32_engine_head_uses_its_8_bit_blocks_for_narrow_passes(engine):
+def test_float32_engine_head_uses_its_8_bit_blocks_for_narrow_passes(engine, block_matmul):
     """The session engine (float32) multiplies decode steps' rows by the Q8_0 head; its logits
     agree with the dense tied head to float32 rounding."""
-    needs_kernel()
     model = engine.scheduler.runner.model
     assert model.int8_head is not None and model.int8_head_max_tokens >= 5
     x = F.rms_norm(
@@ -92,8 +91,7 @@ def test_float32_engine_head_uses_its_8_bit_blocks_for_narrow_passes(engine):
     torch.testing.assert_close(model.logits(x), expected, rtol=1e-4, atol=1e-4)
 
 
-def test_no_rows_give_an_empty_product():
+def test_no_rows_give_an_empty_product(block_matmul):
     """A prefill chunk that ends no request asks the head for zero rows of logits."""
-    needs_kernel()
     blocks = random_blocks(torch.Generator().manual_seed(0), 8, 64).panels()
-    assert load_block_matmul().int8(torch.zeros(0, 64), blocks).shape == (0, 8)
+    assert block_matmul.int8(torch.zeros(0, 64), blocks).shape == (0, 8)

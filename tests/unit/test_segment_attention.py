@@ -9,18 +9,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-from radixgen.runtime.model.segment_kernel import (
-    SegmentAttentionKernel,
-    SegmentProblems,
-    load_segment_attention,
-)
+from radixgen.runtime.config import EngineConfig
+from radixgen.runtime.kernels.engine_kernels import EngineKernels
+from radixgen.runtime.kernels.segment_attention import SegmentAttentionKernel, SegmentProblems
 
 HKV, G, D = 3, 3, 64  # SmolLM2's attention: 9 query heads over 3 KV heads
 
 
 @pytest.fixture(scope="module")
 def segment_kernel() -> SegmentAttentionKernel:
-    found = load_segment_attention(torch.device("cpu"), torch.bfloat16, D)
+    found = EngineKernels.choose(EngineConfig(dtype="bfloat16"), head_dim=D).segment_attention
     if found is None:
         pytest.skip("the AMX segment kernel does not run here")
     return found

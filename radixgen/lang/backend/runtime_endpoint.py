@@ -112,4 +112,3 @@ def _raise_for_status(response: httpx.Response) -> None:
     except ValueError:
         content = response.text
     raise RuntimeError(content)
-

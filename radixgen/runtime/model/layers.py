@@ -8,28 +8,29 @@ import torch
 from torch import nn
 
 from radixgen.runtime.config import ModelConfig, cpu_has_fast_bfloat16
-from radixgen.runtime.model.block_matmul import Int4Panels
-from radixgen.runtime.model.fused import fused_ops
-from radixgen.runtime.model.int4 import Int4Groups, PackedInt4, int4_linear, pack_int4
+from radixgen.runtime.kernels.block_matmul import Int4Panels
+from radixgen.runtime.kernels.elementwise import FusedOps
+from radixgen.runtime.kernels.int4 import Int4Groups, Int4Matmul, PackedInt4
 
 
 class RMSNorm(nn.Module):
     """transformers' LlamaRMSNorm (normalise in float32, scale in the input's dtype), fused with
-    the residual add before it where the model asks (`add_and_norm`)."""
+    the residual add before it where the model asks (`add_and_norm`), on `ops`."""
 
-    def __init__(self, size: int, eps: float):
+    def __init__(self, size: int, eps: float, ops: FusedOps):
         super().__init__()
         self.weight = nn.Parameter(torch.ones(size))
         self.eps = eps
+        self.ops = ops
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [T, hidden]
-        return fused_ops().add_rms_norm(x, None, self.weight, self.eps)[0]
+        return self.ops.add_rms_norm(x, None, self.weight, self.eps)[0]
 
     def add_and_norm(
         self, x: torch.Tensor, delta: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:  # normed, x + delta; each [T, hidden]
         """Norm of the residual stream after adding `delta`, and the new stream itself."""
-        return fused_ops().add_rms_norm(x, delta, self.weight, self.eps)
+        return self.ops.add_rms_norm(x, delta, self.weight, self.eps)
 
 
 def rope_inv_freq(config: ModelConfig) -> torch.Tensor:
@@ -115,34 +116,35 @@ class Linear(nn.Linear):
     (results agree to float32 rounding) and beats MKL's GEMM on AVX2 CPUs, 2x at 8 rows.
     Prepacking replaces the dense weight, so weights are not held twice.
 
-    `use_int4(parts, max_tokens, dtype)`: inputs of at most `max_tokens` rows multiply by the
+    `use_int4(parts, max_tokens, matmul)`: inputs of at most `max_tokens` rows multiply by the
     checkpoint's 4-bit groups instead (`parts`: one `Int4Groups` per shard, in output order),
-    reading a quarter of the bytes of bfloat16 (an eighth of float32); wider inputs keep the
-    dense weight.
+    through `matmul` (the engine's `Int4Matmul`), reading a quarter of the bytes of bfloat16 (an
+    eighth of float32); wider inputs keep the dense weight.
     """
 
     packed: torch.Tensor | None = None
     int4: PackedInt4 | Int4Panels | None = None
     int4_max_tokens: int = 0
+    int4_matmul: Int4Matmul | None = None
 
     def prepack(self) -> None:
         if self.packed is None and can_prepack(self.weight):
             self.packed = prepack_weight(self.weight)
             self.weight = nn.Parameter(torch.empty(0, dtype=self.weight.dtype), requires_grad=False)
 
-    def use_int4(self, parts: list[Int4Groups], max_tokens: int, dtype: torch.dtype) -> None:
+    def use_int4(self, parts: list[Int4Groups], max_tokens: int, matmul: Int4Matmul) -> None:
         groups = Int4Groups.cat(parts)
         if tuple(groups.codes.shape) != (self.out_features, self.in_features):
             raise ValueError(
                 f"4-bit weight {tuple(groups.codes.shape)} does not fit a "
                 f"{self.out_features}x{self.in_features} projection"
             )
-        self.int4 = pack_int4(groups, dtype)
-        self.int4_max_tokens = max_tokens
+        self.int4 = matmul.pack(groups)
+        self.int4_max_tokens, self.int4_matmul = max_tokens, matmul
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.int4 is not None and x.shape[0] <= self.int4_max_tokens:
-            out = int4_linear(x, self.int4)
+            out = self.int4_matmul(x, self.int4)
             return out if self.bias is None else out + self.bias
         if self.packed is None:
             return super().forward(x)

@@ -14,10 +14,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from radixgen.runtime.config import ModelConfig
+from radixgen.runtime.kernels.block_matmul import BlockMatmulKernel, Int8Blocks, Int8Panels
+from radixgen.runtime.kernels.elementwise import FusedOps
+from radixgen.runtime.kernels.engine_kernels import EngineKernels
+from radixgen.runtime.kernels.int4 import Int4Groups, Int4Matmul
 from radixgen.runtime.model.attention import AttentionExecutor
-from radixgen.runtime.model.block_matmul import Int8Blocks, Int8Panels, load_block_matmul
-from radixgen.runtime.model.fused import fused_ops
-from radixgen.runtime.model.int4 import Int4Groups
 from radixgen.runtime.model.layers import (
     Linear,
     MergedLinear,
@@ -31,9 +32,10 @@ from radixgen.runtime.model.layers import (
 
 
 class LlamaAttention(nn.Module):
-    def __init__(self, config: ModelConfig, layer_id: int):
+    def __init__(self, config: ModelConfig, layer_id: int, ops: FusedOps):
         super().__init__()
         self.layer_id = layer_id
+        self.ops = ops
         self.num_heads, self.num_kv_heads = config.num_heads, config.num_kv_heads
         self.head_dim = config.head_dim
         q_size, kv_size = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
@@ -53,7 +55,7 @@ class LlamaAttention(nn.Module):
         H, Hkv, D = self.num_heads, self.num_kv_heads, self.head_dim
         qkv = self.qkv_proj(x)  # [T, (H + 2*Hkv) * D]
         # q and k are adjacent columns: rotate them in place as one [T, H + Hkv, D] tensor
-        fused_ops().rotary_(qkv[:, : (H + Hkv) * D].view(T, H + Hkv, D), *rope)
+        self.ops.rotary_(qkv[:, : (H + Hkv) * D].view(T, H + Hkv, D), *rope)
         q = qkv[:, : H * D]  # [T, H * D], column slices of qkv
         k = qkv[:, H * D : (H + Hkv) * D]  # [T, Hkv * D]
         v = qkv[:, (H + Hkv) * D :]  # [T, Hkv * D]
@@ -62,23 +64,24 @@ class LlamaAttention(nn.Module):
 
 
 class LlamaMLP(nn.Module):
-    def __init__(self, config: ModelConfig):
+    def __init__(self, config: ModelConfig, ops: FusedOps):
         super().__init__()
+        self.ops = ops
         size = config.intermediate_size
         self.gate_up_proj = MergedLinear(config.hidden_size, [size, size], bias=False)
         self.down_proj = Linear(size, config.hidden_size, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(fused_ops().silu_mul(self.gate_up_proj(x)))
+        return self.down_proj(self.ops.silu_mul(self.gate_up_proj(x)))
 
 
 class LlamaDecoderLayer(nn.Module):
-    def __init__(self, config: ModelConfig, layer_id: int):
+    def __init__(self, config: ModelConfig, layer_id: int, ops: FusedOps):
         super().__init__()
-        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.self_attn = LlamaAttention(config, layer_id)
-        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.mlp = LlamaMLP(config)
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, ops)
+        self.self_attn = LlamaAttention(config, layer_id, ops)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, ops)
+        self.mlp = LlamaMLP(config, ops)
 
     def forward(
         self,
@@ -109,12 +112,17 @@ _MERGED = {
 
 
 class LlamaForCausalLM(nn.Module):
-    def __init__(self, config: ModelConfig, max_positions: int):
+    def __init__(self, config: ModelConfig, max_positions: int, kernels: EngineKernels):
+        """`kernels`: the engine's choice; its element-wise ops serve every layer, its
+        quantized matmuls the projections that `use_int4` / `use_int8_head` switch."""
         super().__init__()
         self.config = config
+        ops = kernels.elementwise
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
-        self.layers = nn.ModuleList(LlamaDecoderLayer(config, i) for i in range(config.num_layers))
-        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.layers = nn.ModuleList(
+            LlamaDecoderLayer(config, i, ops) for i in range(config.num_layers)
+        )
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, ops)
         self.rotary = RotaryEmbedding(config, max_positions)
         self.lm_head = None
         if not config.tie_word_embeddings:
@@ -122,6 +130,7 @@ class LlamaForCausalLM(nn.Module):
         self.packed_tied_head: torch.Tensor | None = None
         self.int8_head: Int8Panels | None = None  # the head's Q8_0 codes (see use_int8_head)
         self.int8_head_max_tokens = 0
+        self.int8_matmul: BlockMatmulKernel | None = None
 
     @torch.inference_mode()
     def forward(
@@ -144,7 +153,7 @@ class LlamaForCausalLM(nn.Module):
         """The output head: its 8-bit blocks for narrow passes, else the dense (or prepacked)
         head, or the embedding matrix when they are tied."""
         if self.int8_head is not None and x.shape[0] <= self.int8_head_max_tokens:
-            return load_block_matmul().int8(x, self.int8_head)
+            return self.int8_matmul.int8(x, self.int8_head)
         if self.lm_head is not None:
             return self.lm_head(x).float()
         if self.packed_tied_head is not None:
@@ -186,10 +195,10 @@ class LlamaForCausalLM(nn.Module):
             self.rotary.set_inv_freq(rope_inv_freq(self.config) / rope_freqs.float())
 
     def use_int4(
-        self, weights: Iterable[tuple[str, Int4Groups]], max_tokens: int, dtype: torch.dtype
+        self, weights: Iterable[tuple[str, Int4Groups]], max_tokens: int, matmul: Int4Matmul
     ) -> int:
         """Give every projection whose whole weight is among `weights` (HF names, 4-bit groups)
-        the int4 kernel for inputs of at most `max_tokens` rows; returns how many switched."""
+        the 4-bit `matmul` for inputs of at most `max_tokens` rows; returns how many switched."""
         shards: dict[str, dict[int, Int4Groups]] = defaultdict(dict)
         for name, groups in weights:
             module_name, shard = _module_of(name.removeprefix("model."))
@@ -204,14 +213,19 @@ class LlamaForCausalLM(nn.Module):
                 continue  # the embedding
             count = len(module.shard_sizes) if isinstance(module, MergedLinear) else 1
             if len(parts) == count:
-                module.use_int4([parts[i] for i in range(count)], max_tokens, dtype)
+                module.use_int4([parts[i] for i in range(count)], max_tokens, matmul)
                 switched += 1
         return switched
 
-    def use_int8_head(self, weights: Iterable[tuple[str, Int8Blocks]], max_tokens: int) -> bool:
+    def use_int8_head(
+        self,
+        weights: Iterable[tuple[str, Int8Blocks]],
+        max_tokens: int,
+        matmul: BlockMatmulKernel,
+    ) -> bool:
         """Multiply passes of at most `max_tokens` rows by the output head's 8-bit blocks, if
         `weights` (HF names) hold them: the tied embedding or `lm_head`. float32 models only
-        (the native kernel's inputs); returns whether the head switched."""
+        (`matmul`'s inputs); returns whether the head switched."""
         name = "model.embed_tokens.weight" if self.lm_head is None else "lm_head.weight"
         blocks = next((blocks for n, blocks in weights if n == name), None)
         if blocks is None:
@@ -219,6 +233,7 @@ class LlamaForCausalLM(nn.Module):
         if tuple(blocks.codes.shape) != (self.config.vocab_size, self.config.hidden_size):
             raise ValueError(f"8-bit head {tuple(blocks.codes.shape)} does not fit the model")
         self.int8_head, self.int8_head_max_tokens = blocks.panels(), max_tokens
+        self.int8_matmul = matmul
         return True
 
 

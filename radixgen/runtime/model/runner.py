@@ -14,6 +14,7 @@ import torch
 from radixgen.runtime.cache.kv_pool import KVPool
 from radixgen.runtime.cache.req_table import ReqToTokenTable
 from radixgen.runtime.config import EngineConfig, ModelConfig
+from radixgen.runtime.kernels.engine_kernels import EngineKernels
 from radixgen.runtime.model.attention import (
     AmxExecutor,
     AttentionExecutor,
@@ -22,13 +23,9 @@ from radixgen.runtime.model.attention import (
     ReferenceExecutor,
 )
 from radixgen.runtime.model.batch import ForwardBatch
-from radixgen.runtime.model.block_matmul import INT8_HEAD_MAX_TOKENS
-from radixgen.runtime.model.decode_kernel import load_decode_attention
-from radixgen.runtime.model.int4 import can_use_int4, int4_max_tokens
 from radixgen.runtime.model.layers import rope_inv_freq
 from radixgen.runtime.model.llama import LlamaForCausalLM
 from radixgen.runtime.model.loader import ModelSource
-from radixgen.runtime.model.segment_kernel import load_segment_attention
 
 logger = logging.getLogger(__name__)
 
@@ -44,23 +41,25 @@ class ModelRunner:
         self.model_config = model_config
         self.device = torch.device(engine_config.device)
         self.dtype = engine_config.torch_dtype
+        self.kernels = EngineKernels.choose(engine_config, model_config.head_dim)
         start = time.perf_counter()
         with torch.device("meta"):
-            model = LlamaForCausalLM(model_config, max_positions=context_len)
+            model = LlamaForCausalLM(model_config, max_positions=context_len, kernels=self.kernels)
         model = model.to_empty(device=self.device)
         model.rotary.set_inv_freq(rope_inv_freq(model_config))  # buffers were on "meta"
         model.load_weights(source.iter_weights(model_config))
         self.model = model.to(self.dtype).eval()
         self.model.rotary.float()  # rope tables stay float32, cast per batch
         self.model.prepack()
-        int4_tokens = int4_max_tokens(engine_config.int4_max_tokens, self.dtype)
-        if int4_tokens and can_use_int4(self.device, self.dtype):
-            switched = self.model.use_int4(
-                source.iter_int4_weights(model_config), int4_tokens, self.dtype
-            )
+        int4_tokens, int4 = engine_config.int4_tokens(), self.kernels.int4
+        if int4_tokens and int4 is not None:
+            weights = source.iter_int4_weights(model_config)
+            switched = self.model.use_int4(weights, int4_tokens, int4)
             logger.info("%d projections use 4-bit weights for small batches", switched)
-            if self.dtype == torch.float32 and self.model.use_int8_head(
-                source.iter_int8_weights(model_config), INT8_HEAD_MAX_TOKENS
+            if self.dtype == torch.float32 and self.model.use_int8_head(  # float32 rows only
+                source.iter_int8_weights(model_config),
+                engine_config.tuning.int8_head_max_tokens,
+                self.kernels.block_matmul,
             ):
                 logger.info("the output head uses its 8-bit weights for small batches")
         logger.info("loaded %s in %.1fs", source.path, time.perf_counter() - start)
@@ -88,12 +87,10 @@ class ModelRunner:
         heads = (model_config.num_heads, model_config.num_kv_heads)
         if engine_config.attention_backend == "reference":
             return ReferenceExecutor(self.kv_pool, *heads)
-        if engine_config.attention_backend == "auto":
-            kernel = load_segment_attention(self.device, self.dtype, model_config.head_dim)
-            if kernel is not None:
-                return AmxExecutor(self.kv_pool, *heads, kernel)
-        in_place_kernel = load_decode_attention(self.device, self.dtype)
-        return NativeExecutor(self.kv_pool, *heads, in_place_kernel)
+        kernel = self.kernels.segment_attention  # None unless attention_backend "auto"
+        if kernel is not None:
+            return AmxExecutor(self.kv_pool, *heads, kernel)
+        return NativeExecutor(self.kv_pool, *heads, self.kernels.decode_attention)
 
     def forward(self, batch: ForwardBatch) -> torch.Tensor:
         """Run one batch; returns logits [R, vocab] float32 for `batch.logit_rows`."""

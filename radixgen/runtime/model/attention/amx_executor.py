@@ -10,8 +10,8 @@ from __future__ import annotations
 import torch
 
 from radixgen.runtime.cache.kv_pool import KVPool
+from radixgen.runtime.kernels.segment_attention import SegmentAttentionKernel
 from radixgen.runtime.model.attention.plan import AttentionPlan, PlanTarget
-from radixgen.runtime.model.segment_kernel import SegmentAttentionKernel
 
 
 class AmxExecutor:

@@ -1,11 +1,11 @@
 """NativeExecutor: the native in-place kernel where the plan reads the pool in place, PyTorch's
 CPU flash-attention kernel where it gathers.
 
-In place (`Method.IN_PLACE`, kernel `decode_kernel.py`): each token's queries over its problem's
-slots where they lie in the pool, with no copy and no padding. Gathered passes copy K/V out of
-the pool and run flash attention, which accumulates in float32 and returns the log-sum-exp the
-merge needs. Grouped-query attention folds the query heads that share a KV head into the query
-axis ([B, Hkv, G*E, D]), so K/V are never repeated per query head.
+In place (`Method.IN_PLACE`, kernel `runtime/kernels/decode_attention.py`): each token's queries
+over its problem's slots where they lie in the pool, with no copy and no padding. Gathered passes
+copy K/V out of the pool and run flash attention, which accumulates in float32 and returns the
+log-sum-exp the merge needs. Grouped-query attention folds the query heads that share a KV head
+into the query axis ([B, Hkv, G*E, D]), so K/V are never repeated per query head.
 
 Without the native kernel (no compiler, or a pool dtype it does not serve) the executor plans
 for `PlanTarget.GATHER` and runs every pass on flash attention, on any torch device.
@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 
 from radixgen.runtime.cache.kv_pool import KVPool
+from radixgen.runtime.kernels.decode_attention import DecodeAttentionKernel
 from radixgen.runtime.model.attention.partials import (
     flash_with_lse,
     gather_kv,
@@ -31,7 +32,6 @@ from radixgen.runtime.model.attention.plan import (
     PlanTarget,
     ProblemSet,
 )
-from radixgen.runtime.model.decode_kernel import DecodeAttentionKernel
 
 
 class NativeExecutor:

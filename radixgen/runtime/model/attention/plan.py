@@ -27,7 +27,7 @@ from typing import Protocol
 
 import torch
 
-from radixgen.runtime.model.segment_kernel import SegmentProblems
+from radixgen.runtime.kernels.segment_attention import SegmentProblems
 
 
 class PlanTarget(enum.Enum):

@@ -23,6 +23,7 @@ from __future__ import annotations
 import torch
 
 from radixgen.runtime.cache.req_table import ReqToTokenTable
+from radixgen.runtime.kernels.segment_attention import SegmentProblems
 from radixgen.runtime.model.attention.plan import (
     AttentionPlan,
     GatheredLayout,
@@ -34,7 +35,6 @@ from radixgen.runtime.model.attention.plan import (
 )
 from radixgen.runtime.model.attention.prefix_tree import SharedSegment, find_shared_segments
 from radixgen.runtime.model.batch import ForwardBatch, ForwardMode
-from radixgen.runtime.model.segment_kernel import SegmentProblems
 from radixgen.runtime.tuning import Tuning
 
 Levels = tuple[tuple[SharedSegment, ...], ...]

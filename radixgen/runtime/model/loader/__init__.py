@@ -14,8 +14,8 @@ from pathlib import Path
 import torch
 
 from radixgen.runtime.config import ModelConfig
-from radixgen.runtime.model.block_matmul import Int8Blocks
-from radixgen.runtime.model.int4 import Int4Groups
+from radixgen.runtime.kernels.block_matmul import Int8Blocks
+from radixgen.runtime.kernels.int4 import Int4Groups
 
 DEFAULT_MODEL_ALIASES = ("smollm2", "default", "SmolLM2-135M-Instruct")
 _SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"

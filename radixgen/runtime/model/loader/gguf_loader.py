@@ -18,8 +18,8 @@ import numpy as np
 import torch
 
 from radixgen.runtime.config import ModelConfig
-from radixgen.runtime.model.block_matmul import Int8Blocks
-from radixgen.runtime.model.int4 import Int4Groups
+from radixgen.runtime.kernels.block_matmul import Int8Blocks
+from radixgen.runtime.kernels.int4 import Int4Groups
 
 # llama.cpp architectures we can run, and whether their q/k rows are permuted in GGUF.
 _ARCHS = {"llama": True, "mistral": True, "qwen2": False}

@@ -29,35 +29,20 @@
  * with -ffast-math for vectorized expf, so the code never relies on infinities: an empty row
  * gets out = 0 and lse = EMPTY_LSE.
  */
-#include <math.h>
 #include <stdlib.h>
-#include <stdint.h>
-#include <string.h>
 #ifdef __AVX2__
 #include <immintrin.h>
 #endif
 
+#include "common.h"
+
 #define KEY_BLOCK 64
 #define NO_MAX (-1e30f)
-#define EMPTY_LSE (-1e30f)
-
-static inline float bf16_to_float(uint16_t bits) {
-    uint32_t wide = (uint32_t)bits << 16;
-    float value;
-    memcpy(&value, &wide, sizeof value);
-    return value;
-}
-
-/* Element `i` of a bfloat16 (`is_f32` 0) or float32 array, widened to float. */
-static inline __attribute__((always_inline)) float load(const void *base, int64_t i, int is_f32) {
-    return is_f32 ? ((const float *)base)[i] : bf16_to_float(((const uint16_t *)base)[i]);
-}
 
 #ifdef __AVX2__
 /* Elements i .. i+7, widened to float. */
-static inline __attribute__((always_inline)) __m256 load8(const void *base, int64_t i,
-                                                          int is_f32) {
-    if (is_f32) return _mm256_loadu_ps((const float *)base + i);
+INLINE __m256 load8(const void *base, int64_t i, Floats kind) {
+    if (kind == F32) return _mm256_loadu_ps((const float *)base + i);
     const __m128i bits = _mm_loadu_si128((const __m128i *)((const uint16_t *)base + i));
     return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(bits), 16));
 }
@@ -81,9 +66,9 @@ static inline float sum_lanes(__m256 a) {
 /* scores[j] = query . k[rows[j]] for the n keys of a block (rows: element offsets of the keys'
  * head_dim-long rows). Eight keys at a time, each into its own vector accumulator, summed
  * across lanes together. */
-static inline __attribute__((always_inline)) void block_scores(
+INLINE void block_scores(
     const float *query, const void *k, const int64_t *rows, int64_t n, int64_t head_dim,
-    int is_f32, float *scores) {
+    Floats kind, float *scores) {
     int64_t j = 0;
 #ifdef __AVX2__
     if (head_dim % 8 == 0) {
@@ -93,14 +78,14 @@ static inline __attribute__((always_inline)) void block_scores(
             for (int64_t d = 0; d < head_dim; d += 8) {
                 const __m256 q = _mm256_loadu_ps(query + d);
                 for (int t = 0; t < 8; ++t)
-                    acc[t] = _mm256_fmadd_ps(q, load8(k, rows[j + t] + d, is_f32), acc[t]);
+                    acc[t] = _mm256_fmadd_ps(q, load8(k, rows[j + t] + d, kind), acc[t]);
             }
             _mm256_storeu_ps(scores + j, sum_lanes_8x8(acc));
         }
         for (; j < n; ++j) {
             __m256 acc = _mm256_setzero_ps();
             for (int64_t d = 0; d < head_dim; d += 8)
-                acc = _mm256_fmadd_ps(_mm256_loadu_ps(query + d), load8(k, rows[j] + d, is_f32),
+                acc = _mm256_fmadd_ps(_mm256_loadu_ps(query + d), load8(k, rows[j] + d, kind),
                                       acc);
             scores[j] = sum_lanes(acc);
         }
@@ -109,15 +94,15 @@ static inline __attribute__((always_inline)) void block_scores(
 #endif
     for (; j < n; ++j) {
         float dot = 0.0f;
-        for (int64_t d = 0; d < head_dim; ++d) dot += query[d] * load(k, rows[j] + d, is_f32);
+        for (int64_t d = 0; d < head_dim; ++d) dot += query[d] * load(k, rows[j] + d, kind);
         scores[j] = dot;
     }
 }
 
 /* acc += sum_j p[j] * v[rows[j]] over the n keys of a block. The accumulator is held in
  * registers 64 elements at a time while every key of the block is added. */
-static inline __attribute__((always_inline)) void block_accumulate(
-    const float *p, const void *v, const int64_t *rows, int64_t n, int64_t head_dim, int is_f32,
+INLINE void block_accumulate(
+    const float *p, const void *v, const int64_t *rows, int64_t n, int64_t head_dim, Floats kind,
     float *acc) {
 #ifdef __AVX2__
     if (head_dim % 8 == 0) {
@@ -128,7 +113,7 @@ static inline __attribute__((always_inline)) void block_accumulate(
             for (int64_t j = 0; j < n; ++j) {
                 const __m256 weight = _mm256_set1_ps(p[j]);
                 for (int64_t i = 0; i < vectors; ++i)
-                    sum[i] = _mm256_fmadd_ps(weight, load8(v, rows[j] + d0 + 8 * i, is_f32),
+                    sum[i] = _mm256_fmadd_ps(weight, load8(v, rows[j] + d0 + 8 * i, kind),
                                              sum[i]);
             }
             for (int64_t i = 0; i < vectors; ++i) _mm256_storeu_ps(acc + d0 + 8 * i, sum[i]);
@@ -137,15 +122,13 @@ static inline __attribute__((always_inline)) void block_accumulate(
     }
 #endif
     for (int64_t j = 0; j < n; ++j)
-        for (int64_t d = 0; d < head_dim; ++d) acc[d] += p[j] * load(v, rows[j] + d, is_f32);
+        for (int64_t d = 0; d < head_dim; ++d) acc[d] += p[j] * load(v, rows[j] + d, kind);
 }
 
 /* Online softmax over one block of a row's scores: p[0..m) become exp(score - new running max),
  * the running max and sum take the block in; returns the factor that rescales what the row
  * accumulated before (1 when m is 0: the max stays). */
-static inline __attribute__((always_inline)) float softmax_block(float *p, int64_t m,
-                                                                 float *running_max,
-                                                                 float *running_sum) {
+INLINE float softmax_block(float *p, int64_t m, float *running_max, float *running_sum) {
     float block_max = NO_MAX;
     for (int64_t j = 0; j < m; ++j) block_max = fmaxf(block_max, p[j]);
     const float new_max = fmaxf(*running_max, block_max);
@@ -194,10 +177,10 @@ static inline size_t scratch_floats(int64_t rows, int64_t head_dim) {
  * the first lens[token] keys of the row. Every K/V block is loaded once for all of them. Inlined
  * with a constant head_dim where it is common, so the per-key loops unroll into whole vectors,
  * and with a constant element type. */
-static inline __attribute__((always_inline)) void attend_item(
+INLINE void attend_item(
     int64_t first, int64_t count, int64_t row, int64_t h, const void *q, const void *k,
     const void *v, const int64_t *slots, const int64_t *lens, int64_t max_len, int64_t kv_heads,
-    int64_t group, int64_t head_dim, float scale, int is_f32, float *scratch, float *out,
+    int64_t group, int64_t head_dim, float scale, Floats kind, float *scratch, float *out,
     float *lse) {
     const int64_t row_stride = kv_heads * head_dim; /* elements between pool slots */
     const int64_t rows_n = count * group;
@@ -215,7 +198,7 @@ static inline __attribute__((always_inline)) void attend_item(
         for (int64_t g = 0; g < group; ++g) {
             const int64_t r = t * group + g;
             for (int64_t d = 0; d < head_dim; ++d) {
-                query[r * head_dim + d] = load(q, q_row + g * head_dim + d, is_f32) * scale;
+                query[r * head_dim + d] = load(q, q_row + g * head_dim + d, kind) * scale;
                 acc[r * head_dim + d] = 0.0f;
             }
             running_max[r] = NO_MAX;
@@ -232,7 +215,7 @@ static inline __attribute__((always_inline)) void attend_item(
             const int64_t visible = lens[first + r / group] - start;
             if (visible > 0)
                 block_scores(query + r * head_dim, k, key_rows, visible < n ? visible : n,
-                             head_dim, is_f32, scores + r * KEY_BLOCK);
+                             head_dim, kind, scores + r * KEY_BLOCK);
         }
         for (int64_t r = 0; r < rows_n; ++r) { /* online softmax: rescale, exponentiate */
             const int64_t visible = lens[first + r / group] - start;
@@ -245,7 +228,7 @@ static inline __attribute__((always_inline)) void attend_item(
             const int64_t visible = lens[first + r / group] - start;
             if (visible > 0)
                 block_accumulate(scores + r * KEY_BLOCK, v, key_rows, visible < n ? visible : n,
-                                 head_dim, is_f32, acc + r * head_dim);
+                                 head_dim, kind, acc + r * head_dim);
         }
     }
 
@@ -267,7 +250,7 @@ static inline __attribute__((always_inline)) void attend_item(
  * [KEY_BLOCK][P] (scores, then probabilities, key-major), acc [P][head_dim], and per row its
  * visible keys in the current block, running max, running sum, block max, rescale, block sum.
  * Padding rows see no keys. */
-static inline __attribute__((always_inline)) void attend_item_tiled(
+INLINE void attend_item_tiled(
     int64_t first, int64_t count, int64_t row, int64_t h, const float *q, const float *k,
     const float *v, const int64_t *slots, const int64_t *lens, int64_t max_len,
     int64_t kv_heads, int64_t group, int64_t head_dim, float scale, float *scratch, float *out,
@@ -401,7 +384,7 @@ static inline __m128 sum_lanes_4x8(__m256 a0, __m256 a1, __m256 a2, __m256 a3) {
 /* scores[r][j] = query[r] . key j for `rows` (<= FEW_ROWS) rows and the n keys of a block,
  * SCORE_KEYS keys at a time (key_rows is padded to a multiple of SCORE_KEYS, so a partial last
  * tile writes a few scores past n that nobody reads). */
-static inline __attribute__((always_inline)) void few_rows_scores(
+INLINE void few_rows_scores(
     int rows, const float *query, const float *k, const int64_t *key_rows, int64_t n,
     int64_t head_dim, float *scores) {
     for (int64_t j0 = 0; j0 < n; j0 += SCORE_KEYS) {
@@ -436,7 +419,7 @@ static inline __attribute__((always_inline)) void few_rows_scores(
 
 /* acc[r] = acc[r] * rescale[r] + sum_j p[r][j] v[j] for `rows` (<= FEW_ROWS) rows over the n
  * keys of a block, 16 output elements of every row at a time. */
-static inline __attribute__((always_inline)) void few_rows_accumulate(
+INLINE void few_rows_accumulate(
     int rows, const float *p, const float *v, const int64_t *key_rows, int64_t n,
     int64_t head_dim, const float *rescale, float *acc) {
     for (int64_t d = 0; d < head_dim; d += 16) {
@@ -497,7 +480,7 @@ typedef struct {
  * blocks of KEY_BLOCK keys; each row's online softmax carries on from where it stood. Scores
  * past a row's visible keys become probability 0, so the value pass runs over the whole block
  * for every row. */
-static inline __attribute__((always_inline)) void few_rows_over_keys(
+INLINE void few_rows_over_keys(
     const FewRows *item, const int64_t *row_slots, int64_t begin, int64_t end, int64_t r_lo,
     int64_t r_hi, const float *k, const float *v, const int64_t *lens, int64_t kv_heads,
     int64_t group, int64_t head_dim) {
@@ -542,7 +525,7 @@ static inline __attribute__((always_inline)) void few_rows_over_keys(
  * each token its own rest. Otherwise (`shared` < 0) the tokens all read slot row `row`. Scratch
  * as attend_item's for heads * count * group rows (query, acc, scores, running max and sum)
  * plus each row's rescale for the current block. */
-static inline __attribute__((always_inline)) void attend_item_few(
+INLINE void attend_item_few(
     int64_t first, int64_t count, int64_t row, int64_t shared, int64_t h0, int64_t heads,
     const float *q, const float *k, const float *v, const int64_t *slots,
     const int64_t *token_rows, const int64_t *lens, int64_t max_len, int64_t kv_heads,
@@ -587,29 +570,37 @@ static inline __attribute__((always_inline)) void attend_item_few(
 #endif
 
 /* Does a block of `rows` query rows per KV head run attend_item_few? */
-static inline int runs_few_rows(int is_f32, int64_t head_dim, int64_t rows) {
+static inline int runs_few_rows(Floats kind, int64_t head_dim, int64_t rows) {
 #ifdef __AVX2__
-    return is_f32 && head_dim % 16 == 0 && rows < TILED_MIN_ROWS;
+    return kind == F32 && head_dim % 16 == 0 && rows < TILED_MIN_ROWS;
 #else
-    (void)is_f32, (void)head_dim, (void)rows;
+    (void)kind, (void)head_dim, (void)rows;
     return 0;
 #endif
 }
 
-/* A block of the batch: (first token, token count, slot row, shared). shared < 0: the tokens
- * all read slot row `row` (one decode token, or consecutive new tokens of an extend). shared
- * >= 0: a fork group, one decode token per row, whose rows agree on their first `shared` slots
- * (`row` is the first token's). */
-#define BLOCK_FIELDS 4
+/* A block of the batch: tokens whose K/V blocks are read once for all of them. */
+typedef struct {
+    int64_t first, count; /* the tokens first .. first + count - 1 */
+    int64_t row;          /* their slot row (a fork group: its first token's) */
+    /* < 0: the tokens all read slot row `row` (one decode token, or consecutive new tokens of
+     * an extend). >= 0: a fork group, one decode token per row, whose rows agree on their
+     * first `shared` slots. */
+    int64_t shared;
+} TokenBlock;
+
+/* A unit of parallel work: one block over `heads` consecutive KV heads from `h0`. */
+typedef struct {
+    int64_t block, h0, heads;
+} WorkItem;
 
 /* Every item of the batch, for one constant element type. Returns -1 if scratch memory for
- * a thread cannot be allocated (nothing else can fail). items: [num_items][3] of (block, first
- * KV head, KV heads). */
-static inline __attribute__((always_inline)) int attend_all(
-    const void *q, const void *k, const void *v, const int64_t *slots, const int64_t *token_rows,
-    const int64_t *lens, const int64_t *blocks, const int64_t *items, int64_t num_items,
-    int64_t max_len, int64_t kv_heads, int64_t group, int64_t head_dim, int64_t max_rows,
-    float scale, int is_f32, int num_threads, float *out, float *lse) {
+ * a thread cannot be allocated (nothing else can fail). */
+INLINE int attend_all(const void *q, const void *k, const void *v, const int64_t *slots,
+                      const int64_t *token_rows, const int64_t *lens, const TokenBlock *blocks,
+                      const WorkItem *items, int64_t num_items, int64_t max_len, int64_t kv_heads,
+                      int64_t group, int64_t head_dim, int64_t max_rows, float scale, Floats kind,
+                      int num_threads, float *out, float *lse) {
     int failed = 0;
 #pragma omp parallel num_threads(num_threads)
     {
@@ -621,41 +612,43 @@ static inline __attribute__((always_inline)) int attend_all(
 #pragma omp for schedule(dynamic, 1)
         for (int64_t i = 0; i < num_items; ++i) {
             if (scratch == NULL) continue;
-            const int64_t *item = items + 3 * i, *block = blocks + BLOCK_FIELDS * item[0];
-            const int64_t h = item[1];
+            const WorkItem item = items[i];
+            const TokenBlock block = blocks[item.block];
+            const int64_t h = item.h0;
 #ifndef __AVX2__
             (void)token_rows; /* only fork groups read it */
 #else
-            if (is_f32 && head_dim % 16 == 0) { /* register tiles, by the rows per KV head */
-                if (block[3] >= 0 || runs_few_rows(is_f32, head_dim, block[1] * group)) {
+            if (kind == F32 && head_dim % 16 == 0) { /* register tiles, by the rows per KV head */
+                if (block.shared >= 0 || runs_few_rows(kind, head_dim, block.count * group)) {
                     if (head_dim == 64)
-                        attend_item_few(block[0], block[1], block[2], block[3], h, item[2], q, k,
-                                        v, slots, token_rows, lens, max_len, kv_heads, group, 64,
-                                        scale, scratch, out, lse);
+                        attend_item_few(block.first, block.count, block.row, block.shared, h,
+                                        item.heads, q, k, v, slots, token_rows, lens, max_len,
+                                        kv_heads, group, 64, scale, scratch, out, lse);
                     else
-                        attend_item_few(block[0], block[1], block[2], block[3], h, item[2], q, k,
-                                        v, slots, token_rows, lens, max_len, kv_heads, group,
-                                        head_dim, scale, scratch, out, lse);
+                        attend_item_few(block.first, block.count, block.row, block.shared, h,
+                                        item.heads, q, k, v, slots, token_rows, lens, max_len,
+                                        kv_heads, group, head_dim, scale, scratch, out, lse);
                 } else if (head_dim == 64) {
-                    attend_item_tiled(block[0], block[1], block[2], h, q, k, v, slots, lens,
-                                      max_len, kv_heads, group, 64, scale, scratch, out, lse);
-                } else {
-                    attend_item_tiled(block[0], block[1], block[2], h, q, k, v, slots, lens,
-                                      max_len, kv_heads, group, head_dim, scale, scratch, out,
+                    attend_item_tiled(block.first, block.count, block.row, h, q, k, v, slots,
+                                      lens, max_len, kv_heads, group, 64, scale, scratch, out,
                                       lse);
+                } else {
+                    attend_item_tiled(block.first, block.count, block.row, h, q, k, v, slots,
+                                      lens, max_len, kv_heads, group, head_dim, scale, scratch,
+                                      out, lse);
                 }
                 continue;
             }
 #endif
             if (head_dim == 64)
-                attend_item(block[0], block[1], block[2], h, q, k, v, slots, lens, max_len,
-                            kv_heads, group, 64, scale, is_f32, scratch, out, lse);
+                attend_item(block.first, block.count, block.row, h, q, k, v, slots, lens,
+                            max_len, kv_heads, group, 64, scale, kind, scratch, out, lse);
             else if (head_dim == 128)
-                attend_item(block[0], block[1], block[2], h, q, k, v, slots, lens, max_len,
-                            kv_heads, group, 128, scale, is_f32, scratch, out, lse);
+                attend_item(block.first, block.count, block.row, h, q, k, v, slots, lens,
+                            max_len, kv_heads, group, 128, scale, kind, scratch, out, lse);
             else
-                attend_item(block[0], block[1], block[2], h, q, k, v, slots, lens, max_len,
-                            kv_heads, group, head_dim, scale, is_f32, scratch, out, lse);
+                attend_item(block.first, block.count, block.row, h, q, k, v, slots, lens,
+                            max_len, kv_heads, group, head_dim, scale, kind, scratch, out, lse);
         }
         free(scratch);
     }
@@ -677,24 +670,26 @@ static inline int64_t common_prefix(const int64_t *a, const int64_t *b, int64_t 
  * program, decoding) into fork groups of up to max_tokens tokens, in place. A token joins the
  * group before it when the slots the group reads once, (tokens - 1) * shared, do not shrink.
  * Returns the new number of blocks. */
-static int64_t group_forks(int64_t *blocks, int64_t num_blocks, const int64_t *slots,
+static int64_t group_forks(TokenBlock *blocks, int64_t num_blocks, const int64_t *slots,
                            const int64_t *lens, int64_t max_len, int64_t max_tokens) {
     int64_t kept = 0;
     for (int64_t b = 0; b < num_blocks; ++b) {
-        int64_t *block = blocks + BLOCK_FIELDS * b;
-        int64_t *last = blocks + BLOCK_FIELDS * (kept - 1);
-        if (kept > 0 && block[1] == 1 && (last[3] >= 0 || last[1] == 1) && last[1] < max_tokens) {
-            const int64_t before = last[3] >= 0 ? last[3] : lens[last[0]];
-            const int64_t limit = before < lens[block[0]] ? before : lens[block[0]];
+        const TokenBlock block = blocks[b];
+        TokenBlock *last = kept > 0 ? &blocks[kept - 1] : NULL;
+        if (last != NULL && block.count == 1 && (last->shared >= 0 || last->count == 1) &&
+            last->count < max_tokens) {
+            const int64_t before = last->shared >= 0 ? last->shared : lens[last->first];
+            const int64_t limit = before < lens[block.first] ? before : lens[block.first];
             const int64_t shared =
-                common_prefix(slots + last[2] * max_len, slots + block[2] * max_len, limit);
-            const int64_t read_once_before = (last[1] - 1) * (last[3] >= 0 ? last[3] : 0);
-            if (shared >= MIN_GROUP_SHARED && last[1] * shared >= read_once_before) {
-                last[1] += 1, last[3] = shared;
+                common_prefix(slots + last->row * max_len, slots + block.row * max_len, limit);
+            const int64_t read_once_before =
+                (last->count - 1) * (last->shared >= 0 ? last->shared : 0);
+            if (shared >= MIN_GROUP_SHARED && last->count * shared >= read_once_before) {
+                last->count += 1, last->shared = shared;
                 continue;
             }
         }
-        memmove(blocks + BLOCK_FIELDS * kept++, block, BLOCK_FIELDS * sizeof(int64_t));
+        blocks[kept++] = block;
     }
     return kept;
 }
@@ -710,34 +705,34 @@ int decode_attention(const void *q, const void *k, const void *v, const int64_t 
                      int64_t max_len, int64_t kv_heads, int64_t group, int64_t head_dim,
                      int64_t block_tokens, float scale, int is_f32, int num_threads, float *out,
                      float *lse) {
+    const Floats kind = is_f32 ? F32 : BF16;
     if (block_tokens < 1) block_tokens = 1;
-    int64_t *blocks = malloc((size_t)(tokens > 0 ? tokens : 1) * BLOCK_FIELDS * sizeof(int64_t));
+    TokenBlock *blocks = malloc((size_t)(tokens > 0 ? tokens : 1) * sizeof(TokenBlock));
     if (blocks == NULL) return -1;
     int64_t num_blocks = 0;
     for (int64_t t = 0; t < tokens; ++t) {
         const int64_t row = token_rows == NULL ? t : token_rows[t];
-        int64_t *last = blocks + BLOCK_FIELDS * (num_blocks - 1);
-        if (num_blocks > 0 && last[2] == row && last[0] + last[1] == t && last[1] < block_tokens) {
-            ++last[1];
-        } else {
-            int64_t *block = blocks + BLOCK_FIELDS * num_blocks++;
-            block[0] = t, block[1] = 1, block[2] = row, block[3] = -1;
-        }
+        TokenBlock *last = num_blocks > 0 ? &blocks[num_blocks - 1] : NULL;
+        if (last != NULL && last->row == row && last->first + last->count == t &&
+            last->count < block_tokens)
+            ++last->count;
+        else
+            blocks[num_blocks++] = (TokenBlock){.first = t, .count = 1, .row = row, .shared = -1};
     }
     /* Fork groups no wider than leaves two blocks per thread (but pairs at least). */
-    if (runs_few_rows(is_f32, head_dim, group)) {
+    if (runs_few_rows(kind, head_dim, group)) {
         const int64_t fair = num_blocks / (2 * (int64_t)num_threads);
         num_blocks = group_forks(blocks, num_blocks, slots, lens, max_len,
                                  fair < 2 ? 2 : fair < MAX_GROUP_TOKENS ? fair : MAX_GROUP_TOKENS);
     }
     int64_t widest = 1;
     for (int64_t b = 0; b < num_blocks; ++b)
-        if (blocks[BLOCK_FIELDS * b + 1] > widest) widest = blocks[BLOCK_FIELDS * b + 1];
+        if (blocks[b].count > widest) widest = blocks[b].count;
     /* Few-row float32 blocks (decode steps, fork groups) take all their KV heads in one item,
      * reading whole pool rows in order, when there are blocks enough to keep every thread busy;
      * other blocks get an item per KV head. */
-    int64_t *items = malloc((size_t)(num_blocks > 0 ? num_blocks : 1) * kv_heads * 3 *
-                            sizeof(int64_t));
+    WorkItem *items =
+        malloc((size_t)(num_blocks > 0 ? num_blocks : 1) * kv_heads * sizeof(WorkItem));
     if (items == NULL) {
         free(blocks);
         return -1;
@@ -745,20 +740,19 @@ int decode_attention(const void *q, const void *k, const void *v, const int64_t 
     const int whole_heads = num_blocks >= 2 * (int64_t)num_threads;
     int64_t num_items = 0;
     for (int64_t b = 0; b < num_blocks; ++b) {
-        const int64_t *block = blocks + BLOCK_FIELDS * b;
+        const int64_t rows = blocks[b].count * group;
         const int together =
-            whole_heads && (block[3] >= 0 || runs_few_rows(is_f32, head_dim, block[1] * group));
-        for (int64_t h = 0; h < kv_heads; h += together ? kv_heads : 1) {
-            int64_t *item = items + 3 * num_items++;
-            item[0] = b, item[1] = h, item[2] = together ? kv_heads : 1;
-        }
+            whole_heads && (blocks[b].shared >= 0 || runs_few_rows(kind, head_dim, rows));
+        for (int64_t h = 0; h < kv_heads; h += together ? kv_heads : 1)
+            items[num_items++] = (WorkItem){.block = b, .h0 = h, .heads = together ? kv_heads : 1};
     }
     const int64_t max_rows = widest * group * kv_heads; /* an item's rows, at most */
     const int status =
-        is_f32 ? attend_all(q, k, v, slots, token_rows, lens, blocks, items, num_items, max_len,
-                            kv_heads, group, head_dim, max_rows, scale, 1, num_threads, out, lse)
-               : attend_all(q, k, v, slots, token_rows, lens, blocks, items, num_items, max_len,
-                            kv_heads, group, head_dim, max_rows, scale, 0, num_threads, out, lse);
+        kind == F32
+            ? attend_all(q, k, v, slots, token_rows, lens, blocks, items, num_items, max_len,
+                         kv_heads, group, head_dim, max_rows, scale, F32, num_threads, out, lse)
+            : attend_all(q, k, v, slots, token_rows, lens, blocks, items, num_items, max_len,
+                         kv_heads, group, head_dim, max_rows, scale, BF16, num_threads, out, lse);
     free(items);
     free(blocks);
     return status;

@@ -28,11 +28,12 @@
  *
  * cols is a multiple of 16 (the packer pads with zero weights) and k of 32.
  */
-#include <stdint.h>
 #include <stdlib.h>
 #ifdef __AVX2__
 #include <immintrin.h>
 #endif
+
+#include "common.h"
 
 #define GROUP 32
 #define LANES 8
@@ -67,16 +68,14 @@ typedef struct BlockWeight {
 
 /* 4-bit: a word per column holds 8 inputs; shifting all 8 words at once yields input j of the
  * 8 columns, rebuilt as (code - 8) * scale + zero. */
-static inline __attribute__((always_inline)) __m256 int4_weights(__m256i words, int j,
-                                                                 __m256 scale, __m256 zero) {
+INLINE __m256 int4_weights(__m256i words, int j, __m256 scale, __m256 zero) {
     const __m256i nibble = _mm256_and_si256(_mm256_srli_epi32(words, 4 * j), _mm256_set1_epi32(15));
     const __m256 centred = _mm256_cvtepi32_ps(_mm256_sub_epi32(nibble, _mm256_set1_epi32(8)));
     return _mm256_fmadd_ps(centred, scale, zero);
 }
 
 /* 8-bit: 8 bytes per input, one per column, widened and scaled (exact in float32). */
-static inline __attribute__((always_inline)) __m256 int8_weights(const int8_t *bytes,
-                                                                 __m256 scale) {
+INLINE __m256 int8_weights(const int8_t *bytes, __m256 scale) {
     const __m128i codes = _mm_loadl_epi64((const __m128i *)bytes);
     return _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(codes)), scale);
 }
@@ -142,10 +141,8 @@ static void decode_int8_block(const BlockWeight *w, int64_t k, int64_t block, in
 
 /* out[r, 0:8] = x[r] . the 8 columns of `block` for a few rows, decoding in registers: for so
  * few rows a panel would be written and read back for little use. */
-static inline __attribute__((always_inline)) void int4_few_rows(const BlockWeight *w, int64_t k,
-                                                                int64_t block, const float *x,
-                                                                int64_t x_stride, int nr,
-                                                                float *out, int64_t out_stride) {
+INLINE void int4_few_rows(const BlockWeight *w, int64_t k, int64_t block, const float *x,
+                          int64_t x_stride, int nr, float *out, int64_t out_stride) {
     const __m256i *codes = (const __m256i *)w->codes + block * (k / LANES);
     const float *scales = w->scales + block * (k / GROUP) * LANES;
     const float *zeros = w->zeros + block * (k / GROUP) * LANES;
@@ -165,10 +162,8 @@ static inline __attribute__((always_inline)) void int4_few_rows(const BlockWeigh
     FEW_ROWS_STORE
 }
 
-static inline __attribute__((always_inline)) void int8_few_rows(const BlockWeight *w, int64_t k,
-                                                                int64_t block, const float *x,
-                                                                int64_t x_stride, int nr,
-                                                                float *out, int64_t out_stride) {
+INLINE void int8_few_rows(const BlockWeight *w, int64_t k, int64_t block, const float *x,
+                          int64_t x_stride, int nr, float *out, int64_t out_stride) {
     const int8_t *codes = (const int8_t *)w->codes + block * k * LANES;
     const float *scales = w->scales + block * (k / GROUP) * LANES;
     FEW_ROWS_DECLARE
@@ -206,10 +201,8 @@ FEW_ROWS_DISPATCH(int8_few_rows)
  * lane and nothing is summed across lanes. `accumulate`: add to what out holds (the sums over
  * the earlier slices of k). The accumulators are named variables, not an array: GCC keeps an
  * array of vectors in memory here (a float load may alias it), storing it every step. */
-static inline __attribute__((always_inline)) void tile(const float *x, int64_t x_stride,
-                                                       int64_t len, const float *panel, int nr,
-                                                       int accumulate, float *out,
-                                                       int64_t out_stride) {
+INLINE void tile(const float *x, int64_t x_stride, int64_t len, const float *panel, int nr,
+                 int accumulate, float *out, int64_t out_stride) {
     __m256 lo0, hi0, lo1, hi1, lo2, hi2, lo3, hi3, lo4, hi4, lo5, hi5; /* columns 0-7, 8-15 */
     lo0 = hi0 = lo1 = hi1 = lo2 = hi2 = lo3 = hi3 = lo4 = hi4 = lo5 = hi5 = _mm256_setzero_ps();
 #define LOAD(i)                                                                                  \
@@ -243,10 +236,8 @@ static inline __attribute__((always_inline)) void tile(const float *x, int64_t x
 /* One or two rows: their output vectors alone would wait on each multiply-add's latency, so
  * four chains per output take every fourth input each and are added at the end (named
  * variables again, as in `tile`). */
-static inline __attribute__((always_inline)) void tile_chained(const float *x, int64_t x_stride,
-                                                               int64_t len, const float *panel,
-                                                               int nr, int accumulate,
-                                                               float *out, int64_t out_stride) {
+INLINE void tile_chained(const float *x, int64_t x_stride, int64_t len, const float *panel, int nr,
+                         int accumulate, float *out, int64_t out_stride) {
     const __m256 zero = _mm256_setzero_ps();
 #define DECLARE(c) __m256 lo0_##c = zero, hi0_##c = zero, lo1_##c = zero, hi1_##c = zero;
     DECLARE(0) DECLARE(1) DECLARE(2) DECLARE(3)

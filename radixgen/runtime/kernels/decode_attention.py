@@ -1,12 +1,12 @@
-"""Attention that reads the KV pool in place (native kernel `kernels/decode_attention.c`).
+"""Attention that reads the KV pool in place (`decode_attention.c`).
 
 The torch path gathers every request's K/V into a padded [B, Hkv, L, D] copy and runs flash
 attention over it: the cache is read twice and written once, plus the padding to the longest
 request, and long extends go one request at a time. This kernel reads each request's slots where
 they lie: a decode step's token per request, or an extend's new tokens, each over its request's
 KV up to itself, in blocks that read each K/V block once (register-tiled for float32). It serves
-bfloat16 and float32 pools on the CPU; `load_decode_attention` returns None elsewhere or when
-native kernels are unavailable (see `native.py`), and the caller keeps the torch path.
+bfloat16 and float32 pools on the CPU; `EngineKernels` holds it only there, and where the
+library builds.
 """
 
 from __future__ import annotations
@@ -15,22 +15,45 @@ import ctypes
 
 import torch
 
-from radixgen.runtime.model.native import load_kernel
+from radixgen.runtime.kernels.binding import Scalar, Signature, Tensor, bind
 
-_i64, _ptr = ctypes.c_int64, ctypes.c_void_p
 DTYPES = (torch.bfloat16, torch.float32)
+_I64 = (torch.int64,)
+_F32 = (torch.float32,)
 
-
-# Consecutive new tokens of one request computed together (each K/V block read once for them).
-EXTEND_BLOCK_TOKENS = 16
+SIGNATURES = (
+    Signature(
+        "decode_attention",
+        "int",
+        (
+            Tensor("q", DTYPES, rank=2),
+            Tensor("k", DTYPES, rank=3, same_dtype_as="q"),
+            Tensor("v", DTYPES, rank=3, same_dtype_as="q"),
+            Tensor("slots", _I64, rank=2),
+            Tensor("token_rows", _I64, rank=1, optional=True),
+            Tensor("lens", _I64, rank=1),
+            Scalar("tokens", "int64"),
+            Scalar("max_len", "int64"),
+            Scalar("kv_heads", "int64"),
+            Scalar("group", "int64"),
+            Scalar("head_dim", "int64"),
+            Scalar("block_tokens", "int64"),
+            Scalar("scale", "float"),
+            Scalar("is_f32", "int"),
+            Scalar("num_threads", "int"),
+            Tensor("out", _F32, rank=4),
+            Tensor("lse", _F32, rank=3),
+        ),
+    ),
+)
 
 
 class DecodeAttentionKernel:
-    def __init__(self, library: ctypes.PyDLL):
-        self._run = library.decode_attention
-        self._run.restype = ctypes.c_int
-        self._run.argtypes = [_ptr, _ptr, _ptr, _ptr, _ptr, _ptr, _i64, _i64, _i64, _i64, _i64]
-        self._run.argtypes += [_i64, ctypes.c_float, ctypes.c_int, ctypes.c_int, _ptr, _ptr]
+    def __init__(self, library: ctypes.CDLL, block_tokens: int):
+        """`block_tokens`: consecutive new tokens of one request computed together, each K/V
+        block read once for all of them (`Tuning.extend_block_tokens`)."""
+        self._run = bind(library, SIGNATURES[0])
+        self.block_tokens = block_tokens
 
     def __call__(
         self,
@@ -50,50 +73,33 @@ class DecodeAttentionKernel:
         Hkv, D = k_buf.shape[1:]
         T = q.shape[0]
         G = q.shape[1] // (Hkv * D)
-        tensors = (q, k_buf, v_buf)
-        if q.dtype not in DTYPES or any(
-            t.dtype != q.dtype or t.device.type != "cpu" for t in tensors
-        ):
-            raise ValueError(
-                "the native decode kernel takes bfloat16 or float32 CPU tensors of one dtype"
-            )
         if lens.shape != (T,) or (token_rows is None and slots.shape[0] != T):
             raise ValueError(f"{T} query tokens need {T} lens and a slot row each")
         q = q.contiguous()
         slots, lens = slots.contiguous(), lens.contiguous()
         if token_rows is not None:
             token_rows = token_rows.contiguous()
-        if not (k_buf.is_contiguous() and v_buf.is_contiguous()):
-            raise ValueError("the KV pool buffers must be contiguous")
         out = torch.empty(T, Hkv, G, D, dtype=torch.float32)
         lse = torch.empty(T, Hkv, G, dtype=torch.float32)
         status = self._run(
-            q.data_ptr(),
-            k_buf.data_ptr(),
-            v_buf.data_ptr(),
-            slots.data_ptr(),
-            None if token_rows is None else token_rows.data_ptr(),
-            lens.data_ptr(),
-            T,
-            slots.shape[1],
-            Hkv,
-            G,
-            D,
-            EXTEND_BLOCK_TOKENS,
-            D**-0.5,
-            q.dtype == torch.float32,
-            torch.get_num_threads(),
-            out.data_ptr(),
-            lse.data_ptr(),
+            q=q,
+            k=k_buf,  # the pool's buffers are contiguous: the binding refuses a copy's cost
+            v=v_buf,
+            slots=slots,
+            token_rows=token_rows,
+            lens=lens,
+            tokens=T,
+            max_len=slots.shape[1],
+            kv_heads=Hkv,
+            group=G,
+            head_dim=D,
+            block_tokens=self.block_tokens,
+            scale=D**-0.5,
+            is_f32=q.dtype == torch.float32,
+            num_threads=torch.get_num_threads(),
+            out=out,
+            lse=lse,
         )
         if status != 0:
             raise MemoryError("native decode kernel: no memory for its scratch buffers")
         return out, lse
-
-
-def load_decode_attention(device: torch.device, dtype: torch.dtype) -> DecodeAttentionKernel | None:
-    """The kernel for a pool of `dtype` on `device`, or None (use torch)."""
-    if device.type != "cpu" or dtype not in DTYPES:
-        return None
-    library = load_kernel("decode_attention")
-    return None if library is None else DecodeAttentionKernel(library)

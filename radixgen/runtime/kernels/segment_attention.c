@@ -28,14 +28,13 @@
  * A token that sees no key gets out = 0 and lse = EMPTY_LSE (or keeps its accumulated values).
  */
 #include <immintrin.h>
-#include <math.h>
-#include <stdint.h>
 #include <stdlib.h>
-#include <string.h>
 #ifdef __linux__
 #include <sys/syscall.h>
 #include <unistd.h>
 #endif
+
+#include "common.h"
 
 #if defined(__AMX_TILE__) && defined(__AMX_BF16__) && defined(__AVX512BF16__) && defined(__linux__)
 #define HAVE_AMX 1
@@ -47,7 +46,6 @@
 #define KEY_BLOCK 32     /* keys per P.V product: one bfloat16 tile of P */
 #define KEY_CHUNK 512    /* keys whose scores a row tile holds at once (32 KB float32) */
 #define CHUNK_TILES 8    /* row tiles per work item, sharing one packing of K and V */
-#define EMPTY_LSE (-1e30f)
 #define ARCH_REQ_XCOMP_PERM 0x1023
 #define XFEATURE_XTILEDATA 18
 
@@ -171,6 +169,12 @@ static void pack_values(const uint16_t *v, const int64_t *slots, int64_t n_keys,
         }
     }
 }
+
+/* A unit of parallel work: rows first_row .. of one problem (up to CHUNK_TILES row tiles),
+ * over one KV head. */
+typedef struct {
+    int64_t problem, head, first_row;
+} WorkItem;
 
 typedef struct {
     const uint16_t *q;
@@ -391,15 +395,14 @@ int segment_attention_bf16(const uint16_t *q, int64_t q_row_stride, const uint16
         const int64_t rows = (token_offsets[p + 1] - token_offsets[p]) * group;
         num_items += kv_heads * ((rows + chunk_rows - 1) / chunk_rows);
     }
-    int64_t *items = malloc(sizeof(int64_t) * 3 * (num_items > 0 ? num_items : 1));
+    WorkItem *items = malloc(sizeof(WorkItem) * (num_items > 0 ? num_items : 1));
     if (!items) return -3;
     int64_t n = 0;
     for (int64_t p = 0; p < num_problems; ++p) {
         const int64_t rows = (token_offsets[p + 1] - token_offsets[p]) * group;
         for (int64_t h = 0; h < kv_heads; ++h)
             for (int64_t first = 0; first < rows; first += chunk_rows) {
-                items[3 * n] = p, items[3 * n + 1] = h, items[3 * n + 2] = first;
-                ++n;
+                items[n++] = (WorkItem){.problem = p, .head = h, .first_row = first};
             }
     }
     int failed = 0;
@@ -410,7 +413,8 @@ int segment_attention_bf16(const uint16_t *q, int64_t q_row_stride, const uint16
         int64_t capacity = 0; /* key blocks the scratch holds */
 #pragma omp for schedule(dynamic, 1)
         for (int64_t item = 0; item < num_items; ++item) {
-            const int64_t p = items[3 * item], h = items[3 * item + 1], first = items[3 * item + 2];
+            const int64_t p = items[item].problem, h = items[item].head;
+            const int64_t first = items[item].first_row;
             const int64_t entry = token_offsets[p];
             const int64_t rows = (token_offsets[p + 1] - entry) * group;
             const int64_t n_rows = rows - first < chunk_rows ? rows - first : chunk_rows;

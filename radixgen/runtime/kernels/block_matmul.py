@@ -1,34 +1,26 @@
-"""float32 x GGUF block-quantized weights (native kernel `kernels/block_matmul.c`).
+"""float32 x GGUF block-quantized weights (`block_matmul.c`).
 
-PyTorch's int4 CPU kernel is fast for bfloat16 activations only (float32 ones take a path ~10x
-slower than the dense GEMM), and it has no 8-bit counterpart. This kernel serves float32
+PyTorch's int4 CPU kernel is fast for bfloat16 activations only (float32 ones take a path many
+times slower than the dense GEMM), and it has no 8-bit counterpart. This kernel serves float32
 engines: it rebuilds each weight from the file's 4-bit (Q4_0/Q4_1) or 8-bit (Q8_0) code in
 float32 and multiplies, so a decode step reads 4.5 or 8.5 bits per weight instead of 32. The
 codes are repacked once into column panels (8 columns interleaved, `Int4Panels`/`Int8Panels`):
 each thread decodes 16 columns at a time and multiplies every row by them in register tiles
-that keep outputs in vector lanes; up to 4 rows decode in registers without a panel. On a
-2-core AVX2 EPYC (Zen 3), SmolLM2's 30 layers of 4-bit projections streamed from memory, per
-layer: 0.34 vs 0.88 ms for oneDNN's prepacked float32 GEMM at one row, 1.04 vs 1.46 at 12, 3.2
-vs 4.5 at 48, still ahead at 160 rows; its Q8_0 output head (49,152 x 576) 1.7 vs 4.8 ms at one
-row, 7.1 vs 8.4 at 12, 14.9 vs 15.6 at 24.
+that keep outputs in vector lanes; up to 4 rows decode in registers without a panel. Where it
+beats oneDNN's dense GEMM, and up to which width: `Tuning.int4_max_tokens_float32` and
+`int8_head_max_tokens`, measured in docs/tuning.md.
 """
 
 from __future__ import annotations
 
 import ctypes
-import functools
 from dataclasses import dataclass
 
 import torch
 
-from radixgen.runtime.model.native import load_kernel
+from radixgen.runtime.kernels.binding import Scalar, Signature, Tensor, bind
 
-_i64, _ptr, _int = ctypes.c_int64, ctypes.c_void_p, ctypes.c_int
 GROUP_SIZE = 32  # inputs per scale: the block size of GGUF's Q4_0, Q4_1 and Q8_0
-# Widest pass (rows) for which the output head multiplies by its Q8_0 codes: SmolLM2's head on
-# the EPYC, 2 threads, median of 9 (2026-12-03): 1.7 vs 4.8 ms (oneDNN, dense float32) at 1 row,
-# 7.1 vs 8.4 at 12, 14.9 vs 15.6 at 24, 19.4 vs 18.3 at 32.
-INT8_HEAD_MAX_TOKENS = 24
 
 
 PANEL_COLS = 16  # the kernel decodes this many columns at a time; packing pads N to it
@@ -101,55 +93,97 @@ class Int8Blocks:
         )
 
 
+_F32 = (torch.float32,)
+
+
+def _matmul_signature(name: str, codes: torch.dtype, zeros: bool) -> Signature:
+    """int4_matmul_f32 / int8_matmul_f32: x, its shape, the weight's panels, N', threads, out."""
+    weight = [
+        Tensor("codes", (codes,), rank=3),
+        Tensor("scales", _F32, rank=3),
+        *([Tensor("zeros", _F32, rank=3)] if zeros else []),
+    ]
+    return Signature(
+        name,
+        "int",
+        (
+            Tensor("x", _F32, rank=2),
+            Scalar("rows", "int64"),
+            Scalar("k", "int64"),
+            *weight,
+            Scalar("cols", "int64"),
+            Scalar("num_threads", "int"),
+            Tensor("out", _F32, rank=2),
+        ),
+    )
+
+
+SIGNATURES = (
+    Signature("block_matmul_available", "int", ()),
+    _matmul_signature("int4_matmul_f32", torch.int32, zeros=True),
+    _matmul_signature("int8_matmul_f32", torch.int8, zeros=False),
+)
+
+
 class BlockMatmulKernel:
-    def __init__(self, library: ctypes.PyDLL):
-        self._int4 = library.int4_matmul_f32
-        self._int4.restype = ctypes.c_int
-        self._int4.argtypes = [_ptr, _i64, _i64, _ptr, _ptr, _ptr, _i64, _int, _ptr]
-        self._int8 = library.int8_matmul_f32
-        self._int8.restype = ctypes.c_int
-        self._int8.argtypes = [_ptr, _i64, _i64, _ptr, _ptr, _i64, _int, _ptr]
+    def __init__(self, library: ctypes.CDLL):
+        self._int4 = bind(library, SIGNATURES[1])
+        self._int8 = bind(library, SIGNATURES[2])
 
     def int4(self, x: torch.Tensor, weight: Int4Panels) -> torch.Tensor:
         """x [M, K] float32 @ w.T -> [M, N] float32."""
         width = weight.codes.shape[1] * _CODES_PER_WORD
-        return _multiply(
-            self._int4, x, width, weight.cols, weight.codes, weight.scales, weight.zeros
+        x, out = _operands(x, width, weight.codes)
+        status = self._int4(
+            x=x,
+            rows=x.shape[0],
+            k=width,
+            codes=weight.codes,
+            scales=weight.scales,
+            zeros=weight.zeros,
+            cols=out.shape[1],
+            num_threads=torch.get_num_threads(),
+            out=out,
         )
+        return _result(status, out, weight.cols)
 
     def int8(self, x: torch.Tensor, weight: Int8Panels) -> torch.Tensor:
         """x [M, K] float32 @ w.T -> [M, N] float32."""
-        return _multiply(
-            self._int8, x, weight.codes.shape[1], weight.cols, weight.codes, weight.scales
+        width = weight.codes.shape[1]
+        x, out = _operands(x, width, weight.codes)
+        status = self._int8(
+            x=x,
+            rows=x.shape[0],
+            k=width,
+            codes=weight.codes,
+            scales=weight.scales,
+            cols=out.shape[1],
+            num_threads=torch.get_num_threads(),
+            out=out,
         )
+        return _result(status, out, weight.cols)
 
 
-def _multiply(run, x: torch.Tensor, width: int, cols: int, *weight: torch.Tensor) -> torch.Tensor:
-    """Call one of the kernel's entry points: x, its shape, the weight's tensors (the codes
-    first, [N' / 8, ...]), N', threads, out; returns the first `cols` columns."""
-    if x.dtype != torch.float32 or x.device.type != "cpu":
-        raise ValueError("the block matmul kernel takes float32 CPU inputs")
+def _operands(x: torch.Tensor, width: int, codes: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """x made contiguous, and the output [M, N'] for a weight whose codes are [N' / 8, ...]."""
     if x.shape[1] != width:
         raise ValueError(f"input width {x.shape[1]} does not fit a weight of width {width}")
-    x = x.contiguous()
-    rows, padded_cols = x.shape[0], weight[0].shape[0] * _BLOCK_COLS
-    out = torch.empty(rows, padded_cols, dtype=torch.float32)
-    pointers = (t.data_ptr() for t in weight)
-    status = run(
-        x.data_ptr(), rows, width, *pointers, padded_cols, torch.get_num_threads(), out.data_ptr()
-    )
+    out = torch.empty(x.shape[0], codes.shape[0] * _BLOCK_COLS, dtype=torch.float32)
+    return x.contiguous(), out
+
+
+def _result(status: int, out: torch.Tensor, cols: int) -> torch.Tensor:
+    """The first `cols` columns of a call's output, or its failure as an exception."""
     if status == -1:
         raise ValueError("block matmul kernel: the input width is no multiple of 32")
     if status != 0:
         raise MemoryError("block matmul kernel: no memory for its decoding panel")
-    return out if padded_cols == cols else out[:, :cols]
+    return out if out.shape[1] == cols else out[:, :cols]
 
 
-@functools.cache
-def load_block_matmul() -> BlockMatmulKernel | None:
-    """The kernel, or None where native kernels are unavailable (see `native.py`) or the CPU
-    lacks AVX2."""
-    library = load_kernel("block_matmul")
-    if library is None or not library.block_matmul_available():
+def load_block_matmul(library: ctypes.CDLL | None) -> BlockMatmulKernel | None:
+    """The kernel of `library` (the built block_matmul.c, None if it did not build), or None
+    where that build cannot multiply (no AVX2)."""
+    if library is None or not bind(library, SIGNATURES[0])():
         return None
     return BlockMatmulKernel(library)

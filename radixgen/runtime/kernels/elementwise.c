@@ -16,44 +16,9 @@
  * Tensors are contiguous rows (rotary: rows `row_stride` apart, its heads at the start of each).
  * Small problems run on the calling thread: waking the pool costs more than they do.
  */
-#include <math.h>
-#include <stdint.h>
-#include <string.h>
+#include "common.h"
 
 #define PARALLEL_MIN_ELEMENTS (1 << 16)
-
-static inline float bf16_to_float(uint16_t bits) {
-    uint32_t wide = (uint32_t)bits << 16;
-    float value;
-    memcpy(&value, &wide, sizeof value);
-    return value;
-}
-
-/* Round to nearest even, as torch converts float32 to bfloat16 (NaN stays a quiet NaN). */
-static inline uint16_t float_to_bf16(float value) {
-    uint32_t bits;
-    memcpy(&bits, &value, sizeof bits);
-    if ((bits & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((bits >> 16) | 0x40u);
-    bits += 0x7fffu + ((bits >> 16) & 1u);
-    return (uint16_t)(bits >> 16);
-}
-
-static inline float round_bf16(float value) { return bf16_to_float(float_to_bf16(value)); }
-
-typedef enum { BF16 = 1, F32 = 0 } Floats;
-
-#define INLINE static inline __attribute__((always_inline))
-
-INLINE float load(const void *base, int64_t i, Floats kind) {
-    return kind == BF16 ? bf16_to_float(((const uint16_t *)base)[i]) : ((const float *)base)[i];
-}
-
-INLINE void store(void *base, int64_t i, float value, Floats kind) {
-    if (kind == BF16)
-        ((uint16_t *)base)[i] = float_to_bf16(value);
-    else
-        ((float *)base)[i] = value;
-}
 
 /* The value the torch chain holds after a step: rounded to bfloat16, or float32 as is. */
 INLINE float held(float value, Floats kind) { return kind == BF16 ? round_bf16(value) : value; }

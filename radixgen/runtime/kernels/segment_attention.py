@@ -1,5 +1,4 @@
-"""Attention of query tokens over KV segments on AMX tiles (native kernel
-`kernels/segment_attention.c`).
+"""Attention of query tokens over KV segments on AMX tiles (`segment_attention.c`).
 
 One call takes a list of *problems*, each a set of query tokens and a list of KV slots read in
 place from the pool: the common prefix a group of requests shares, or one request's own part
@@ -7,7 +6,8 @@ place from the pool: the common prefix a group of requests shares, or one reques
 disjoint tokens; a later call merges into the earlier result by log-sum-exp (`accumulate`).
 
 `load_segment_attention` returns None where the kernel cannot run (no AMX, not bfloat16 on the
-CPU, head_dim other than 64, native kernels unavailable); the caller keeps the torch backend.
+CPU, head_dim other than 64, the library does not build); `EngineKernels` then holds None and
+the caller keeps the torch backend.
 """
 
 from __future__ import annotations
@@ -18,9 +18,8 @@ from dataclasses import dataclass
 
 import torch
 
-from radixgen.runtime.model.native import load_kernel
+from radixgen.runtime.kernels.binding import Scalar, Signature, Tensor, bind
 
-_i64, _ptr = ctypes.c_int64, ctypes.c_void_p
 HEAD_DIM = 64  # the only head size the kernel's tiles are laid out for
 
 
@@ -57,12 +56,40 @@ class SegmentProblems:
         )
 
 
+_BF16, _I64, _F32 = (torch.bfloat16,), (torch.int64,), (torch.float32,)
+
+SIGNATURES = (
+    Signature("segment_attention_init", "int", ()),
+    Signature(
+        "segment_attention_bf16",
+        "int",
+        (
+            Tensor("q", _BF16, rank=2, layout="rows"),
+            Scalar("q_row_stride", "int64"),
+            Tensor("k", _BF16, rank=3),
+            Tensor("v", _BF16, rank=3),
+            Scalar("num_problems", "int64"),
+            Tensor("token_offsets", _I64, rank=1),
+            Tensor("tokens", _I64, rank=1),
+            Tensor("limits", _I64, rank=1, optional=True),
+            Tensor("slot_offsets", _I64, rank=1),
+            Tensor("slots", _I64, rank=1),
+            Scalar("kv_heads", "int64"),
+            Scalar("group", "int64"),
+            Scalar("head_dim", "int64"),
+            Scalar("scale", "float"),
+            Scalar("accumulate", "int"),
+            Scalar("num_threads", "int"),
+            Tensor("out", _F32, rank=4),
+            Tensor("lse", _F32, rank=3),
+        ),
+    ),
+)
+
+
 class SegmentAttentionKernel:
-    def __init__(self, library: ctypes.PyDLL):
-        self._run = library.segment_attention_bf16
-        self._run.restype = ctypes.c_int
-        self._run.argtypes = [_ptr, _i64, _ptr, _ptr, _i64] + [_ptr] * 5 + [_i64] * 3
-        self._run.argtypes += [ctypes.c_float, ctypes.c_int, ctypes.c_int, _ptr, _ptr]
+    def __init__(self, library: ctypes.CDLL):
+        self._run = bind(library, SIGNATURES[1])
 
     def __call__(
         self,
@@ -81,43 +108,37 @@ class SegmentAttentionKernel:
         `accumulate`, keeps its values)."""
         Hkv, D = k_buf.shape[1:]
         G = q.shape[1] // (Hkv * D)
-        tensors = (q, k_buf, v_buf)
-        if any(t.dtype != torch.bfloat16 or t.device.type != "cpu" for t in tensors):
-            raise ValueError("the segment attention kernel takes bfloat16 CPU tensors")
-        if q.stride(1) != 1 or not all(t.is_contiguous() for t in (k_buf, v_buf, out, lse)):
-            raise ValueError("the segment attention kernel takes contiguous tensors (q: rows)")
-        limits = problems.limits
         status = self._run(
-            q.data_ptr(),
-            q.stride(0),
-            k_buf.data_ptr(),
-            v_buf.data_ptr(),
-            len(problems.token_offsets) - 1,
-            problems.token_offsets.data_ptr(),
-            problems.tokens.data_ptr(),
-            None if limits is None else limits.data_ptr(),
-            problems.slot_offsets.data_ptr(),
-            problems.slots.data_ptr(),
-            Hkv,
-            G,
-            D,
-            D**-0.5,
-            int(accumulate),
-            torch.get_num_threads(),
-            out.data_ptr(),
-            lse.data_ptr(),
+            q=q,
+            q_row_stride=q.stride(0),
+            k=k_buf,
+            v=v_buf,
+            num_problems=len(problems.token_offsets) - 1,
+            token_offsets=problems.token_offsets,
+            tokens=problems.tokens,
+            limits=problems.limits,
+            slot_offsets=problems.slot_offsets,
+            slots=problems.slots,
+            kv_heads=Hkv,
+            group=G,
+            head_dim=D,
+            scale=D**-0.5,
+            accumulate=int(accumulate),
+            num_threads=torch.get_num_threads(),
+            out=out,
+            lse=lse,
         )
         if status != 0:
             raise ValueError(f"segment attention kernel failed (status {status}, head_dim {D})")
 
 
 def load_segment_attention(
-    device: torch.device, dtype: torch.dtype, head_dim: int
+    library: ctypes.CDLL | None, dtype: torch.dtype, head_dim: int
 ) -> SegmentAttentionKernel | None:
-    """The kernel where it can serve a pool of `dtype` on `device`, or None (use torch)."""
-    if device.type != "cpu" or dtype != torch.bfloat16 or head_dim != HEAD_DIM:
+    """The kernel where it can serve a CPU pool of `dtype` and heads of `head_dim` with
+    `library` (the built segment_attention.c, None if it did not build), or None."""
+    if library is None or dtype != torch.bfloat16 or head_dim != HEAD_DIM:
         return None
-    library = load_kernel("segment_attention")
-    if library is None or library.segment_attention_init() != 0:
+    if bind(library, SIGNATURES[0])() != 0:  # no AMX in this build or for this process
         return None
     return SegmentAttentionKernel(library)
