@@ -51,8 +51,8 @@ def test_the_choice_follows_the_cpu_features(native_kernels):
     bfloat16 = EngineConfig(dtype="bfloat16")
     assert EngineKernels.choose(bfloat16, head_dim=64, cpu=AVX2_ONLY).segment_attention is None
     amx = dataclasses.replace(AVX2_ONLY, avx512f=True, avx512_bf16=True, amx=True)
-    torch_attention = EngineConfig(dtype="bfloat16", attention_backend="torch")
-    assert EngineKernels.choose(torch_attention, head_dim=64, cpu=amx).segment_attention is None
+    native_attention = EngineConfig(dtype="bfloat16", attention_backend="native")
+    assert EngineKernels.choose(native_attention, head_dim=64, cpu=amx).segment_attention is None
     assert EngineKernels.choose(bfloat16, head_dim=128, cpu=amx).segment_attention is None
     if cpu_features().amx:
         assert EngineKernels.choose(bfloat16, head_dim=64, cpu=amx).segment_attention is not None
