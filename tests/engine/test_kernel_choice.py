@@ -32,3 +32,14 @@ def test_disabled_native_kernels_answer_as_the_native_ones(engine, torch_engine)
     params = {"max_new_tokens": 16, "temperature": 0}
     expected = [o["output_ids"] for o in engine.generate(PROMPTS, params)]
     assert [o["output_ids"] for o in torch_engine.generate(PROMPTS, params)] == expected
+
+
+def test_the_reference_attention_executor_answers_as_the_default_one(engine):
+    """`--attention-backend reference` runs every plan in plain PyTorch: same greedy tokens."""
+    params = {"max_new_tokens": 12, "temperature": 0}
+    expected = [o["output_ids"] for o in engine.generate(PROMPTS, params)]
+    with Engine(
+        model="smollm2", dtype="float32", kv_cache_tokens=2048, attention_backend="reference"
+    ) as reference:
+        assert type(reference.scheduler.runner.attention).__name__ == "ReferenceExecutor"
+        assert [o["output_ids"] for o in reference.generate(PROMPTS, params)] == expected
