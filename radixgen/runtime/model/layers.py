@@ -92,10 +92,7 @@ def can_prepack(weight: torch.Tensor) -> bool:
 
 
 # oneDNN picks the packed layout for this many input rows; the packed weight serves every batch
-# size. Measured over SmolLM2's 30 layers on 2 cores: bfloat16 on a Xeon (2026-12-01), 64 beats
-# 1 at every width: 22 vs 29 ms at 1 row, 32 vs 39 ms at 12, 202 vs 245 ms at 1,024. float32 on
-# an AVX2 EPYC (2026-12-02, with the head): 23 vs 20 ms at 1 row, 36 vs 44 at 8, 134 vs 148 at
-# 60, 1,061 vs 1,181 at 512 (MKL's dense GEMM: 25, 72-76, 177-191, 1,147-1,227).
+# size. A hint of 64 beat 1 at every width measured, prefill and decode alike (docs/tuning.md).
 PREPACK_ROWS_HINT = 64
 
 
