@@ -92,7 +92,8 @@ def can_prepack(weight: torch.Tensor) -> bool:
 
 
 # oneDNN picks the packed layout for this many input rows; the packed weight serves every batch
-# size. A hint of 64 beat 1 at every width measured, prefill and decode alike (docs/tuning.md).
+# size. A hint of 64 beat a hint of 1 at every width measured but one-row float32 (the 4-bit
+# kernels serve those passes anyway); measurements in docs/tuning.md.
 PREPACK_ROWS_HINT = 64
 
 
