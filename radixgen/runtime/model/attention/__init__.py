@@ -10,8 +10,9 @@ layer hands it to an executor, which stores the layer's new K/V and attends as p
 """
 
 from radixgen.runtime.model.attention.amx_executor import AmxExecutor
+from radixgen.runtime.model.attention.executor import AttentionExecutor
 from radixgen.runtime.model.attention.native_executor import NativeExecutor
-from radixgen.runtime.model.attention.plan import AttentionExecutor, AttentionPlan, PlanTarget
+from radixgen.runtime.model.attention.plan import AttentionPlan, PlanTarget
 from radixgen.runtime.model.attention.planner import AttentionPlanner
 from radixgen.runtime.model.attention.reference_executor import ReferenceExecutor
 

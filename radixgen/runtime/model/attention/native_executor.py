@@ -17,6 +17,7 @@ import torch
 
 from radixgen.runtime.cache.kv_pool import KVPool
 from radixgen.runtime.kernels.decode_attention import DecodeAttentionKernel
+from radixgen.runtime.model.attention.executor import AttentionExecutor
 from radixgen.runtime.model.attention.partials import (
     flash_with_lse,
     gather_kv,
@@ -34,7 +35,7 @@ from radixgen.runtime.model.attention.plan import (
 )
 
 
-class NativeExecutor:
+class NativeExecutor(AttentionExecutor):
     def __init__(
         self,
         kv_pool: KVPool,
@@ -42,28 +43,13 @@ class NativeExecutor:
         num_kv_heads: int,
         in_place_kernel: DecodeAttentionKernel | None,
     ):
-        self.kv_pool = kv_pool
-        self.num_heads = num_heads
-        self.num_kv_heads = num_kv_heads
-        self.group = num_heads // num_kv_heads
+        super().__init__(kv_pool, num_heads, num_kv_heads)
         self.in_place_kernel = in_place_kernel
         self.target = PlanTarget.GATHER if in_place_kernel is None else PlanTarget.IN_PLACE
 
-    def forward(
-        self,
-        layer: int,
-        q: torch.Tensor,  # [T, H*D]
-        k: torch.Tensor,  # [T, Hkv*D]
-        v: torch.Tensor,  # [T, Hkv*D]
-        plan: AttentionPlan,
-    ) -> torch.Tensor:  # [T, H*D]
-        T = q.shape[0]
-        Hkv, G = self.num_kv_heads, self.group
+    def attend(self, q, k, v, k_buf, v_buf, plan: AttentionPlan) -> torch.Tensor:
+        T, Hkv, G = q.shape[0], self.num_kv_heads, self.group
         D = q.shape[1] // self.num_heads
-        k = k.view(T, Hkv, D)
-        v = v.view(T, Hkv, D)
-        self.kv_pool.write(layer, plan.out_cache_loc, k, v)
-        k_buf, v_buf = self.kv_pool.buffers(layer)  # [S, Hkv, D] each
         own = plan.own
         if own.method is Method.IN_PLACE:
             out, lse = self._in_place(q, k_buf, v_buf, own)
@@ -87,7 +73,7 @@ class NativeExecutor:
                     out, lse = self._gathered(q_tokens, out, lse, k_buf, v_buf, level.layout)
                 else:
                     raise ValueError(f"NativeExecutor cannot run a {level.method} shared pass")
-        return out.to(q.dtype).reshape(T, Hkv * G * D)
+        return out
 
     def _in_place(self, q, k_buf, v_buf, problems: ProblemSet):
         """(out [N, Hkv, G, D], lse [N, Hkv, G]) of q's rows ([N, H*D], the pass's tokens)."""

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import Protocol
 
 import torch
 
@@ -98,18 +97,3 @@ class AttentionPlan:
     out_cache_loc: torch.Tensor  # [T] slots receiving the new K/V
     own: ProblemSet  # covers every token once
     shared: tuple[ProblemSet, ...]  # by nesting depth; merged into `own` in order
-
-
-class AttentionExecutor(Protocol):
-    """Runs plans: per layer, stores the new K/V in the pool, then attends as the plan says."""
-
-    target: PlanTarget
-
-    def forward(
-        self,
-        layer: int,
-        q: torch.Tensor,  # [T, H*D]
-        k: torch.Tensor,  # [T, Hkv*D]
-        v: torch.Tensor,  # [T, Hkv*D]
-        plan: AttentionPlan,
-    ) -> torch.Tensor: ...  # [T, H*D]

@@ -11,42 +11,27 @@ from __future__ import annotations
 
 import torch
 
-from radixgen.runtime.cache.kv_pool import KVPool
+from radixgen.runtime.model.attention.executor import AttentionExecutor
 from radixgen.runtime.model.attention.partials import merge_tokens
 from radixgen.runtime.model.attention.plan import AttentionPlan, PlanTarget, ProblemSet
 
 NO_KEYS_LSE = -1e30  # a token that sees no key: zero output, and no weight in a merge
 
 
-class ReferenceExecutor:
-    def __init__(self, kv_pool: KVPool, num_heads: int, num_kv_heads: int):
-        self.kv_pool = kv_pool
-        self.num_heads = num_heads
-        self.num_kv_heads = num_kv_heads
-        self.target = PlanTarget.GATHER  # the plans it is given by default; it runs any
+class ReferenceExecutor(AttentionExecutor):
+    target = PlanTarget.GATHER  # the plans it is given by default; it runs any
 
-    def forward(
-        self,
-        layer: int,
-        q: torch.Tensor,  # [T, H*D]
-        k: torch.Tensor,  # [T, Hkv*D]
-        v: torch.Tensor,  # [T, Hkv*D]
-        plan: AttentionPlan,
-    ) -> torch.Tensor:  # [T, H*D]
-        T = q.shape[0]
-        Hkv, G = self.num_kv_heads, self.num_heads // self.num_kv_heads
-        D = q.shape[1] // self.num_heads
-        self.kv_pool.write(layer, plan.out_cache_loc, k.view(T, Hkv, D), v.view(T, Hkv, D))
-        k_buf, v_buf = self.kv_pool.buffers(layer)  # [S, Hkv, D] each
-        q_tokens = q.view(T, Hkv, G, D).float()
-        out, lse = self.attend(q_tokens, k_buf, v_buf, plan.own)
+    def attend(self, q, k, v, k_buf, v_buf, plan: AttentionPlan) -> torch.Tensor:
+        T, D = q.shape[0], q.shape[1] // self.num_heads
+        q_tokens = q.view(T, self.num_kv_heads, self.group, D).float()
+        out, lse = self.attend_pass(q_tokens, k_buf, v_buf, plan.own)
         for level in plan.shared:
-            level_out, level_lse = self.attend(q_tokens, k_buf, v_buf, level)
+            level_out, level_lse = self.attend_pass(q_tokens, k_buf, v_buf, level)
             out, lse = merge_tokens(out, lse, level.tokens, level_out, level_lse)
-        return out.to(q.dtype).reshape(T, Hkv * G * D)
+        return out
 
     @staticmethod
-    def attend(
+    def attend_pass(
         q: torch.Tensor,  # [T, Hkv, G, D] float32, every token of the batch
         k_buf: torch.Tensor,  # [S, Hkv, D]
         v_buf: torch.Tensor,  # [S, Hkv, D]
