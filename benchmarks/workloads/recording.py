@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from radixgen.lang.backend.engine import EngineBackend
+from radixgen.lang.backend.engine_backend import EngineBackend
 from radixgen.lang.backend.openai import OpenAI
 from radixgen.runtime.engine import Engine
 

@@ -31,7 +31,7 @@ def resolve_backend(backend: Any = None) -> Any:
     from radixgen.runtime.engine import Engine  # torch: only once an engine may be involved
 
     if isinstance(backend, Engine):
-        from radixgen.lang.backend.engine import engine_backend
+        from radixgen.lang.backend.engine_backend import engine_backend
 
         return engine_backend(backend)
     return backend

@@ -27,7 +27,7 @@ from radixgen.lang.ir import (
     SglVariable,
     as_expr,
 )
-from radixgen.lang.runner import cache_program
+from radixgen.lang.program_runner import cache_program
 from radixgen.lang.state import ProgramState
 from radixgen.lang.tracer import TracerProgramState
 

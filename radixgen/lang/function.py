@@ -10,7 +10,7 @@ from typing import Any
 from radixgen.lang.backend_choice import resolve_backend
 from radixgen.lang.compiler import compile_func
 from radixgen.lang.ir import SglSamplingParams
-from radixgen.lang.runner import cache_program, run_program, run_program_batch
+from radixgen.lang.program_runner import cache_program, run_program, run_program_batch
 from radixgen.lang.state import ProgramState
 from radixgen.lang.tracer import TracingScope, trace_program
 

@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 import radixgen as sgl
-from radixgen.lang.backend.engine import EngineBackend
+from radixgen.lang.backend.engine_backend import EngineBackend
 from radixgen.lang.global_config import global_config
 from radixgen.launcher import running_server
 
