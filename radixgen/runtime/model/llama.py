@@ -18,7 +18,7 @@ from radixgen.runtime.kernels.block_matmul import BlockMatmulKernel, Int8Blocks,
 from radixgen.runtime.kernels.elementwise import FusedOps
 from radixgen.runtime.kernels.engine_kernels import EngineKernels
 from radixgen.runtime.kernels.int4 import Int4Groups, Int4Matmul
-from radixgen.runtime.model.attention import AttentionExecutor
+from radixgen.runtime.model.attention import AttentionExecutor, AttentionPlan
 from radixgen.runtime.model.layers import (
     Linear,
     MergedLinear,
@@ -49,7 +49,7 @@ class LlamaAttention(nn.Module):
         x: torch.Tensor,  # [T, hidden]
         rope: tuple[torch.Tensor, torch.Tensor],
         attn: AttentionExecutor,
-        meta: object,  # the attention plan of this batch
+        plan: AttentionPlan,  # this batch's, built once by the planner
     ) -> torch.Tensor:
         T = x.shape[0]
         H, Hkv, D = self.num_heads, self.num_kv_heads, self.head_dim
@@ -59,7 +59,7 @@ class LlamaAttention(nn.Module):
         q = qkv[:, : H * D]  # [T, H * D], column slices of qkv
         k = qkv[:, H * D : (H + Hkv) * D]  # [T, Hkv * D]
         v = qkv[:, (H + Hkv) * D :]  # [T, Hkv * D]
-        out = attn.forward(self.layer_id, q, k, v, meta)
+        out = attn.forward(self.layer_id, q, k, v, plan)
         return self.o_proj(out)
 
 
@@ -89,14 +89,14 @@ class LlamaDecoderLayer(nn.Module):
         residual: torch.Tensor | None,  # [T, hidden]: added to x first (None: x is the stream)
         rope: tuple[torch.Tensor, torch.Tensor],
         attn: AttentionExecutor,
-        meta: object,  # the attention plan of this batch
+        plan: AttentionPlan,  # this batch's, built once by the planner
     ) -> tuple[torch.Tensor, torch.Tensor]:  # the MLP's output, the stream it adds to
         """One layer; the residual adds are deferred into the next RMSNorm (one fused pass)."""
         if residual is None:
             residual, normed = x, self.input_layernorm(x)
         else:
             normed, residual = self.input_layernorm.add_and_norm(x, residual)
-        attended = self.self_attn(normed, rope, attn, meta)
+        attended = self.self_attn(normed, rope, attn, plan)
         normed, residual = self.post_attention_layernorm.add_and_norm(residual, attended)
         return self.mlp(normed), residual
 
@@ -138,14 +138,14 @@ class LlamaForCausalLM(nn.Module):
         input_ids: torch.Tensor,  # [T]
         positions: torch.Tensor,  # [T]
         attn: AttentionExecutor,
-        meta: object,  # the attention plan of this batch
+        plan: AttentionPlan,  # this batch's, built once by the planner
         logit_rows: torch.Tensor,  # [R]
     ) -> torch.Tensor:  # [R, vocab] float32
         x = self.embed_tokens(input_ids)  # [T, hidden]
         rope = self.rotary.lookup(positions, x.dtype)
         residual = None
         for layer in self.layers:
-            x, residual = layer(x, residual, rope, attn, meta)
+            x, residual = layer(x, residual, rope, attn, plan)
         x, _ = self.norm.add_and_norm(x[logit_rows], residual[logit_rows])  # [R, hidden]
         return self.logits(x)
 
