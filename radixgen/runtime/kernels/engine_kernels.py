@@ -3,7 +3,7 @@
 The choice depends on the engine's options (compute dtype, device, `disable_native_kernels`,
 `attention_backend`), the model's head size and the host CPU's features, and nothing else: the
 model runner builds one `EngineKernels` and hands its parts down (attention kernels to the
-attention backend, the element-wise ops and matmuls to the model's layers), so no model code
+attention executor, the element-wise ops and matmuls to the model's layers), so no model code
 looks a kernel up by itself. Every native part may be missing (None, or `FusedOps` running its
 torch chains); each user keeps a PyTorch path for that case, with the same results.
 """
