@@ -20,6 +20,8 @@ decides how to split and run it, by the batch's shape, the executor's target and
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 from radixgen.runtime.cache.req_table import ReqToTokenTable
@@ -83,7 +85,6 @@ class AttentionPlanner:
                 PerProblemLayout((T,), (None,)),
             )
             return AttentionPlan(batch.out_cache_loc, own, ())
-        kv_indices = self.req_table.table[batch.req_pool_indices, : int(seq_lens.max())]  # [B, L]
         tuning = self.tuning
         min_saving = tuning.min_segment_saving
         if in_place:
@@ -92,9 +93,7 @@ class AttentionPlanner:
                 if decode
                 else tuning.min_in_place_segment_saving
             )
-        levels, own_start = find_shared_segments(
-            kv_indices, prefix_lens, tuning.min_shared_prefix, min_saving
-        )
+        kv_indices, levels, own_start = self._prefix_tree(batch, prefix_lens, min_saving)
         if in_place:  # a query row per token, over its request's own KV up to itself
             own_lens = seq_lens - own_start  # [B]
             own = ProblemSet(
@@ -142,6 +141,17 @@ class AttentionPlanner:
         shared = tuple(_level(level, token_req, B, T, Method.GATHERED) for level in levels)
         return AttentionPlan(batch.out_cache_loc, own, shared)
 
+    def _prefix_tree(
+        self, batch: ForwardBatch, prefix_lens: torch.Tensor, min_saving: int
+    ) -> tuple[torch.Tensor, Levels, torch.Tensor]:
+        """The batch's rows of the req-to-token table ([B, L]), the shared segments worth
+        `min_saving` by depth, and where each request's own part starts ([B])."""
+        kv_indices = self.req_table.table[batch.req_pool_indices, : int(batch.seq_lens.max())]
+        levels, own_start = find_shared_segments(
+            kv_indices, prefix_lens, self.tuning.min_shared_prefix, min_saving
+        )
+        return kv_indices, levels, own_start
+
     def _pads_wastefully(
         self, E: int, kv_lens: torch.Tensor, extend_lens: torch.Tensor, shared_pairs: int = 0
     ) -> bool:
@@ -161,12 +171,8 @@ class AttentionPlanner:
         seq_lens, extend_lens = batch.seq_lens, batch.extend_lens
         B, T = batch.batch_size, batch.num_tokens
         prefix_lens = seq_lens - extend_lens  # [B]
-        kv_indices = self.req_table.table[batch.req_pool_indices, : int(seq_lens.max())]  # [B, L]
-        levels, own_start = find_shared_segments(
-            kv_indices,
-            prefix_lens,
-            self.tuning.min_shared_prefix,
-            self.tuning.amx_min_segment_saving,
+        kv_indices, levels, own_start = self._prefix_tree(
+            batch, prefix_lens, self.tuning.amx_min_segment_saving
         )
         token_req = torch.repeat_interleave(torch.arange(B), extend_lens)  # [T]
         own_lens = seq_lens - own_start  # [B]
@@ -183,24 +189,13 @@ class AttentionPlanner:
         )
         own_slots = _own_slots(kv_indices, own_start, own_lens)
         own = ProblemSet(Method.SEGMENT, None, token_req, limits, own_slots, flat)
+        every_token = torch.arange(T)
         shared = []
         for level in levels:
             gathered = _level(level, token_req, B, T, Method.SEGMENT)
-            every_token = torch.arange(T)
-            layout = SegmentProblems.build(
-                [every_token if t is None else t for t in gathered.layout.tokens],
-                list(gathered.layout.slots),
-            )
-            shared.append(
-                ProblemSet(
-                    Method.SEGMENT,
-                    gathered.tokens,
-                    gathered.token_problem,
-                    gathered.limits,
-                    gathered.slots,
-                    layout,
-                )
-            )
+            tokens = [every_token if t is None else t for t in gathered.layout.tokens]
+            layout = SegmentProblems.build(tokens, list(gathered.layout.slots))
+            shared.append(dataclasses.replace(gathered, layout=layout))
         return AttentionPlan(batch.out_cache_loc, own, tuple(shared))
 
 
