@@ -83,8 +83,9 @@ class Tuning:
     # --- matmuls: when small passes multiply by the file's quantized blocks ---
     int4_max_tokens_bfloat16: int = _knob(
         8,
-        "Widest pass (tokens) that PyTorch's bfloat16 int4 kernel runs faster than the dense "
-        "GEMM; used when EngineConfig.int4_max_tokens is unset.",
+        "Widest pass (tokens) that the bfloat16 4-bit kernel (native AVX512-BF16, else "
+        "PyTorch's) runs faster than the dense GEMM; used when EngineConfig.int4_max_tokens is "
+        "unset.",
     )
     int4_max_tokens_float32: int = _knob(
         128,
@@ -95,12 +96,23 @@ class Tuning:
         "Widest pass (rows) for which a float32 engine's output head multiplies by its Q8_0 "
         "blocks instead of the dense weights.",
     )
+    int8_head_max_tokens_bfloat16: int = _knob(
+        8,
+        "The same for a bfloat16 engine (the AVX512-BF16 kernel against oneDNN's bfloat16 GEMM).",
+    )
 
     def int4_max_tokens(self, dtype: torch.dtype) -> int:
         """The default 4-bit width for activations of `dtype` (0: no 4-bit kernel)."""
         return {
             torch.bfloat16: self.int4_max_tokens_bfloat16,
             torch.float32: self.int4_max_tokens_float32,
+        }.get(dtype, 0)
+
+    def int8_head_max_tokens_for(self, dtype: torch.dtype) -> int:
+        """The widest pass whose head multiplies by 8-bit blocks, for activations of `dtype`."""
+        return {
+            torch.bfloat16: self.int8_head_max_tokens_bfloat16,
+            torch.float32: self.int8_head_max_tokens,
         }.get(dtype, 0)
 
     @classmethod

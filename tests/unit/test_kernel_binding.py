@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from radixgen.runtime.kernels import block_matmul, decode_attention, elementwise
+from radixgen.runtime.kernels import bf16_block_matmul, block_matmul, decode_attention, elementwise
 from radixgen.runtime.kernels import segment_attention as segment
 from radixgen.runtime.kernels.binding import Scalar, Signature, Tensor, bind
 from radixgen.runtime.kernels.build import SOURCE_DIR, load_library
@@ -19,6 +19,7 @@ DECLARED = {
     "segment_attention": segment.SIGNATURES,
     "elementwise": elementwise.SIGNATURES,
     "block_matmul": block_matmul.SIGNATURES,
+    "bf16_block_matmul": bf16_block_matmul.SIGNATURES,
 }
 C_SCALARS = {"int64_t": "int64", "int": "int", "float": "float"}
 

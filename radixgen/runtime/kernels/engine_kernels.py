@@ -17,6 +17,10 @@ from dataclasses import dataclass
 import torch
 
 from radixgen.runtime.config import EngineConfig
+from radixgen.runtime.kernels.bf16_block_matmul import (
+    Bf16BlockMatmulKernel,
+    load_bf16_block_matmul,
+)
 from radixgen.runtime.kernels.block_matmul import BlockMatmulKernel, load_block_matmul
 from radixgen.runtime.kernels.build import load_library
 from radixgen.runtime.kernels.cpu import CpuFeatures, cpu_features
@@ -24,6 +28,7 @@ from radixgen.runtime.kernels.decode_attention import DTYPES as DECODE_DTYPES
 from radixgen.runtime.kernels.decode_attention import DecodeAttentionKernel
 from radixgen.runtime.kernels.elementwise import FusedOps
 from radixgen.runtime.kernels.int4 import Int4Matmul
+from radixgen.runtime.kernels.int8 import Int8Matmul
 from radixgen.runtime.kernels.segment_attention import (
     SegmentAttentionKernel,
     load_segment_attention,
@@ -40,7 +45,9 @@ class EngineKernels:
     segment_attention: SegmentAttentionKernel | None  # AMX attention over KV segments
     elementwise: FusedOps  # norm, SiLU·mul, rotary: native or the torch chains
     block_matmul: BlockMatmulKernel | None  # float32 x Q4/Q8_0 blocks
+    bf16_block_matmul: Bf16BlockMatmulKernel | None  # bfloat16 x Q4/Q8_0 blocks (AVX512-BF16)
     int4: Int4Matmul | None  # the 4-bit matmul for the compute dtype (None: dense only)
+    int8: Int8Matmul | None  # the 8-bit head's matmul for the compute dtype (None: dense)
     cpu: CpuFeatures | None = None  # the host they were chosen for (None: a CPU-free engine)
 
     @staticmethod
@@ -67,12 +74,18 @@ class EngineKernels:
         block_matmul = None
         if cpu is not None:
             block_matmul = load_block_matmul(library("block_matmul", cpu.avx2))
+        bf16_block_matmul = None
+        if cpu is not None and dtype == torch.bfloat16:
+            found = library("bf16_block_matmul", cpu.avx512_bf16)
+            bf16_block_matmul = load_bf16_block_matmul(found)
         kernels = EngineKernels(
             decode_attention=decode,
             segment_attention=segment,
             elementwise=FusedOps(library("elementwise")),
             block_matmul=block_matmul,
-            int4=Int4Matmul.choose(device, dtype, block_matmul),
+            bf16_block_matmul=bf16_block_matmul,
+            int4=Int4Matmul.choose(device, dtype, block_matmul, bf16_block_matmul),
+            int8=Int8Matmul.choose(device, dtype, block_matmul, bf16_block_matmul),
             cpu=cpu,
         )
         logger.info("kernels: %s", kernels.describe())
@@ -87,6 +100,7 @@ class EngineKernels:
                 ("segment_attention", self.segment_attention is not None),
                 ("elementwise", self.elementwise.is_native),
                 ("block_matmul", self.block_matmul is not None),
+                ("bf16_block_matmul", self.bf16_block_matmul is not None),
             )
             if present
         ]

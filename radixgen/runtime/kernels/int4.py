@@ -7,10 +7,11 @@ eighth of float32). Both kernels multiply by exactly this form,
 
     w[n, k] = (codes[n, k] - 8) * scales[n, k // 32] + zeros[n, k // 32]
 
-so the weights are the file's own values, not a second quantization: PyTorch's CPU kernel
-`_weight_int4pack_mm_for_cpu` for bfloat16 activations (scales and zeros rounded to bfloat16),
-radixgen's native kernel (`block_matmul.py`) for float32 ones. `Int4Matmul` is that choice, made
-once per engine. Wide batches (prefill) stay on the dense GEMM, which is faster there.
+so the weights are the file's own values, not a second quantization. For bfloat16 activations:
+radixgen's AVX512-BF16 kernel (`bf16_block_matmul.py`, 2-3x faster, float32 scales) where the CPU
+has it, else PyTorch's CPU kernel `_weight_int4pack_mm_for_cpu` (scales and zeros rounded to
+bfloat16); for float32 ones radixgen's native kernel (`block_matmul.py`). `Int4Matmul` is that
+choice, made once per engine. Wide batches (prefill) stay on the dense GEMM, faster there.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
+from radixgen.runtime.kernels.bf16_block_matmul import Bf16BlockMatmulKernel, Bf16Int4Panels
 from radixgen.runtime.kernels.block_matmul import GROUP_SIZE, BlockMatmulKernel, Int4Panels
 
 
@@ -54,20 +56,30 @@ class PackedInt4:
 
 
 class Int4Matmul:
-    """The 4-bit matmul for one activation dtype: PyTorch's kernel for bfloat16, the native
-    block kernel for float32. `pack` turns groups into its layout, a call multiplies."""
+    """The 4-bit matmul for one activation dtype: for bfloat16 the native AVX512-BF16 kernel if
+    given, else PyTorch's; for float32 the native block kernel. `pack` turns groups into its
+    layout, a call multiplies."""
 
-    def __init__(self, dtype: torch.dtype, block_matmul: BlockMatmulKernel | None = None):
+    def __init__(
+        self,
+        dtype: torch.dtype,
+        block_matmul: BlockMatmulKernel | None = None,
+        bf16_block_matmul: Bf16BlockMatmulKernel | None = None,
+    ):
         if dtype == torch.float32 and block_matmul is None:
             raise ValueError("float32 activations need the native block matmul kernel")
         if dtype not in (torch.bfloat16, torch.float32):
             raise ValueError(f"no 4-bit kernel for {dtype} activations")
         self.dtype = dtype
         self._block_matmul = block_matmul
+        self._bf16_block_matmul = bf16_block_matmul if dtype == torch.bfloat16 else None
 
     @staticmethod
     def choose(
-        device: torch.device, dtype: torch.dtype, block_matmul: BlockMatmulKernel | None
+        device: torch.device,
+        dtype: torch.dtype,
+        block_matmul: BlockMatmulKernel | None,
+        bf16_block_matmul: Bf16BlockMatmulKernel | None = None,
     ) -> Int4Matmul | None:
         """The 4-bit matmul that serves `dtype` activations on `device`, or None (dense only):
         bfloat16 on the CPU, float32 on the CPU where the block kernel loaded (PyTorch's kernel
@@ -75,20 +87,31 @@ class Int4Matmul:
         if device.type != "cpu":
             return None
         if dtype == torch.bfloat16 or (dtype == torch.float32 and block_matmul is not None):
-            return Int4Matmul(dtype, block_matmul)
+            return Int4Matmul(dtype, block_matmul, bf16_block_matmul)
         return None
 
-    def pack(self, groups: Int4Groups) -> PackedInt4 | Int4Panels:
+    @property
+    def is_native(self) -> bool:
+        """Whether a radixgen kernel (not PyTorch's) multiplies."""
+        return self.dtype == torch.float32 or self._bf16_block_matmul is not None
+
+    def pack(self, groups: Int4Groups) -> PackedInt4 | Int4Panels | Bf16Int4Panels:
         """`groups` in the layout of this matmul's kernel."""
         if self.dtype == torch.float32:
             return Int4Panels.pack(groups.codes, groups.scales, groups.zeros)
+        if self._bf16_block_matmul is not None:
+            return Bf16Int4Panels.pack(groups.codes, groups.scales, groups.zeros)
         codes = groups.codes.to(torch.int32)
         weight = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes, 1)
         scales_and_zeros = torch.stack((groups.scales.t(), groups.zeros.t()), dim=-1)  # [K/32,N,2]
         return PackedInt4(weight, scales_and_zeros.to(self.dtype).contiguous())
 
-    def __call__(self, x: torch.Tensor, packed: PackedInt4 | Int4Panels) -> torch.Tensor:
+    def __call__(
+        self, x: torch.Tensor, packed: PackedInt4 | Int4Panels | Bf16Int4Panels
+    ) -> torch.Tensor:
         """x [M, K] @ w.T -> [M, N]."""
+        if isinstance(packed, Bf16Int4Panels):
+            return self._bf16_block_matmul.int4(x, packed)
         if isinstance(packed, Int4Panels):
             return self._block_matmul.int4(x, packed)
         return torch.ops.aten._weight_int4pack_mm_for_cpu(

@@ -14,10 +14,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from radixgen.runtime.config import ModelConfig
-from radixgen.runtime.kernels.block_matmul import BlockMatmulKernel, Int8Blocks, Int8Panels
+from radixgen.runtime.kernels.bf16_block_matmul import Bf16Int8Panels
+from radixgen.runtime.kernels.block_matmul import Int8Blocks, Int8Panels
 from radixgen.runtime.kernels.elementwise import FusedOps
 from radixgen.runtime.kernels.engine_kernels import EngineKernels
 from radixgen.runtime.kernels.int4 import Int4Groups, Int4Matmul
+from radixgen.runtime.kernels.int8 import Int8Matmul
 from radixgen.runtime.model.attention import AttentionExecutor, AttentionPlan
 from radixgen.runtime.model.layers import (
     Linear,
@@ -128,9 +130,9 @@ class LlamaForCausalLM(nn.Module):
         if not config.tie_word_embeddings:
             self.lm_head = Linear(config.hidden_size, config.vocab_size, bias=False)
         self.packed_tied_head: torch.Tensor | None = None
-        self.int8_head: Int8Panels | None = None  # the head's Q8_0 codes (see use_int8_head)
+        self.int8_head: Int8Panels | Bf16Int8Panels | None = None  # Q8_0 codes (use_int8_head)
         self.int8_head_max_tokens = 0
-        self.int8_matmul: BlockMatmulKernel | None = None
+        self.int8_matmul: Int8Matmul | None = None
 
     @torch.inference_mode()
     def forward(
@@ -153,7 +155,7 @@ class LlamaForCausalLM(nn.Module):
         """The output head: its 8-bit blocks for narrow passes, else the dense (or prepacked)
         head, or the embedding matrix when they are tied."""
         if self.int8_head is not None and x.shape[0] <= self.int8_head_max_tokens:
-            return self.int8_matmul.int8(x, self.int8_head)
+            return self.int8_matmul(x, self.int8_head)
         if self.lm_head is not None:
             return self.lm_head(x).float()
         if self.packed_tied_head is not None:
@@ -221,18 +223,18 @@ class LlamaForCausalLM(nn.Module):
         self,
         weights: Iterable[tuple[str, Int8Blocks]],
         max_tokens: int,
-        matmul: BlockMatmulKernel,
+        matmul: Int8Matmul,
     ) -> bool:
         """Multiply passes of at most `max_tokens` rows by the output head's 8-bit blocks, if
-        `weights` (HF names) hold them: the tied embedding or `lm_head`. float32 models only
-        (`matmul`'s inputs); returns whether the head switched."""
+        `weights` (HF names) hold them: the tied embedding or `lm_head`. `matmul` serves the
+        model's activation dtype; returns whether the head switched."""
         name = "model.embed_tokens.weight" if self.lm_head is None else "lm_head.weight"
         blocks = next((blocks for n, blocks in weights if n == name), None)
         if blocks is None:
             return False
         if tuple(blocks.codes.shape) != (self.config.vocab_size, self.config.hidden_size):
             raise ValueError(f"8-bit head {tuple(blocks.codes.shape)} does not fit the model")
-        self.int8_head, self.int8_head_max_tokens = blocks.panels(), max_tokens
+        self.int8_head, self.int8_head_max_tokens = matmul.pack(blocks), max_tokens
         self.int8_matmul = matmul
         return True
 

@@ -56,10 +56,11 @@ class ModelRunner:
             weights = source.iter_int4_weights(model_config)
             switched = self.model.use_int4(weights, int4_tokens, int4)
             logger.info("%d projections use 4-bit weights for small batches", switched)
-            if self.dtype == torch.float32 and self.model.use_int8_head(  # float32 rows only
+            head = self.kernels.int8
+            if head is not None and self.model.use_int8_head(
                 source.iter_int8_weights(model_config),
-                engine_config.tuning.int8_head_max_tokens,
-                self.kernels.block_matmul,
+                engine_config.tuning.int8_head_max_tokens_for(self.dtype),
+                head,
             ):
                 logger.info("the output head uses its 8-bit weights for small batches")
         logger.info("loaded %s in %.1fs", source.path, time.perf_counter() - start)
