@@ -29,15 +29,18 @@ class KVPool:
         shape = (num_layers, size + 1, num_kv_heads, head_dim)
         self.k = torch.zeros(shape, dtype=dtype, device=device)
         self.v = torch.zeros(shape, dtype=dtype, device=device)
+        # Each layer's views, made once: every layer of every step asks for them.
+        self._layers = list(zip(self.k.unbind(0), self.v.unbind(0), strict=True))
 
     def write(self, layer: int, slots: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
         """Store K/V for `slots` ([T]) in `layer`; k, v: [T, Hkv, D]."""
-        self.k[layer].index_copy_(0, slots, k.to(self.k.dtype))
-        self.v[layer].index_copy_(0, slots, v.to(self.v.dtype))
+        k_buf, v_buf = self._layers[layer]
+        k_buf.index_copy_(0, slots, k if k.dtype == k_buf.dtype else k.to(k_buf.dtype))
+        v_buf.index_copy_(0, slots, v if v.dtype == v_buf.dtype else v.to(v_buf.dtype))
 
     def buffers(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """K and V of one layer, each [size + 1, Hkv, D]."""
-        return self.k[layer], self.v[layer]
+        """K and V of one layer, each [size + 1, Hkv, D] (views of `k` and `v`)."""
+        return self._layers[layer]
 
 
 class SlotAllocator:
