@@ -148,8 +148,8 @@ def server_peer(model_path: Path, slots: int, key: str = "llamacpp") -> Peer | s
         spec = llama_server_spec(model_path, slots, key=key, directory=directory)
         build = version(directory) or "version unknown"
         note = (
-            f"peer: llama.cpp's C++ llama-server ({build}) from {directory}, {slots} slots x "
-            f"{CTX_PER_SLOT} tokens, {THREADS} threads"
+            f"peer: llama.cpp's C++ llama-server ({build}) from {directory}, {slots} "
+            f"slot{'s' if slots != 1 else ''} x {CTX_PER_SLOT} tokens, {THREADS} threads"
         )
         return Peer(spec, True, slots, note)
     missing = f"llama.cpp's C++ llama-server is not in {directory} ({BUILD_HINT})"
