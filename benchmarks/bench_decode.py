@@ -12,8 +12,8 @@ Part 1, batch-1 decode (llama.cpp's "tg128"):
 Each side's figure is the median of `--rounds` rounds; the ratio is radixgen / llama.cpp.
 
 Part 2, extraction/RAG: a few fixed prompts whose answers copy from the prompt (repeat a
-paragraph, quote the sentences that answer a question, list matching records, return a function
-with a docstring added), as chat messages rendered with the model's template and sent as the same
+paragraph, quote the sentences that answer a question, correct a text's spelling, list matching
+records), as chat messages rendered with the model's template and sent as the same
 token ids to every system. Greedy, at most `--rag-tokens` (128) new tokens, EOS honoured (the
 answers end by themselves). Systems, one alive at a time:
 * radixgen without speculation (the default engine);
@@ -106,18 +106,11 @@ _ORDERS = "\n".join(
         ]
     )
 )
-_CODE = """def moving_average(values, window):
-    if window <= 0:
-        raise ValueError("window must be positive")
-    averages = []
-    total = 0.0
-    for i, value in enumerate(values):
-        total += value
-        if i >= window:
-            total -= values[i - window]
-        if i >= window - 1:
-            averages.append(total / window)
-    return averages"""
+_TYPOS = (
+    "The comittee met on Tuesday to discus the new budjet. After a long debate, the members "
+    "agreed to fund the libary repairs and to postpone the new playgound until next year. "
+    "The chairman thanked everyone for there patience and closed the meeting at nine oclock."
+)
 
 RAG_PROMPTS: dict[str, str] = {
     "repeat a paragraph": f"Repeat the following paragraph word for word.\n\n{_PARAGRAPH}",
@@ -125,14 +118,17 @@ RAG_PROMPTS: dict[str, str] = {
         f"Context:\n{_CONTEXT}\n\nQuestion: What happened to the river and its towns between "
         "1820 and 1953? Answer by quoting the relevant sentences of the context exactly."
     ),
-    "list matching records": (
-        f"{_ORDERS}\n\nList every order shipped to Berlin, one per line, exactly as written above."
+    "fix the spelling": (
+        "Fix the spelling mistakes in the following text and return the whole corrected text."
+        f"\n\n{_TYPOS}"
     ),
-    "edit code": (
-        "Add a one-line docstring to this Python function and return the whole function, "
-        f"otherwise unchanged.\n\n```python\n{_CODE}\n```"
+    "list matching records": (
+        f"Here are some orders:\n{_ORDERS}\n\nRepeat the list above, but only the orders "
+        "shipped to Berlin."
     ),
 }
+"""Prompts whose answers (SmolLM2-135M's, greedy) copy long runs of the prompt, correct or not:
+the case prompt-lookup speculation is for."""
 
 
 # --- radixgen ---------------------------------------------------------------------------------
