@@ -4,6 +4,7 @@ ready, stop it, and read its counters."""
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 import time
 from collections.abc import Iterator
@@ -39,6 +40,8 @@ class ServerSpec:
     argv: tuple[str, ...]  # without --port
     ready_path: str
     native_api: bool = False  # radixgen: /flush_cache and /get_server_info
+    env: tuple[tuple[str, str], ...] = ()
+    """Variables added to the server's environment (llama.cpp's LD_LIBRARY_PATH)."""
 
 
 def radixgen_spec(cache: bool) -> ServerSpec:
@@ -50,17 +53,10 @@ def radixgen_spec(cache: bool) -> ServerSpec:
     return ServerSpec("radixgen_off", "radixgen (radix cache OFF)", tuple(argv), "/health", True)
 
 
-def llamacpp_spec(model_path: Path) -> ServerSpec:
-    argv = [python_bin(), "-m", "llama_cpp.server", "--model", str(model_path)]
-    argv += ["--host", "127.0.0.1", "--n_threads", "2", "--n_ctx", "4096"]
-    argv += ["--interrupt_requests", "false"]
-    return ServerSpec("llamacpp", "llama.cpp (llama-cpp-python server)", tuple(argv), "/v1/models")
-
-
 @contextlib.contextmanager
-def running_server(spec: ServerSpec, log_dir: Path) -> Iterator[str]:
+def running_process(spec: ServerSpec, log_dir: Path) -> Iterator[launcher.ServerProcess]:
     """Start the server (radixgen/launcher.py) with its output in `log_dir/<key>.log`, wait
-    until `spec.ready_path` answers, yield its root URL; always stop it."""
+    until `spec.ready_path` answers, yield the process (`.url`, `.pid`); always stop it."""
     with launcher.running_server(
         command=spec.argv,
         health_path=spec.ready_path,
@@ -68,8 +64,28 @@ def running_server(spec: ServerSpec, log_dir: Path) -> Iterator[str]:
         name=spec.label,
         log_path=log_dir / f"{spec.key}.log",
         cwd=ROOT,
+        env={**os.environ, **dict(spec.env)} if spec.env else None,
     ) as server:
+        yield server
+
+
+@contextlib.contextmanager
+def running_server(spec: ServerSpec, log_dir: Path) -> Iterator[str]:
+    """`running_process`, yielding only the server's root URL."""
+    with running_process(spec, log_dir) as server:
         yield server.url
+
+
+def rss_bytes(pid: int) -> int | None:
+    """Resident memory of process `pid` (Linux /proc; None where it cannot be read)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    for line in status.splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024  # reported in kB
+    return None
 
 
 def served_model(root: str) -> str:

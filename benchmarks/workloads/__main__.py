@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
-import importlib.metadata
 import json
 import tempfile
 import time
@@ -36,7 +35,14 @@ from benchmarks.workloads.base import SIZES
 from benchmarks.workloads.metrics import RunResult, median_round
 from benchmarks.workloads.report import chart, markdown
 from benchmarks.workloads.runner import run_workload, unavailable_result, warm_up
-from benchmarks.workloads.systems import SPECS, OpenSystem, open_system
+from benchmarks.workloads.systems import (
+    SPECS,
+    OpenSystem,
+    best_of_slots,
+    expand_systems,
+    open_system,
+    peer_description,
+)
 from radixgen.runtime.config import auto_dtype
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -106,15 +112,8 @@ def machine_info() -> dict[str, Any]:
         "python": host.python,
         "dtype": auto_dtype("cpu"),  # what radixgen's and transformers' "auto" computes in
         "torch": host.torch,
-        "llama_cpp_python": _version("llama-cpp-python"),
+        "llama_cpp": peer_description(),
     }
-
-
-def _version(dist: str) -> str:
-    try:
-        return importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        return "not installed"
 
 
 def run_rounds(
@@ -127,8 +126,10 @@ def run_rounds(
 ) -> list[RunResult]:
     """Run the pass `repeat` times, system order reversed in every other round (a drift of the
     machine's speed across a round then favours no system); each (workload, system) keeps its
-    median round (`metrics.median_round`)."""
+    median round (`metrics.median_round`). A system with variants (llama.cpp's 1 and 8 slots)
+    runs as its variants and reports the better one (`systems.best_of_slots`)."""
     run_pass = run_interleaved if interleave else run_all
+    keys = expand_systems(keys)
     rounds: dict[tuple[str, str], list[RunResult]] = {}
     for number in range(repeat):
         if repeat > 1:
@@ -136,7 +137,7 @@ def run_rounds(
         order = keys if number % 2 == 0 else keys[::-1]
         for result in run_pass(order, names, size, log_dir):
             rounds.setdefault((result.workload, result.system), []).append(result)
-    return [median_round(runs) for runs in rounds.values()]
+    return best_of_slots([median_round(runs) for runs in rounds.values()])
 
 
 def run_all(keys: list[str], names: list[str], size: str, log_dir: Path) -> list[RunResult]:

@@ -94,6 +94,8 @@ class RunResult:
     round_programs_per_s: list[float | None] = field(default_factory=list)
     """programs/s of every round, in round order (None: that round failed); set by
     `median_round` (one entry after a single round), empty on a result taken alone."""
+    note: str = ""
+    """Shown next to the system's name (llama.cpp: which slot count this row is)."""
 
     @property
     def ok(self) -> bool:

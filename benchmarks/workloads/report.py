@@ -86,7 +86,7 @@ def detail_table(results: Sequence[RunResult], workloads: Sequence[Workload]) ->
         title = next((w.title for w in workloads if w.name == r.workload), r.workload)
         cells = [
             title,
-            SPECS[r.system].label,
+            SPECS[r.system].label + (f": {r.note}" if r.note else ""),
             _fmt(r.programs_per_s, ".2f"),
             *([_rounds(r)] if repeated else []),
             _fmt(r.generated_tok_per_s, ".1f"),
@@ -157,7 +157,7 @@ def markdown(
         f"Q4_1 GGUF (radixgen and transformers compute in {dtype}, "
         f"radixgen's decode steps of <= {_int4_tokens(dtype)} requests on the 4-bit "
         f"blocks{_head_note(dtype)}, llama.cpp on the Q4_1 "
-        f"weights; llama-cpp-python {info.get('llama_cpp_python', 'n/a')}, 2 threads). "
+        f"weights, {info.get('llama_cpp', 'llama-cpp-python')}, 2 threads). "
         f"All programs greedy (temperature 0).{rounds}",
         "",
         *summary_table(results, workloads),

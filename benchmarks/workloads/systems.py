@@ -4,15 +4,19 @@
              gets from `set_default_backend(Engine(...))`; programs run 64 at a time.
 * no-cache   the same with `disable_radix_cache=True` (the paper's "no cache" ablation).
 * fcfs       the same with `schedule_policy="fcfs"` (the paper's FCFS-schedule ablation).
-* llamacpp   llama-cpp-python's OpenAI server on the same GGUF file (`--n_threads 2`), driven
-             by the language's `OpenAI` backend as a completion model with the ChatML template.
-             The server runs one request at a time and reuses the KV prefix shared with the
-             previous request only, so programs run one at a time (their forks still send
-             concurrently): more programs in flight would only evict each other's prefixes.
-             Its `/v1/completions` accepts one prompt per request and treats `max_tokens=0` as
-             "until the context is full", so `select` cannot work; it ignores the `regex` /
-             `json_schema` fields the backend sends (it reads only a GBNF `grammar`), so its
-             answers would be unconstrained: select and constrained workloads are n/a.
+* llamacpp   llama.cpp's own C++ `llama-server` on the same GGUF file, 2 threads
+             (benchmarks/peers.py), driven by the language's `OpenAI` backend as a completion
+             model with the ChatML template. Each workload runs twice, as `llamacpp-1` (1 slot,
+             programs one at a time: a slot keeps the KV prefix of its last request, so more
+             programs in flight would only evict each other's prefixes) and `llamacpp-8` (8
+             slots, 8 programs in flight; forks of a program still send concurrently), and the
+             `llamacpp` row is the better of the two by programs/s (`best_of_slots`; its note
+             says which, and the other's figure). Where the C++ build is absent
+             llama-cpp-python's server (one request at a time) runs `llamacpp-1` instead,
+             `llamacpp-8` fails, and the row says FALLBACK.
+             Its `/v1/completions` refuses `echo` ("Only no echo is supported"), so `select`
+             cannot score choices; it does not read the `regex` field the backend sends, so
+             constrained answers would be unconstrained: select and constrained workloads are n/a.
 * hf         transformers `generate` per call (no KV reuse between calls), in the dtype radixgen's
              "auto" picks, programs one at a time; only a few cheap workloads (`HF_WORKLOADS`),
              the rest n/a.
@@ -22,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import importlib.metadata
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -30,8 +35,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from benchmarks.servers import llamacpp_spec, log, running_server, served_model
+from benchmarks import peers
+from benchmarks.servers import log, running_server, served_model
 from benchmarks.workloads.base import CONSTRAINED, SELECT
+from benchmarks.workloads.metrics import RunResult
 from benchmarks.workloads.recording import RecordingEngineBackend, RecordingOpenAI, RequestLog
 from radixgen.runtime.config import DTYPES, auto_dtype
 from radixgen.runtime.engine import Engine
@@ -51,6 +58,10 @@ class SystemSpec:
     workloads: tuple[str, ...] | None = None
     """Only these workloads (None: all it is capable of)."""
     engine_options: dict[str, Any] = field(default_factory=dict)
+    slots: int = 0
+    """llama-server's parallel slots (the peer's variants; 0: not one)."""
+    variants: tuple[str, ...] = ()
+    """Systems that actually run in its place; its row is the best of theirs."""
 
     def unavailable_reason(self, name: str, needs: frozenset[str]) -> str:
         """Why this system does not run workload `name` ("" if it does)."""
@@ -81,7 +92,15 @@ SPECS: dict[str, SystemSpec] = {
             ENGINE_PARALLEL,
             engine_options={"schedule_policy": "fcfs"},
         ),
-        SystemSpec("llamacpp", "llama.cpp server", frozenset(), 1),
+        SystemSpec(
+            "llamacpp",
+            "llama.cpp (llama-server, best of 1/8 slots)",
+            frozenset(),
+            1,
+            variants=("llamacpp-1", "llamacpp-8"),
+        ),
+        SystemSpec("llamacpp-1", "llama-server, 1 slot", frozenset(), 1, slots=1),
+        SystemSpec("llamacpp-8", "llama-server, 8 slots", frozenset(), 8, slots=8),
         SystemSpec("hf", "HF transformers", frozenset(), 1, workloads=HF_WORKLOADS),
     )
 }
@@ -131,9 +150,15 @@ def _radixgen_tokenizer() -> Any:
 def _llamacpp(spec: SystemSpec, log_dir: Path) -> Iterator[OpenSystem]:
     from radixgen.runtime.model.loader import default_model_path
 
-    server = llamacpp_spec(default_model_path())
-    # logprobs are never requested from it, so skip computing logits for every prompt token
-    server = dataclasses.replace(server, argv=(*server.argv, "--logits_all", "false"))
+    peer = peers.server_peer(default_model_path(), spec.slots, key=spec.key)
+    if isinstance(peer, str):
+        raise RuntimeError(peer)
+    if peer.slots < spec.slots:
+        raise RuntimeError(f"n/a: {peer.note}")
+    server = peer.spec
+    if not peer.native:  # logprobs are never requested: skip computing every prompt's logits
+        server = dataclasses.replace(server, argv=(*server.argv, "--logits_all", "false"))
+    log(peer.note)
     with running_server(server, log_dir) as root:
         log_ = RequestLog()
         backend = RecordingOpenAI(
@@ -196,7 +221,9 @@ def open_system(key: str, log_dir: Path) -> Iterator[OpenSystem]:
     """Start system `key` (load its model or launch its server); always stop it on exit."""
     spec = SPECS[key]
     started = time.perf_counter()
-    if key == "llamacpp":
+    if spec.variants:
+        raise ValueError(f"{key} runs as {', '.join(spec.variants)} (see expand_systems)")
+    if spec.slots:
         cm: Any = _llamacpp(spec, log_dir)
     elif key == "hf":
         cm = _hf(spec)
@@ -213,3 +240,70 @@ def open_system(key: str, log_dir: Path) -> Iterator[OpenSystem]:
         finally:
             if engine is not None:
                 engine.shutdown()
+
+
+# --- the peer's slot variants -----------------------------------------------------------------
+
+
+def expand_systems(keys: list[str]) -> list[str]:
+    """The systems to start for `keys`: a system with variants becomes its variants; each key
+    once, in order."""
+    out: list[str] = []
+    for key in keys:
+        for k in SPECS[key].variants or (key,):
+            if k not in out:
+                out.append(k)
+    return out
+
+
+def best_of_slots(results: list[RunResult]) -> list[RunResult]:
+    """Each workload's variant results (e.g. llama-server with 1 and with 8 slots) replaced by
+    one row of the system they stand for: the variant with the most programs/s (its rounds
+    come along, so paired ratios pair its rounds), its `note` naming the slots and the others'
+    figures. A variant that failed is only chosen when none worked. Other rows pass through."""
+    parent = {v: s.key for s in SPECS.values() for v in s.variants}
+    merged: dict[tuple[str, str], list[RunResult]] = {}
+    out: list[RunResult | tuple[str, str]] = []
+    for r in results:
+        if r.system not in parent:
+            out.append(r)
+            continue
+        group = (r.workload, parent[r.system])
+        if group not in merged:
+            merged[group] = []
+            out.append(group)  # the merged row takes the first variant's place
+        merged[group].append(r)
+    return [x if isinstance(x, RunResult) else _best(x[1], merged[x]) for x in out]
+
+
+def _best(key: str, variants: list[RunResult]) -> RunResult:
+    ok = [r for r in variants if r.ok]
+    if not ok:  # n/a or failed everywhere: the first variant's reason
+        return dataclasses.replace(variants[0], system=key)
+    best = max(ok, key=lambda r: r.programs_per_s or 0.0)
+    others = [
+        f"{_slots(r.system)}: "
+        + (f"{r.programs_per_s:.2f} prog/s" if r.ok and r.programs_per_s else r.status[:80])
+        for r in variants
+        if r is not best
+    ]
+    note = _slots(best.system) + (f" (vs {'; '.join(others)})" if others else "")
+    if not peers.binary("llama-server"):
+        note += "; FALLBACK llama-cpp-python server: the C++ llama-server is absent"
+    return dataclasses.replace(best, system=key, note=note)
+
+
+def peer_description() -> str:
+    """What the llama.cpp rows run on, for the report's header."""
+    if peers.binary("llama-server"):
+        return f"llama.cpp's C++ llama-server ({peers.version() or 'version unknown'})"
+    try:
+        fallback = f"llama-cpp-python {importlib.metadata.version('llama-cpp-python')}"
+    except importlib.metadata.PackageNotFoundError:
+        fallback = "llama-cpp-python (not installed)"
+    return f"FALLBACK {fallback} server: the C++ llama-server is absent"
+
+
+def _slots(key: str) -> str:
+    n = SPECS[key].slots
+    return f"{n} slot" + ("s" if n != 1 else "")
