@@ -69,6 +69,7 @@ class RadixCache:
     def __init__(self, allocator: SlotAllocator):
         self.allocator = allocator
         self._clock = itertools.count(1)
+        self.evicted_tokens = 0  # slots `evict` ever freed (a counter: `reset` keeps it)
         self.reset()
 
     def reset(self) -> None:
@@ -177,6 +178,7 @@ class RadixCache:
             del parent.children[leaf.key[0]]
             if parent is not self.root and not parent.children and parent.lock_ref == 0:
                 heapq.heappush(leaves, parent)
+        self.evicted_tokens += freed
         return freed
 
     def _iter_nodes(self):
