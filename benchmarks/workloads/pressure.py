@@ -29,7 +29,13 @@ schedule reaches the same hit rate. Here each workload runs on engines whose poo
    and the judge is in flight at once, and half of MMLU's, all competing for the pool.
 
 The report gives per workload the pool, and per policy the hit rate (cached / prompt tokens),
-programs/s, evicted tokens and retractions (the engine's counters over the run).
+programs/s, evicted tokens and retractions (the engine's counters over the run), and from a
+`SchedulerTrace` of each run the cached prefix tokens requests lost while they waited (evicted
+between their arrival and their admission: what a cache-aware order exists to prevent) and the
+mean wait. A prefix evicted *before* the request that reuses it arrives (a program's next call
+comes a round trip after its previous one finished, and the scheduler meanwhile admits other
+programs' prompts) is beyond any queue order: it shows as a lower hit rate without tokens lost
+while waiting (`python -m benchmarks.workloads.pressure_trace` prints the batches).
 """
 
 from __future__ import annotations
@@ -47,6 +53,7 @@ from benchmarks.workloads.base import Workload
 from benchmarks.workloads.metrics import RunResult, median_round, paired_ratio, round_ratios
 from benchmarks.workloads.recording import TokenizedRequest
 from benchmarks.workloads.runner import run_workload, warm_up
+from benchmarks.workloads.scheduler_trace import SchedulerTrace
 from benchmarks.workloads.systems import ALL, ENGINE_PARALLEL, SPECS, SystemSpec, open_system
 
 DEFAULT_FRACTION = 0.25
@@ -54,6 +61,10 @@ POLICIES = ("lpm", "dfs-weight", "fcfs")
 FLOOR_MARGIN = 32
 PREFIX_HEAVY = ("mmlu", "tot", "judge")  # issue 27: cache-aware must beat FCFS on these
 REFERENCE = "radixgen"  # the sizing pass: lpm with the default pool
+TRACED = ("lost_while_waiting", "requests_that_lost", "mean_wait_steps")
+"""SchedulerTrace totals kept with each policy run's counters: prompt tokens that were cached
+when a request first waited but evicted before it was admitted, how many requests lost some,
+and the mean wait in scheduler steps."""
 DASH = "—"
 
 
@@ -199,7 +210,13 @@ def _run_policy(name: str, policy: str, pool: PoolSize, size: str, log_dir: Path
     def run() -> RunResult:
         with open_system(policy, log_dir, spec) as system:
             warm_up(system)
-            return run_workload(WORKLOADS[name], system, size)
+            trace = SchedulerTrace()
+            trace.install(system.engine)
+            result = run_workload(WORKLOADS[name], system, size)
+        summary = trace.summary()
+        for key in TRACED:
+            result.counters[key] = summary[key]
+        return result
 
     result = _guarded(name, policy, run)
     log(f"{name} on {spec.label}: {time.perf_counter() - started:.0f}s")
@@ -228,6 +245,12 @@ def _hit_and_speed(r: RunResult | None) -> str:
 def _count(r: RunResult, key: str) -> str:
     value = r.counters.get(key)
     return DASH if value is None else f"{value:,.0f}"
+
+
+def _lost(r: RunResult) -> str:
+    if r.counters.get("lost_while_waiting") is None:
+        return DASH
+    return f"{_count(r, 'lost_while_waiting')} / {_count(r, 'requests_that_lost')}"
 
 
 def summary_table(run: PressureRun, workloads: Sequence[Workload]) -> list[str]:
@@ -261,8 +284,9 @@ def detail_table(run: PressureRun, workloads: Sequence[Workload]) -> list[str]:
     """Every policy run: throughput by round, hit rate, what it prefilled, evicted, retracted."""
     lines = [
         "| workload | policy | programs/s | rounds (prog/s) | hit rate | optimal | "
-        "prefill tok | evicted tok | retractions | latency p50 / p99 (s) | failed |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "prefill tok | evicted tok | retractions | lost while waiting (tok / requests) | "
+        "mean wait (steps) | latency p50 / p99 (s) | failed |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     by = {(r.workload, r.system): r for r in run.results}
     for w in workloads:
@@ -284,6 +308,8 @@ def detail_table(run: PressureRun, workloads: Sequence[Workload]) -> list[str]:
                 _count(r, "prefill_tokens"),
                 _count(r, "evicted_tokens"),
                 _count(r, "retractions"),
+                _lost(r),
+                _fmt(r.counters.get("mean_wait_steps"), ".1f"),
                 f"{_fmt(r.latency_p50_s, '.2f')} / {_fmt(r.latency_p99_s, '.2f')}",
                 f"{r.failed_programs}/{r.programs}",
             ]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import random
 
 import pytest
+import torch
 
 import radixgen as sgl
 from benchmarks.workloads import WORKLOADS, data, pressure
@@ -19,6 +20,9 @@ from benchmarks.workloads.pressure import (
 )
 from benchmarks.workloads.recording import TokenizedRequest
 from benchmarks.workloads.report import ceiling_vs_cache_off, summary_table
+from benchmarks.workloads.scheduler_trace import cached_prefix_len
+from radixgen.runtime.cache.kv_pool import SlotAllocator
+from radixgen.runtime.cache.radix_cache import RadixCache
 
 
 def req(prompt, output=(), max_new_tokens=None):
@@ -56,6 +60,18 @@ def test_pool_is_the_fraction_of_distinct_tokens_but_never_below_one_request():
     assert (wide.tokens, wide.floored) == (1000, False)  # 0.25 x 4,000 unshared tokens
     with pytest.raises(ValueError):
         pool_size(requests, 0)
+
+
+def test_trace_reads_the_cached_prefix_without_touching_the_tree():
+    tree = RadixCache(SlotAllocator(64))
+    tree.insert([1, 2, 3, 4, 5], torch.arange(5))
+    tree.insert([1, 2, 9], torch.arange(5, 8))  # splits: [1, 2] -> [3, 4, 5] | [9]
+    clock = {id(n): n.last_access for n in tree._iter_nodes()}
+    assert cached_prefix_len(tree, [1, 2, 3, 4, 5, 6]) == 5
+    assert cached_prefix_len(tree, [1, 2, 3, 7]) == 3  # ends inside an edge: no split
+    assert cached_prefix_len(tree, [1, 2, 9]) == 3
+    assert cached_prefix_len(tree, [8]) == 0
+    assert {id(n): n.last_access for n in tree._iter_nodes()} == clock  # same nodes, times
 
 
 # --- ceiling --------------------------------------------------------------------------------
@@ -155,6 +171,7 @@ def test_pressure_mode_sizes_the_pool_below_the_workload_and_evicts(pressured_ru
     for run in (lpm, fcfs):
         assert run.ok and run.failed_programs == 0, run.status + run.first_failure
         assert run.counters["evicted_tokens"] > 0
+        assert run.counters["mean_wait_steps"] >= 0  # the scheduler trace ran along
     # FCFS alternates the subjects, and the pool holds one prefix: each question recomputes it
     assert fcfs.hit_rate < reference.hit_rate
     assert fcfs.counters["prefill_tokens"] > reference.counters["prefill_tokens"]
