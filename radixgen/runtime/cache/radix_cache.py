@@ -151,6 +151,15 @@ class RadixCache:
             node.lock_ref += 1
             node = node.parent
 
+    def unlocked_len(self, node: TreeNode) -> int:
+        """Tokens on the path root..node that no running request locks: counted in
+        `evictable_size` now, and no longer once the path is locked."""
+        total = 0
+        while node is not self.root and node.lock_ref == 0:  # a locked node's parents are too
+            total += len(node.key)
+            node = node.parent
+        return total
+
     def unlock(self, node: TreeNode) -> None:
         while node is not self.root:
             if node.lock_ref <= 0:
