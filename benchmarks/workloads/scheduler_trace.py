@@ -72,13 +72,13 @@ class SchedulerTrace:
             self.step += 1
             step()
 
-        def traced_build(ordered: list, running: list, chunked: Any, ratio: float) -> Any:
+        def traced_build(ordered: list, *args: Any, **kwargs: Any) -> Any:
             for req in ordered:
                 if req.rid not in self.requests and not req.retractions:
                     limit = max(req.seq_len - 1, 0)
                     cached = cached_prefix_len(tree, req.fill_ids[:limit])
                     self.requests[req.rid] = Admission(len(req.origin_input_ids), self.step, cached)
-            batch = build(ordered, running, chunked, ratio)
+            batch = build(ordered, *args, **kwargs)
             if batch is None:
                 return None
             admitted = []
