@@ -247,6 +247,15 @@ def _count(r: RunResult, key: str) -> str:
     return DASH if value is None else f"{value:,.0f}"
 
 
+def _decode(r: RunResult) -> str:
+    """Decode steps and generated tokens per step: a small pool decodes fewer requests at
+    once, which costs throughput beyond the recomputed prefixes."""
+    steps = r.counters.get("decode_steps")
+    if not steps:
+        return DASH
+    return f"{steps:,.0f} ({r.counters.get('generated_tokens', 0) / steps:.1f})"
+
+
 def _lost(r: RunResult) -> str:
     if r.counters.get("lost_while_waiting") is None:
         return DASH
@@ -285,8 +294,8 @@ def detail_table(run: PressureRun, workloads: Sequence[Workload]) -> list[str]:
     lines = [
         "| workload | policy | programs/s | rounds (prog/s) | hit rate | optimal | "
         "prefill tok | evicted tok | retractions | lost while waiting (tok / requests) | "
-        "mean wait (steps) | latency p50 / p99 (s) | failed |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "mean wait (steps) | decode steps (mean batch) | latency p50 / p99 (s) | failed |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     by = {(r.workload, r.system): r for r in run.results}
     for w in workloads:
@@ -310,6 +319,7 @@ def detail_table(run: PressureRun, workloads: Sequence[Workload]) -> list[str]:
                 _count(r, "retractions"),
                 _lost(r),
                 _fmt(r.counters.get("mean_wait_steps"), ".1f"),
+                _decode(r),
                 f"{_fmt(r.latency_p50_s, '.2f')} / {_fmt(r.latency_p99_s, '.2f')}",
                 f"{r.failed_programs}/{r.programs}",
             ]

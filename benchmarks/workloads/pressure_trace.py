@@ -98,6 +98,8 @@ def main(argv: list[str] | None = None) -> int:
             f"  {name}: {r.status}, hit rate {100 * (r.hit_rate or 0):.1f}%, "
             f"{r.programs_per_s or 0:.2f} prog/s, prefill {c.get('prefill_tokens', 0):,.0f} tok, "
             f"evicted {c.get('evicted_tokens', 0):,.0f}, retractions {c.get('retractions', 0):.0f}"
+            f"; engine: prefill {c.get('prefill_seconds', 0):.1f} s, decode "
+            f"{c.get('decode_seconds', 0):.1f} s in {c.get('decode_steps', 0):,.0f} steps"
         )
     for policy, trace in traces.items():
         print(f"{policy}: " + ", ".join(f"{k} {v:,.1f}" for k, v in trace.summary().items()))

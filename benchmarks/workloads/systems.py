@@ -45,6 +45,7 @@ COUNTERS = (
     "prefill_tokens",  # tokens the prefill passes computed (re-prefills after retraction too)
     "prefill_seconds",
     "decode_seconds",
+    "decode_steps",  # generated tokens / decode steps: how many requests decoded together
     "retractions",
     "evicted_tokens",  # radix-cache slots evicted to make room
 )

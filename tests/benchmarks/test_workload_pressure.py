@@ -62,6 +62,44 @@ def test_pool_is_the_fraction_of_distinct_tokens_but_never_below_one_request():
         pool_size(requests, 0)
 
 
+def test_pressure_report_compares_each_cache_aware_policy_with_fcfs():
+    def run(system, hit, pps, evicted=0):
+        counters = {"evicted_tokens": evicted, "decode_steps": 10, "generated_tokens": 40}
+        return RunResult(
+            "judge",
+            system,
+            programs=10,
+            programs_per_s=pps,
+            hit_rate=hit,
+            counters=counters,
+            round_programs_per_s=[pps],
+        )
+
+    report = pressure.markdown(
+        pressure.PressureRun(
+            0.25,
+            ["lpm", "dfs-weight", "fcfs"],
+            {"judge": run("radixgen", 0.84, 0.5)},
+            {"judge": pressure.PoolSize(10_000, 800, 0.25, 2_500)},
+            [
+                run("lpm", 0.80, 0.4, 900),
+                run("dfs-weight", 0.70, 0.3, 1200),
+                run("fcfs", 0.75, 0.35, 1500),
+            ],
+        ),
+        [WORKLOADS["judge"]],
+        "full",
+        {"date": "today", "cpu": "cpu", "cores": 2, "torch": "2"},
+        "python -m benchmarks.workloads --pressure",
+        1,
+    )
+    assert "| LLM judge | 2,500 (10,000, 800) | 84.0% / 0.50 | 80.0% / 0.40 |" in report
+    assert "| 1.14x | 0.86x |" in report  # lpm and dfs-weight over fcfs, programs/s
+    assert "lpm vs fcfs: hit rate 80.0% vs 75.0%, throughput 1.14x: holds" in report
+    assert "dfs-weight vs fcfs: hit rate 70.0% vs 75.0%, throughput 0.86x: DOES NOT HOLD" in report
+    assert "| 10 (4.0) |" in report  # decode steps, generated tokens per step
+
+
 def test_trace_reads_the_cached_prefix_without_touching_the_tree():
     tree = RadixCache(SlotAllocator(64))
     tree.insert([1, 2, 3, 4, 5], torch.arange(5))
