@@ -3,6 +3,8 @@
     python -m benchmarks.workloads [--workloads mmlu,tot|all] [--systems radixgen,no-cache|all]
                                    [--size small|full] [--repeat N] [--interleave]
                                    [--out results.json] [--chart out.png]
+    python -m benchmarks.workloads --pressure [FRACTION] [--policies lpm,dfs-weight,fcfs]
+                                   [--workloads ...] [--size ...] [--repeat N] [--out ...]
 
 Systems run one at a time: each is started (and warmed up), runs every chosen workload, and is
 stopped before the next starts (in-process systems slow each other down while both are up).
@@ -15,6 +17,11 @@ Writes the results as JSON and the normalized-throughput chart (PNG, needs
 `pip install -e ".[bench]"`), prints the Markdown report to stdout (progress goes to stderr)
 and, unless `--no-record`, writes it with the machine's facts to a record
 docs/benchmarks/workloads-<date>[-N].md (benchmarks/record.py).
+
+With `--pressure` the suite runs the paper's scheduling ablation instead (pressure.py): each
+workload's KV pool holds only FRACTION (default 0.25) of its distinct prompt tokens, and the
+scheduling policies (`--policies`) run side by side on it; `--systems`, `--interleave` and
+`--chart` do not apply. Its record is docs/benchmarks/workloads-pressure-<date>[-N].md.
 """
 
 from __future__ import annotations
@@ -30,7 +37,7 @@ from typing import Any
 
 from benchmarks import record
 from benchmarks.servers import log
-from benchmarks.workloads import WORKLOADS
+from benchmarks.workloads import WORKLOADS, pressure
 from benchmarks.workloads.base import SIZES
 from benchmarks.workloads.metrics import RunResult, median_round
 from benchmarks.workloads.report import chart, markdown
@@ -65,6 +72,13 @@ def _positive_int(value: str) -> int:
     return number
 
 
+def _fraction(value: str) -> float:
+    number = float(value)
+    if not 0 < number <= 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {number}")
+    return number
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.workloads",
@@ -94,6 +108,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--interleave",
         action="store_true",
         help="start every system once per workload, so a workload's systems run back to back",
+    )
+    parser.add_argument(
+        "--pressure",
+        nargs="?",
+        const=pressure.DEFAULT_FRACTION,
+        type=_fraction,
+        metavar="FRACTION",
+        help="memory-pressure mode: a KV pool of FRACTION (default "
+        f"{pressure.DEFAULT_FRACTION}) of each workload's distinct prompt tokens, the "
+        "scheduling policies side by side",
+    )
+    parser.add_argument(
+        "--policies",
+        default=",".join(pressure.POLICIES),
+        type=lambda v: _choice_list(v, dict.fromkeys(pressure.POLICIES), "policies"),
+        help=f"with --pressure: comma-separated, or all: {','.join(pressure.POLICIES)}",
     )
     parser.add_argument("--out", type=Path, help="results JSON (default: results/<size>.json)")
     parser.add_argument("--chart", type=Path, help="chart PNG (default: next to --out)")
@@ -203,8 +233,50 @@ def _failed(name: str, key: str, exc: Exception) -> RunResult:
     return RunResult(name, key, status=f"failed: {exc!r}"[:300])
 
 
+def main_pressure(args: argparse.Namespace, argv: list[str] | None) -> int:
+    """`--pressure`: the scheduling policies side by side on a small KV pool (pressure.py)."""
+    out = args.out or RESULTS_DIR / f"pressure-{args.size}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    command = record.command_line("python -m benchmarks.workloads", argv)
+    info = machine_info()
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="radixgen-workloads-") as log_dir:
+        run = pressure.run_pressure(
+            args.workloads, args.size, Path(log_dir), args.repeat, args.pressure, args.policies
+        )
+    info["total_s"] = round(time.perf_counter() - started, 1)
+    workloads = [WORKLOADS[n] for n in args.workloads]
+    report = pressure.markdown(run, workloads, args.size, info, command, args.repeat)
+    data = {
+        "command": command,
+        "size": args.size,
+        "repeat": args.repeat,
+        "machine": info,
+        "model": "SmolLM2-135M-Instruct Q4_1 GGUF",
+        "workloads": {
+            w.name: {"title": w.title, "shape": w.describe(args.size)} for w in workloads
+        },
+        "pressure": pressure.payload(run),
+    }
+    out.write_text(json.dumps(data, indent=2) + "\n")
+    print(report)
+    settings = {"Results": f"{out.name} in {out.parent}"}
+    record.save(
+        args,
+        "workloads-pressure",
+        "Workload suite under memory pressure",
+        report,
+        command,
+        settings,
+    )
+    log(f"done in {info['total_s']:.0f}s: {out}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.pressure is not None:
+        return main_pressure(args, argv)
     out = args.out or RESULTS_DIR / f"{args.size}.json"
     chart_path = args.chart or out.with_suffix(".png")
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -28,6 +28,9 @@ class Request:
     logprob_start: int | None = None
     """First prompt position whose logprob was requested: positions from here on must be
     computed even when cached (a KV cache holds keys and values, not logits)."""
+    max_new_tokens: int | None = None
+    """The request's output budget, when the system's protocol says (the engine reserves KV
+    for it: a request fits a pool only with prompt + max_new_tokens slots)."""
 
 
 @dataclass(frozen=True)
@@ -35,6 +38,7 @@ class TokenizedRequest:
     prompt: list[int]
     output: list[int]
     logprob_start: int | None
+    max_new_tokens: int | None = None
 
 
 class RequestLog:
@@ -61,7 +65,8 @@ class RequestLog:
         system itself uses; an output text tokenized on its own approximates its ids)."""
         ids = lambda x: x if isinstance(x, list) else (tokenize(x) if x else [])
         return [
-            TokenizedRequest(ids(r.prompt), ids(r.output), r.logprob_start) for r in self.requests()
+            TokenizedRequest(ids(r.prompt), ids(r.output), r.logprob_start, r.max_new_tokens)
+            for r in self.requests()
         ]
 
 
@@ -84,9 +89,10 @@ class RecordingEngineBackend(EngineBackend):
         prompts = _as_list(payload["text"] if "text" in payload else payload["input_ids"])
         outs = out if isinstance(out, list) else [out]
         start = payload.get("logprob_start_len") if payload.get("return_logprob") else None
+        budget = payload.get("sampling_params", {}).get("max_new_tokens")
         for prompt, o in zip(prompts, outs, strict=True):
             meta = o["meta_info"]
-            self.log.add(Request(prompt, meta["completion_tokens"], o["output_ids"], start))
+            self.log.add(Request(prompt, meta["completion_tokens"], o["output_ids"], start, budget))
         return out
 
 

@@ -45,6 +45,19 @@ from radixgen.runtime.engine import Engine
 
 HF_WORKLOADS = ("mmlu", "chat-short", "rag")
 ENGINE_PARALLEL = 64  # programs in flight on radixgen (max_running_requests is 64)
+COUNTERS = (
+    "prompt_tokens",
+    "cached_tokens",
+    "generated_tokens",
+    "prefill_tokens",  # tokens the prefill passes computed (re-prefills after retraction too)
+    "prefill_seconds",
+    "decode_seconds",
+    "decode_steps",  # generated tokens / decode steps: how many requests decoded together
+    "retractions",
+    "evicted_tokens",  # radix-cache slots evicted to make room
+)
+"""Engine counters a run reports (deltas over the run): hit rate, the ceiling's inputs
+(`metrics.ceiling`), and what memory pressure cost."""
 
 
 @dataclass(frozen=True)
@@ -117,10 +130,11 @@ class OpenSystem:
     engine: Engine | None = None  # radixgen systems: hit-rate counters and cache flushes
 
     def counters(self) -> dict[str, float] | None:
+        """The engine's cumulative counters (`COUNTERS`); the runner keeps a run's deltas."""
         if self.engine is None:
             return None
         stats = self.engine.stats()
-        return {k: stats[k] for k in ("prompt_tokens", "cached_tokens", "generated_tokens")}
+        return {k: stats.get(k, 0) for k in COUNTERS}
 
     def flush_cache(self) -> None:
         if self.engine is None:
@@ -217,9 +231,10 @@ def _hf(spec: SystemSpec) -> Iterator[OpenSystem]:
 
 
 @contextlib.contextmanager
-def open_system(key: str, log_dir: Path) -> Iterator[OpenSystem]:
-    """Start system `key` (load its model or launch its server); always stop it on exit."""
-    spec = SPECS[key]
+def open_system(key: str, log_dir: Path, spec: SystemSpec | None = None) -> Iterator[OpenSystem]:
+    """Start system `key` (load its model or launch its server); always stop it on exit.
+    `spec` overrides `SPECS[key]` (pressure mode's engines with a small pool and a policy)."""
+    spec = spec or SPECS[key]
     started = time.perf_counter()
     if spec.variants:
         raise ValueError(f"{key} runs as {', '.join(spec.variants)} (see expand_systems)")

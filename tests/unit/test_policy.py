@@ -65,6 +65,20 @@ def test_dfs_weight_runs_the_heaviest_subtree_first_and_keeps_groups_together():
     assert ordered[3:] == ["a1", "a2"]
 
 
+def test_dfs_weight_admits_deeper_cached_matches_before_their_ancestors_requests():
+    # Post-order, as SGLang: a request at a node waits for the requests below it, so prompts
+    # reusing a cached prefix run before new prompts (matched at the root) can evict it.
+    cache = _cache_with(A)
+    waiting = [
+        _req("none1", [5, 5, 5]),
+        _req("a4", A[:4] + [0]),  # splits A's edge: its node is an ancestor of a8's
+        _req("a8", A + [0]),
+        _req("none2", [6, 6]),
+    ]
+    ordered = [r.rid for r in order_waiting(waiting, "dfs-weight", cache)]
+    assert ordered == ["a8", "a4", "none1", "none2"]
+
+
 def test_ordering_does_not_lock_or_leak_memory():
     cache = _cache_with(A)
     before = (cache.allocator.available, cache.tree.evictable_size, cache.tree.protected_size)

@@ -69,6 +69,7 @@ class RadixCache:
     def __init__(self, allocator: SlotAllocator):
         self.allocator = allocator
         self._clock = itertools.count(1)
+        self.evicted_tokens = 0  # slots `evict` ever freed (a counter: `reset` keeps it)
         self.reset()
 
     def reset(self) -> None:
@@ -150,6 +151,15 @@ class RadixCache:
             node.lock_ref += 1
             node = node.parent
 
+    def unlocked_len(self, node: TreeNode) -> int:
+        """Tokens on the path root..node that no running request locks: counted in
+        `evictable_size` now, and no longer once the path is locked."""
+        total = 0
+        while node is not self.root and node.lock_ref == 0:  # a locked node's parents are too
+            total += len(node.key)
+            node = node.parent
+        return total
+
     def unlock(self, node: TreeNode) -> None:
         while node is not self.root:
             if node.lock_ref <= 0:
@@ -177,6 +187,7 @@ class RadixCache:
             del parent.children[leaf.key[0]]
             if parent is not self.root and not parent.children and parent.lock_ref == 0:
                 heapq.heappush(leaves, parent)
+        self.evicted_tokens += freed
         return freed
 
     def _iter_nodes(self):

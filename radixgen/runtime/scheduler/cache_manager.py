@@ -136,4 +136,5 @@ class CacheManager:
             "kv_free": self.allocator.available,
             "kv_evictable": self.tree.evictable_size,
             "kv_protected": self.tree.protected_size,
+            "evicted_tokens": self.tree.evicted_tokens,
         }

@@ -3,7 +3,10 @@
 - `lpm` (longest prefix match): requests whose prompt shares the most tokens with the cache go
   first, so cached prefixes are used before they are evicted.
 - `dfs-weight`: walk the radix tree depth first, heavier subtrees (more waiting requests) first,
-  so requests sharing a prefix run back to back.
+  so requests sharing a prefix run back to back. A node's own requests come after its subtree's
+  (post-order, as SGLang's `get_dfs_priority`): a request that reuses a deeper cached prefix is
+  admitted before one that matched only an ancestor of it (or nothing: the root's requests
+  come last), so a prefix is used while it is still cached, before new prompts evict it.
 - `fcfs`: arrival order.
 
 Cache-aware orders need a prefix match per waiting request; with a very long queue (or no cache)
@@ -41,11 +44,14 @@ def _dfs_weight_order(waiting: list[Req], nodes: dict[int, object], cache: Cache
             weight[id(node)] += 1
             node = node.parent
     ordered: list[Req] = []
-    stack = [cache.tree.root]
-    while stack:
-        node = stack.pop()
-        ordered.extend(at_node.get(id(node), ()))
+    stack: list[tuple[object, bool]] = [(cache.tree.root, False)]
+    while stack:  # iterative post-order: a deep tree must not hit the recursion limit
+        node, children_done = stack.pop()
+        if children_done:
+            ordered.extend(at_node.get(id(node), ()))
+            continue
+        stack.append((node, True))
         children = [c for c in node.children.values() if weight.get(id(c))]
-        # Push lighter children first so the heaviest is visited next.
-        stack.extend(sorted(children, key=lambda c: weight[id(c)]))
+        heaviest_first = sorted(children, key=lambda c: -weight[id(c)])  # ties: tree order
+        stack.extend((c, False) for c in reversed(heaviest_first))  # popped heaviest first
     return ordered

@@ -82,7 +82,9 @@ class PrefillManager:
             extend = req.seq_len - cached
             need = extend + expected_decode_tokens(req, new_token_ratio)
             alone = not running and not batch.reqs  # validated to fit the pool by itself
-            if need > self.cache.available_tokens - reserved and not alone:
+            # Its own prefix stops being evictable once `begin` locks it: not room for it.
+            room = self.cache.available_tokens - self.cache.tree.unlocked_len(node)
+            if need > room - reserved and not alone:
                 break
             size = extend
             if rem_chunk is not None and extend > rem_chunk:
