@@ -132,7 +132,7 @@ class EngineConfig:
         choices=SPECULATIVE_ALGORITHMS,
     )
     speculative_num_draft_tokens: int = _opt(
-        4, "Most tokens drafted for one request in one decode step (speculative decoding)."
+        3, "Most tokens drafted for one request in one decode step (speculative decoding)."
     )
     speculative_ngram_min_match_window_size: int = _opt(
         1, "Shortest suffix of a request's tokens that n-gram drafting looks up."

@@ -87,14 +87,14 @@ def cached_sequences(engine) -> list[tuple[int, ...]]:
     return engine.scheduler.call(walk).result()
 
 
-def run_both(engine, prompts, params, **kwargs):
+def run_both(engine, prompts, params, tune=(), **kwargs):
     """(plain outputs, plain tree, speculative outputs, speculative tree, speculator), each
     run on a flushed cache."""
     assert engine.flush_cache()
     plain = engine.generate(prompts, params, **kwargs)
     plain_tree = cached_sequences(engine)
     assert engine.flush_cache()
-    with speculating(engine) as speculator:
+    with speculating(engine, tune=tune) as speculator:
         spec = engine.generate(prompts, params, **kwargs)
     spec_tree = cached_sequences(engine)
     assert_idle_invariant(engine)
@@ -206,7 +206,8 @@ def test_batch_with_different_draft_lengths_and_non_speculating_requests(engine,
         {**GREEDY, "min_new_tokens": 30, "logit_bias": {"13": 1.5}},
         {**GREEDY, "frequency_penalty": 0.5},  # does not speculate
     ]
-    plain, plain_tree, spec, spec_tree, speculator = run_both(engine, prompts, params)
+    wide = ("speculative_max_step_tokens=64",)  # every request drafts up to k in each step
+    plain, plain_tree, spec, spec_tree, speculator = run_both(engine, prompts, params, tune=wide)
     for a, b in zip(plain, spec, strict=True):
         same_output(a, b)
     assert "spec_verify_ct" not in spec[4]["meta_info"]

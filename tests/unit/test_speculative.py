@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from radixgen.runtime.config import EngineConfig
+from radixgen.runtime.request import LogprobOptions, Req
 from radixgen.runtime.sampler import target_probs
 from radixgen.runtime.sampling_params import SamplingParams
 from radixgen.runtime.scheduler.speculative import NgramIndex, Speculator, draw
@@ -59,6 +60,82 @@ def test_draft_copies_what_followed_the_most_recent_longest_match():
     assert index.draft(2) == [5, 6]
     assert NgramIndex([1, 2, 3], 1, 3).draft(4) == []  # nothing repeats
     assert NgramIndex([5, 5, 5], 2, 2).draft(4) == [5]  # overlapping occurrence
+
+
+def make_req(tokens: list[int], max_new_tokens: int = 64, **params) -> Req:
+    """A decoding request whose last token (its only output so far) is pending."""
+    req = Req(
+        "r",
+        tokens[:-1],
+        SamplingParams(max_new_tokens=max_new_tokens, **params),
+        LogprobOptions(),
+        detokenizer=None,
+    )
+    req.output_ids = tokens[-1:]
+    req.kv_len = len(tokens) - 1
+    return req
+
+
+REPEATING = [1, 2, 3, 4, 5, 6, 7, 8, 9, 1, 2, 3]  # drafts [4, 5, 6, ...]
+
+
+def test_propose_shares_the_step_budget_among_speculating_requests():
+    spec = Speculator(EngineConfig(speculative_algorithm="ngram"), frozenset({EOS}))
+    k, cap = spec.num_draft_tokens, spec.max_step_tokens
+    assert (k, cap) == (3, 8)  # the measured defaults (docs/tuning.md)
+    assert spec.propose([make_req(REPEATING)], 1000) == [[4, 5, 6]]
+    # 3 requests: 8 - 3 pending = 5 draft tokens, shared 2, 2, 1
+    drafts = spec.propose([make_req(REPEATING) for _ in range(3)], 1000)
+    assert [len(d) for d in drafts] == [2, 2, 1]
+    # a request that may not speculate takes no share
+    reqs = [make_req(REPEATING, frequency_penalty=0.5), make_req(REPEATING)]
+    assert spec.propose(reqs, 1000) == [[], [4, 5, 6]]
+    assert spec.propose([make_req(REPEATING) for _ in range(cap)], 1000) is None  # too wide
+    assert spec.propose([make_req(REPEATING)], 3) == [[4, 5]]  # free slots beyond the pending
+    assert spec.propose([make_req(REPEATING, max_new_tokens=3)], 1000) == [[4]]  # 1 + 1 left
+    assert spec.propose([make_req([1, 2, 3, 4])], 1000) is None  # nothing repeats
+
+
+def test_propose_indexes_new_output_tokens_incrementally():
+    spec = Speculator(EngineConfig(speculative_algorithm="ngram"), frozenset({EOS}))
+    req = make_req([10, 11, 12, 13, 14, 10])
+    assert spec.propose([req], 1000) == [[11, 12, 13]]
+    req.output_ids += [11, 12, 13, 14, 99]  # 99 never seen: no draft
+    req.kv_len = req.seq_len - 1
+    assert spec.propose([req], 1000) is None
+    req.output_ids += [10, 11]
+    req.kv_len = req.seq_len - 1
+    assert spec.propose([req], 1000) == [[12, 13, 14]]  # the most recent [10, 11] continues
+
+
+def test_cli_flags_reach_the_engine_config():
+    from radixgen.cli import build_parser, engine_config_from_args
+
+    args = build_parser().parse_args(
+        [
+            "serve",
+            "--speculative-algorithm",
+            "ngram",
+            "--speculative-num-draft-tokens",
+            "5",
+            "--speculative-ngram-min-match-window-size",
+            "2",
+            "--speculative-ngram-max-match-window-size",
+            "6",
+        ]
+    )
+    config = engine_config_from_args(args)
+    assert config.speculative_algorithm == "ngram"
+    assert config.speculative_num_draft_tokens == 5
+    assert config.speculative_ngram_min_match_window_size == 2
+    assert config.speculative_ngram_max_match_window_size == 6
+    assert EngineConfig().speculative_algorithm is None  # off by default
+    with pytest.raises(ValueError, match="speculative_algorithm"):
+        EngineConfig(speculative_algorithm="eagle")
+    with pytest.raises(ValueError, match="min <= max"):
+        EngineConfig(
+            speculative_ngram_min_match_window_size=4, speculative_ngram_max_match_window_size=2
+        )
 
 
 # --- acceptance ------------------------------------------------------------------------------

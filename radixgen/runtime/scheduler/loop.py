@@ -14,6 +14,10 @@ appended at once. Its next step then has several pending tokens, so that step ru
 batch (every running request extends by its pending tokens: one for most, more for those that
 jumped) instead of a decode batch -- one forward pass for text that would take one per token.
 
+Speculative decoding (`--speculative-algorithm ngram`, speculative.py): a decode step where some
+request drafted runs as `_run_verify`, one extend pass over every request's pending tokens and
+its drafts; the rest of the loop does not know about it.
+
 Why a thread: torch releases the GIL inside every kernel, so the scheduler's Python time is the
 only contention with the caller, and a thread shares the tokenizer with no serialisation of
 tokens, logprobs and outputs.

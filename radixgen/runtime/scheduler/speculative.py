@@ -31,8 +31,13 @@ at once. They were never in the radix tree and never enter it: the tree only eve
 
 Finishing. Appended tokens go through the output processor one at a time (EOS, stop tokens, stop
 strings and regexes, `max_new_tokens`); the first finish ends the run and the rest is dropped.
-Drafts are capped at `max_new_tokens - generated - 1`, and at the pool's *free* slots, so they
-never evict cached prefixes.
+
+Budget. A request drafts at most `speculative_num_draft_tokens`, and at most
+`max_new_tokens - generated - 1` (the run then ends on the limit). A step's drafts fit in the
+pool's *free* slots, so they never evict cached prefixes, and the step holds at most
+`Tuning.speculative_max_step_tokens` tokens, shared evenly among the requests that speculate: a
+verify pass costs more per extra token the wider the batch already is, and at batch 8 and up it
+drafts nothing.
 
 Eligibility (the rest decode as usual, in the same batch): requests with a grammar constraint
 (their next tokens must pass the grammar; jump-forward already covers forced text), requests
@@ -184,19 +189,31 @@ class Speculator:
         self.num_draft_tokens = config.speculative_num_draft_tokens
         self.min_n = config.speculative_ngram_min_match_window_size
         self.max_n = config.speculative_ngram_max_match_window_size
+        self.max_step_tokens = config.tuning.speculative_max_step_tokens
         self.eos_ids = eos_ids
 
     # --- drafting --------------------------------------------------------------------------
 
     def propose(self, reqs: list[Req], free_slots: int) -> list[list[int]] | None:
         """One draft per request ([] for none), within `free_slots` beyond every request's
-        pending tokens; None when nobody drafted (the step runs as plain decoding)."""
-        budget = free_slots - sum(r.pending_len for r in reqs)
+        pending tokens and within the step's token budget; None when nobody drafted (the step
+        runs as plain decoding)."""
+        pending = sum(r.pending_len for r in reqs)
+        slots = free_slots - pending
+        speculating = [speculates(r) for r in reqs]
+        count = sum(speculating)
+        if not count or slots <= 0 or pending >= self.max_step_tokens:
+            return None
+        share, extra = divmod(self.max_step_tokens - pending, count)
         drafts: list[list[int]] = []
-        for req in reqs:
-            limit = min(self.num_draft_tokens, req.max_new_remaining - 1, budget)
-            draft = self._draft(req, limit) if limit > 0 and speculates(req) else []
-            budget -= len(draft)
+        for req, speculates_ in zip(reqs, speculating, strict=True):
+            draft: list[int] = []
+            if speculates_:
+                own_share = share + (extra > 0)
+                extra -= 1
+                limit = min(self.num_draft_tokens, req.max_new_remaining - 1, own_share, slots)
+                draft = self._draft(req, limit) if limit > 0 else []
+                slots -= len(draft)
             drafts.append(draft)
         return drafts if any(drafts) else None
 
