@@ -20,6 +20,7 @@ SCHEDULE_POLICIES = ("lpm", "fcfs", "dfs-weight")
 ATTENTION_BACKENDS = ("auto", "native", "reference")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DTYPE_CHOICES = ("auto", *DTYPES)
+SPECULATIVE_ALGORITHMS = ("ngram",)
 
 
 @functools.cache
@@ -121,6 +122,24 @@ class EngineConfig:
         "(in-place attention, fused element-wise steps, quantized matmuls). Same outputs in "
         "float32 (to rounding), slower. Their build cache: $RADIXGEN_KERNEL_CACHE.",
     )
+    speculative_algorithm: str | None = _opt(
+        None,
+        "Speculative decoding: 'ngram' drafts each decoding request's next tokens from its own "
+        "prompt and output (prompt lookup, no draft model) and verifies them in the decode "
+        "step's forward pass; greedy outputs are unchanged, sampled ones keep their "
+        "distribution. Requests with a grammar, logprobs or penalties decode as usual. "
+        "Default: off.",
+        choices=SPECULATIVE_ALGORITHMS,
+    )
+    speculative_num_draft_tokens: int = _opt(
+        3, "Most tokens drafted for one request in one decode step (speculative decoding)."
+    )
+    speculative_ngram_min_match_window_size: int = _opt(
+        1, "Shortest suffix of a request's tokens that n-gram drafting looks up."
+    )
+    speculative_ngram_max_match_window_size: int = _opt(
+        8, "Longest suffix n-gram drafting looks up (the longest one found earlier wins)."
+    )
     num_threads: int | None = _opt(None, "Torch intra-op threads (default: all cores).")
     random_seed: int = _opt(0, "Seed for requests that do not set their own sampling seed.")
     max_queued_requests: int | None = _opt(None, "Reject new requests beyond this many waiting.")
@@ -147,6 +166,21 @@ class EngineConfig:
                 f"attention_backend must be one of {ATTENTION_BACKENDS}, "
                 f"got {self.attention_backend!r}"
             )
+        if self.speculative_algorithm not in (None, *SPECULATIVE_ALGORITHMS):
+            raise ValueError(
+                f"speculative_algorithm must be one of {SPECULATIVE_ALGORITHMS} or None, "
+                f"got {self.speculative_algorithm!r}"
+            )
+        if not (
+            1
+            <= self.speculative_ngram_min_match_window_size
+            <= self.speculative_ngram_max_match_window_size
+        ):
+            raise ValueError(
+                "speculative n-gram windows need 1 <= min <= max, got "
+                f"{self.speculative_ngram_min_match_window_size} and "
+                f"{self.speculative_ngram_max_match_window_size}"
+            )
         if self.int4_max_tokens is not None and self.int4_max_tokens < 0:
             raise ValueError(f"int4_max_tokens must be >= 0, got {self.int4_max_tokens}")
         for name in (
@@ -156,6 +190,7 @@ class EngineConfig:
             "max_n",
             "max_batch_prompts",
             "max_request_sequences",
+            "speculative_num_draft_tokens",
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")

@@ -103,6 +103,7 @@ class Req:
     retractions: int = 0
     forced_tokens: int = 0  # output tokens appended by jump-forward, not sampled
     sampling_rng: Any = None  # random.Random, created by the scheduler on admission
+    spec: Any = None  # scheduler.speculative.SpecState, once n-gram drafting considered it
 
     def __post_init__(self) -> None:
         self.label = self.label or self.rid

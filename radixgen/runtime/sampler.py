@@ -21,6 +21,7 @@ import torch
 
 from radixgen.runtime.constrained import TokenMasker
 from radixgen.runtime.request import Req
+from radixgen.runtime.sampling_params import SamplingParams
 
 
 @dataclass
@@ -71,10 +72,10 @@ def mask_stop_tokens(logits: torch.Tensor, reqs: Sequence[Req], eos_ids: frozens
             logits[i, list(banned)] = float("-inf")
 
 
-def _filtered_sample(probs: torch.Tensor, req: Req) -> int:
-    """Top-k / top-p / min-p filter then an inverse-CDF draw, for one row probs [V]."""
-    p = req.sampling_params
-    sorted_probs, order = probs.sort(descending=True)  # [V]
+def kept_count(sorted_probs: torch.Tensor, p: SamplingParams) -> int:
+    """How many of the most likely tokens top-k / top-p / min-p keep (at least one), for one
+    row of probabilities sorted in descending order ([V]). The one definition of the filter:
+    sampling and speculative acceptance both use it."""
     keep = sorted_probs.shape[0] if p.top_k < 1 else min(p.top_k, sorted_probs.shape[0])
     if p.top_p < 1.0:
         cumulative = sorted_probs.cumsum(0)
@@ -82,7 +83,29 @@ def _filtered_sample(probs: torch.Tensor, req: Req) -> int:
         keep = min(keep, int((cumulative - sorted_probs < p.top_p).sum()))
     if p.min_p > 0.0:
         keep = min(keep, int((sorted_probs >= p.min_p * sorted_probs[0]).sum()))
-    kept = sorted_probs[: max(keep, 1)]
+    return max(keep, 1)
+
+
+def target_probs(logits: torch.Tensor, p: SamplingParams) -> torch.Tensor:
+    """The distribution a non-greedy request draws its next token from, for logits [R, V]
+    already biased and masked: temperature, softmax, then the top-k / top-p / min-p filter with
+    the kept mass renormalised ([R, V], zero outside the kept tokens)."""
+    probs = torch.softmax(logits / p.temperature, dim=-1)  # [R, V]
+    if not p.needs_sorting:
+        return probs
+    filtered = torch.zeros_like(probs)
+    for i in range(probs.shape[0]):
+        sorted_probs, order = probs[i].sort(descending=True)  # [V]
+        keep = kept_count(sorted_probs, p)
+        kept = sorted_probs[:keep]
+        filtered[i, order[:keep]] = kept / kept.sum()
+    return filtered
+
+
+def _filtered_sample(probs: torch.Tensor, req: Req) -> int:
+    """Top-k / top-p / min-p filter then an inverse-CDF draw, for one row probs [V]."""
+    sorted_probs, order = probs.sort(descending=True)  # [V]
+    kept = sorted_probs[: kept_count(sorted_probs, req.sampling_params)]
     cdf = kept.cumsum(0)
     u = req.sampling_rng.random() * float(cdf[-1])
     index = min(int(torch.searchsorted(cdf, torch.tensor([u], dtype=cdf.dtype))), len(kept) - 1)

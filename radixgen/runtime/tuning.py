@@ -101,6 +101,14 @@ class Tuning:
         "The same for a bfloat16 engine (the AVX512-BF16 kernel against oneDNN's bfloat16 GEMM).",
     )
 
+    # --- speculative decoding ---
+    speculative_max_step_tokens: int = _knob(
+        8,
+        "Most tokens (pending + drafted, over the batch) a decode step that verifies n-gram "
+        "drafts may hold: drafts are shared out under it, so wide batches, whose steps already "
+        "cost in proportion to their tokens, draft little or nothing.",
+    )
+
     def int4_max_tokens(self, dtype: torch.dtype) -> int:
         """The default 4-bit width for activations of `dtype` (0: no 4-bit kernel)."""
         return {

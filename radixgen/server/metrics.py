@@ -46,6 +46,16 @@ class _EngineStateCollector:
             "Requests retracted under KV pressure",
             value=stats["retractions"],
         )
+        yield CounterMetricFamily(
+            "radixgen_spec_draft_tokens",
+            "Tokens drafted by speculative decoding",
+            value=stats["spec_draft_tokens"],
+        )
+        yield CounterMetricFamily(
+            "radixgen_spec_accepted_tokens",
+            "Drafted tokens accepted into outputs",
+            value=stats["spec_accepted_tokens"],
+        )
 
 
 class ServerMetrics:

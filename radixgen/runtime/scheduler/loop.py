@@ -14,6 +14,10 @@ appended at once. Its next step then has several pending tokens, so that step ru
 batch (every running request extends by its pending tokens: one for most, more for those that
 jumped) instead of a decode batch -- one forward pass for text that would take one per token.
 
+Speculative decoding (`--speculative-algorithm ngram`, speculative.py): a decode step where some
+request drafted runs as `_run_verify`, one extend pass over every request's pending tokens and
+its drafts; the rest of the loop does not know about it.
+
 Why a thread: torch releases the GIL inside every kernel, so the scheduler's Python time is the
 only contention with the caller, and a thread shares the tokenizer with no serialisation of
 tokens, logprobs and outputs.
@@ -65,6 +69,7 @@ from radixgen.runtime.scheduler.decode import DecodeManager
 from radixgen.runtime.scheduler.output import OutputProcessor
 from radixgen.runtime.scheduler.policy import order_waiting
 from radixgen.runtime.scheduler.prefill import PrefillBatch, PrefillManager
+from radixgen.runtime.scheduler.speculative import Speculator, build_verify
 
 logger = logging.getLogger(__name__)
 
@@ -116,6 +121,7 @@ class Scheduler:
         self.sampler = Sampler(eos_ids, self.masker)
         self.jump_forward = not config.disable_jump_forward
         self.outputs = OutputProcessor(tokenizer, eos_ids)
+        self.speculator = Speculator(config, eos_ids) if config.speculative_algorithm else None
         self.waiting: list[Req] = []
         self.chunked: Req | None = None
         self.prefilling: list[Req] = []  # the batch being prefilled: in no queue until it ends
@@ -133,6 +139,9 @@ class Scheduler:
             "prefill_seconds": 0.0,
             "decode_steps": 0,
             "decode_seconds": 0.0,
+            "spec_verify_steps": 0,  # decode steps that verified n-gram drafts
+            "spec_draft_tokens": 0,
+            "spec_accepted_tokens": 0,
             "memory_trims": 0,
             "memory_trim_seconds": 0.0,
         }
@@ -389,6 +398,10 @@ class Scheduler:
         retracted = self.decode.ensure_memory()
         self.waiting[:0] = reversed(retracted)
         reqs = self.decode.running
+        drafts = self.speculator and self.speculator.propose(reqs, self.cache.allocator.available)
+        if drafts:
+            self._run_verify(reqs, drafts, started)
+            return
         pending = [r.pending_len for r in reqs]
         slots = self.cache.alloc_slots(sum(pending))
         if slots is None:
@@ -425,6 +438,50 @@ class Scheduler:
         self._emit(reqs)
         for req in self.decode.remove_finished():
             self._finish(req)
+        self.counters["decode_steps"] += 1
+        self.counters["decode_seconds"] += time.perf_counter() - started
+
+    def _run_verify(self, reqs: list[Req], drafts: list[list[int]], started: float) -> None:
+        """A decode step that verifies n-gram drafts (speculative.py) in its one pass: every
+        request extends by its pending tokens and its draft ([] for most, or for those that do
+        not speculate); drafters append their accepted drafts plus one token, the others
+        sample as usual. Drafts fit in free slots (`propose`), so the allocation cannot fail."""
+        spec, table = self.speculator, self.runner.req_table
+        lens = [r.pending_len + len(d) for r, d in zip(reqs, drafts, strict=True)]
+        draft_of = {id(r): d for r, d in zip(reqs, drafts, strict=True)}
+        for req, part in zip(reqs, self.cache.alloc_slots(sum(lens)).split(lens), strict=True):
+            table.write(req.req_pool_row, req.kv_len, part)
+
+        def forward(batch_reqs: list[Req]) -> list[torch.Tensor]:
+            batch, layout = build_verify(batch_reqs, [draft_of[id(r)] for r in batch_reqs], table)
+            logits = self.runner.forward(batch)  # [R, V]
+            return [logits[rows.rows.start : rows.rows.stop] for rows in layout]
+
+        plain: list[Req] = []
+        plain_rows: list[torch.Tensor] = []
+        for req, logits in zip(reqs, self._forward_each(reqs, forward), strict=True):
+            draft = draft_of[id(req)]
+            if logits is None:  # failed even alone: its new slots hold nothing
+                self.cache.drop_uncomputed(req, req.pending_len + len(draft))
+            elif not draft:
+                req.kv_len += req.pending_len
+                plain.append(req)
+                plain_rows.append(logits[-1])
+            else:
+                accepted = req.spec.accepted_tokens
+                try:
+                    appended = spec.verify(req, logits, draft, self.outputs, self.cache)
+                    self.counters["generated_tokens"] += appended
+                except Exception as exc:
+                    self._fail(req, exc)
+                self.counters["spec_draft_tokens"] += len(draft)
+                self.counters["spec_accepted_tokens"] += req.spec.accepted_tokens - accepted
+        if plain:
+            self._sample_and_append(plain, torch.stack(plain_rows))
+        self._emit(reqs)
+        for req in self.decode.remove_finished():
+            self._finish(req)
+        self.counters["spec_verify_steps"] += 1
         self.counters["decode_steps"] += 1
         self.counters["decode_seconds"] += time.perf_counter() - started
 

@@ -119,6 +119,8 @@ class OutputProcessor:
         }
         if finished:
             meta["e2e_latency"] = time.perf_counter() - req.created_at
+        if req.spec is not None:
+            meta.update(req.spec.meta_info())
         if req.logprob.return_logprob:
             with_text = req.logprob.return_text_in_logprobs
             meta["input_token_logprobs"] = self._triples(req.input_token_logprobs, with_text)
