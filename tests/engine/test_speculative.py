@@ -265,3 +265,48 @@ def test_metrics_report_speculation_totals(engine, copy_prompt):
     accepted = f"radixgen_spec_accepted_tokens_total {float(stats['spec_accepted_tokens'])}"
     assert drafted in text and accepted in text
     assert stats["spec_draft_tokens"] > 0 and stats["spec_verify_steps"] > 0
+
+
+class InjectedFault(RuntimeError):
+    pass
+
+
+@pytest.mark.parametrize("stage", ["verify pass", "acceptance"])
+def test_a_failing_verify_pass_or_acceptance_ends_only_its_request(
+    engine, copy_prompt, monkeypatch, stage
+):
+    prompts = [copy_prompt, "Shopping list:\n1. apples\n2. bananas\n3.", copy_prompt]
+    labels = ["good-0", "good-1", "bad"]
+    expected = engine.generate(prompts[:2], GREEDY)
+    scheduler = engine.scheduler
+
+    def is_bad(req) -> bool:
+        return req.label == "bad" and len(req.output_ids) >= 4  # after a few clean steps
+
+    with speculating(engine) as speculator:
+        if stage == "acceptance":
+            accept = speculator.accept
+
+            def failing_accept(logits, req, draft):
+                if is_bad(req):
+                    raise InjectedFault("injected acceptance fault")
+                return accept(logits, req, draft)
+
+            monkeypatch.setattr(speculator, "accept", failing_accept)
+        else:
+            forward = scheduler.runner.forward
+
+            def failing_forward(batch):
+                bad = [r.req_pool_row for r in scheduler.decode.running if is_bad(r)]
+                if bad and bad[0] in batch.req_pool_indices.tolist() and batch.num_tokens > 1:
+                    raise InjectedFault("injected verify-pass fault")
+                return forward(batch)
+
+            monkeypatch.setattr(scheduler.runner, "forward", failing_forward)
+        outs = engine.generate(prompts, GREEDY, rid=labels)
+    bad = outs[2]["meta_info"]["finish_reason"]
+    assert bad["type"] == "abort" and bad["status_code"] == 500, bad
+    for out, alone in zip(outs[:2], expected, strict=True):
+        same_output(out, alone)
+    assert outs[0]["meta_info"]["spec_accepted_tokens"] > 0
+    assert_idle_invariant(engine)  # the failed request's drafted slots went back too
