@@ -91,6 +91,18 @@ class EngineConfig:
     chunked_prefill_size: int = _opt(
         1024, "Prompts longer than this are prefilled in chunks of this size (-1: never)."
     )
+    enable_mixed_chunk: bool = _opt(
+        False,
+        "While requests decode, run each prefill chunk in the same forward pass as one decode "
+        "step of every running request (mixed chunked prefill), so decodes never wait whole "
+        "prefill steps.",
+    )
+    mixed_step_tokens: int = _opt(
+        256,
+        "Token budget of a mixed step: the running requests' decode tokens plus a prefill chunk "
+        "of the rest (at least a quarter of it). It bounds the gap between two tokens of a "
+        "stream while prompts arrive.",
+    )
     context_length: int | None = _opt(None, "Max prompt+output length (default: the model's).")
     schedule_policy: str = _opt(
         "lpm",
@@ -187,6 +199,7 @@ class EngineConfig:
             "kv_cache_tokens",
             "max_running_requests",
             "max_prefill_tokens",
+            "mixed_step_tokens",
             "max_n",
             "max_batch_prompts",
             "max_request_sequences",

@@ -29,7 +29,7 @@ from radixgen.runtime.model.attention import (
     PlanTarget,
     ReferenceExecutor,
 )
-from radixgen.runtime.model.attention.plan import Method
+from radixgen.runtime.model.attention.plan import AttentionPlan, Method, SplitPlan
 from radixgen.runtime.model.attention.prefix_tree import find_shared_segments
 from radixgen.runtime.model.batch import ForwardBatch, ForwardMode
 from radixgen.runtime.tuning import Tuning
@@ -338,3 +338,52 @@ def test_uneven_own_parts_of_even_sequences_run_as_one_padded_problem():
     assert plan.shared == () and plan.own.method is Method.PADDED
     out = scene.run(NativeExecutor(scene.pool, H, HKV, None), plan)
     torch.testing.assert_close(out, scene.reference(), **F32)
+
+
+def mixed_step(chunk: int) -> list[tuple[list[int], int]]:
+    """A mixed step's batch: decode rows (one new token each; four share a system prompt)
+    next to a prompt chunk of `chunk` new tokens over its own first chunk."""
+    slots = SlotSource()
+    system = slots.take(30)
+    requests = [(system + slots.take(n), 1) for n in (5, 40, 12, 70)]
+    requests.append((slots.take(50), 1))
+    requests.append((slots.take(20 + chunk), chunk))
+    requests.append((slots.take(9), 1))  # a decode row after the chunk, too
+    return requests
+
+
+@pytest.mark.parametrize(
+    ("target", "dtype", "tuning"),
+    [
+        (PlanTarget.GATHER, torch.float32, Tuning()),
+        (PlanTarget.IN_PLACE, torch.bfloat16, Tuning()),
+        (PlanTarget.IN_PLACE, torch.float32, Tuning(max_in_place_extend=16)),
+    ],
+    ids=["gather", "in-place-bfloat16", "in-place-float32"],
+)
+def test_decode_rows_beside_a_long_chunk_plan_as_a_decode_step(target, dtype, tuning, kernel):
+    """A chunk past the in-place limit would give each decode row a flash problem of its own;
+    the decode rows instead run as a decode step would (in place on the native kernel), the
+    chunk as an extend, and the result is still each request's causal attention."""
+    scene = Scene(mixed_step(40), dtype)
+    plan = scene.plan(target, tuning)
+    assert isinstance(plan, SplitPlan)
+    (decode_tokens, decode_plan), (chunk_tokens, chunk_plan) = plan.parts
+    assert decode_tokens.tolist() == [0, 1, 2, 3, 4, 45]
+    assert chunk_tokens.tolist() == list(range(5, 45))
+    if target is PlanTarget.IN_PLACE:
+        assert decode_plan.own.method is Method.IN_PLACE
+        assert chunk_plan.own.method is not Method.IN_PLACE
+    tol = BF16 if dtype == torch.bfloat16 else F32
+    reference = scene.run(ReferenceExecutor(scene.pool, H, HKV), plan)
+    torch.testing.assert_close(reference.float(), scene.reference(), **tol)
+    native = NativeExecutor(scene.pool, H, HKV, kernel if target is PlanTarget.IN_PLACE else None)
+    torch.testing.assert_close(scene.run(native, plan).float(), scene.reference(), **tol)
+
+
+@pytest.mark.parametrize("chunk", [12, 24])
+def test_decode_rows_beside_a_short_extend_stay_one_plan(chunk):
+    """Below the compute-bound width (gathering) or within the in-place limit, one plan."""
+    scene = Scene(mixed_step(chunk), torch.bfloat16)
+    target = PlanTarget.GATHER if chunk == 12 else PlanTarget.IN_PLACE
+    assert isinstance(scene.plan(target), AttentionPlan)

@@ -66,6 +66,7 @@ from radixgen.runtime.scheduler.batch_builder import (
 )
 from radixgen.runtime.scheduler.cache_manager import CacheManager
 from radixgen.runtime.scheduler.decode import DecodeManager
+from radixgen.runtime.scheduler.mixed import MixedSteps
 from radixgen.runtime.scheduler.output import OutputProcessor
 from radixgen.runtime.scheduler.policy import order_waiting
 from radixgen.runtime.scheduler.prefill import PrefillBatch, PrefillManager
@@ -145,6 +146,7 @@ class Scheduler:
             "memory_trims": 0,
             "memory_trim_seconds": 0.0,
         }
+        self.mixed = MixedSteps(self, config)  # adds its counters
         self._trim_pending = False  # work ran (or freed memory) since the last trim
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
@@ -287,22 +289,31 @@ class Scheduler:
                 future.set_exception(exc)
 
     def step(self) -> None:
-        batch = self._next_prefill()
+        limits = self.mixed.prefill_limits()  # None: this step is not mixed
+        batch = self._next_prefill(limits)
         if batch is not None:
             self.prefilling = batch.reqs
-            self._run_prefill(batch)
+            if limits is None:
+                self._run_prefill(batch)
+            else:
+                self.mixed.run(batch)  # the running decodes advance in the same pass
             self.prefilling = []
         elif self.decode.running:
             self._run_decode()
 
     # --- prefill ---------------------------------------------------------------------------
 
-    def _next_prefill(self) -> PrefillBatch | None:
+    def _next_prefill(self, limits: tuple[int, int] | None = None) -> PrefillBatch | None:
+        """Admit the next prefill batch; `limits` = (step_tokens, reserve) of a mixed step."""
         if not self.waiting and self.chunked is None:
             return None
         ordered = order_waiting(self.waiting, self.config.schedule_policy, self.cache)
         batch = self.prefill.build(
-            ordered, self.decode.running, self.chunked, self.decode.new_token_ratio
+            ordered,
+            self.decode.running,
+            self.chunked,
+            self.decode.new_token_ratio,
+            *(limits or ()),
         )
         if batch is None:
             if not self.decode.running and self.chunked is None:
@@ -328,24 +339,46 @@ class Scheduler:
 
     def _run_prefill(self, batch: PrefillBatch) -> None:
         started = time.perf_counter()
-        extend_len = {id(r): n for r, n in zip(batch.reqs, batch.extend_lens, strict=True)}
+        results = self._forward_each(batch.reqs, self._extend_pass(batch.reqs, batch.extend_lens))
+        self._settle_prefill(batch, results)
+        self.counters["prefill_batches"] += 1
+        self.counters["prefill_tokens"] += sum(batch.extend_lens)
+        self.counters["prefill_seconds"] += time.perf_counter() - started
 
-        def forward(reqs: list[Req]) -> list[tuple[torch.Tensor, ExtendRows]]:
-            lens = [extend_len[id(r)] for r in reqs]
-            forward_batch, layout = build_extend(reqs, lens, self.runner.req_table)
+    def _extend_pass(
+        self, reqs: list[Req], extend_lens: list[int]
+    ) -> Callable[[list[Req]], list[tuple[torch.Tensor, ExtendRows]]]:
+        """`forward(some)` for `_forward_each`: one extend pass over `some` of `reqs`, each by its
+        own extend length; (logits [R, V], the request's rows) per request."""
+        extend_len = {id(r): n for r, n in zip(reqs, extend_lens, strict=True)}
+
+        def forward(some: list[Req]) -> list[tuple[torch.Tensor, ExtendRows]]:
+            lens = [extend_len[id(r)] for r in some]
+            forward_batch, layout = build_extend(some, lens, self.runner.req_table)
             logits = self.runner.forward(forward_batch)  # [R, V]
             return [(logits, rows) for rows in layout]
 
-        results = self._forward_each(batch.reqs, forward)
-        to_sample: list[Req] = []
-        sample_rows: list[torch.Tensor] = []
+        return forward
+
+    def _settle_prefill(
+        self,
+        batch: PrefillBatch,
+        results: list[tuple[torch.Tensor, ExtendRows] | None],
+        also_sample: list[tuple[Req, torch.Tensor]] | None = None,
+    ) -> bool:
+        """A prefill batch after its pass (`_forward_each`'s results): advance the KV, sample
+        the completed prompts (in one batch with `also_sample`: (request, logits row) pairs a
+        mixed step's decodes bring), share prompts through the tree, move completed requests to
+        decoding, emit and finish. False when a failed pass forced an engine reset."""
+        to_sample = [req for req, _ in also_sample or ()]
+        sample_rows = [row for _, row in also_sample or ()]
         for req, n, result in zip(batch.reqs, batch.extend_lens, results, strict=True):
             if result is None:  # its forward pass failed even alone
                 if req is not batch.chunked and not self.cache.disabled:
                     # Its prompt was published before the pass: the tree now holds slots
                     # without KV that batch-mates may have matched. Only a reset is safe.
                     self._reset_after_fault()
-                    return
+                    return False
                 self.cache.drop_uncomputed(req, n)
                 continue
             logits, rows = result
@@ -375,9 +408,7 @@ class Scheduler:
         if self.chunked is not None and self.chunked.is_finished:
             chunked, self.chunked = self.chunked, None
             self._finish(chunked)
-        self.counters["prefill_batches"] += 1
-        self.counters["prefill_tokens"] += sum(batch.extend_lens)
-        self.counters["prefill_seconds"] += time.perf_counter() - started
+        return True
 
     def _record_prefill(self, req: Req, logits: torch.Tensor, rows: ExtendRows) -> None:
         """A prefilled request's own bookkeeping: prompt logprobs, counters, max_new_tokens 0."""

@@ -6,7 +6,10 @@ Budgets for one batch:
   retractions later;
 - input: `max_prefill_tokens` new tokens per batch;
 - chunk: a prompt longer than `chunked_prefill_size` is prefilled a chunk per step; the chunked
-  request continues first on the next step.
+  request continues first on the next step;
+- mixed step (`step_tokens`, see mixed.py): when the batch shares its forward pass with the
+  running decodes, at most `step_tokens` prefill tokens, the last prompt chunked to fit (even
+  with chunking off), and the decodes' own new tokens (`reserve`) are kept free of admission.
 
 In-batch prefix sharing: a request whose whole prompt is admitted publishes it to the radix tree
 at once (`CacheManager.publish`), before the forward pass computes its KV, so requests admitted
@@ -54,14 +57,22 @@ class PrefillManager:
         running: list[Req],
         chunked: Req | None,
         new_token_ratio: float,
+        step_tokens: int | None = None,
+        reserve: int = 0,
     ) -> PrefillBatch | None:
         """Admit requests in the given order until a budget runs out. Admitted requests hold a
         row, a locked prefix and slots for their extend tokens; the caller removes them from
-        the waiting queue (all of `batch.reqs` except a continuing `chunked`)."""
+        the waiting queue (all of `batch.reqs` except a continuing `chunked`).
+
+        `step_tokens` caps the batch's tokens and chunks the prompt that crosses it; `reserve`
+        slots stay free for work outside the batch that needs them in the same step."""
         batch = PrefillBatch()
-        reserved = sum(expected_decode_tokens(r, new_token_ratio) for r in running)
+        reserved = reserve + sum(expected_decode_tokens(r, new_token_ratio) for r in running)
         rem_input = self.max_prefill_tokens
         rem_chunk = self.chunk_size if self.chunk_size > 0 else None
+        if step_tokens is not None:
+            rem_input = min(rem_input, step_tokens)
+            rem_chunk = step_tokens if rem_chunk is None else min(rem_chunk, step_tokens)
         if chunked is not None:
             size = chunked.pending_len if rem_chunk is None else min(chunked.pending_len, rem_chunk)
             if not self._add(batch, chunked, size):

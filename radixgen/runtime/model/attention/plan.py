@@ -14,6 +14,11 @@ Each pass yields (out, log-sum-exp) per token; the shared passes merge into the 
 log-sum-exp, in order. Every executor computes exactly this; `ReferenceExecutor` does it in
 plain PyTorch, so it runs any plan on any device and is what the others are tested against.
 
+A batch may instead be planned in parts (`SplitPlan`): disjoint sets of its tokens, each with its
+own plan. A mixed step's decode rows (one new token each) then read their KV in place while the
+prefill chunk beside them gathers, where one plan for the whole batch would give every decode
+row the chunk's method (a flash problem per row).
+
 `method` and `layout` say how the planner meant the pass to run on its executor (the executor
 cannot choose better: the planner sees the whole batch and the tuning). They never change what
 is computed.
@@ -97,3 +102,13 @@ class AttentionPlan:
     out_cache_loc: torch.Tensor  # [T] slots receiving the new K/V
     own: ProblemSet  # covers every token once
     shared: tuple[ProblemSet, ...]  # by nesting depth; merged into `own` in order
+
+
+@dataclass(frozen=True)
+class SplitPlan:
+    """A batch planned in parts: each part's flat tokens attend as that part's plan says. The
+    parts' tokens are disjoint and together every token; the batch's new K/V are all stored
+    before any part attends (a part may read what another part's tokens write)."""
+
+    out_cache_loc: torch.Tensor  # [T] slots receiving the new K/V, as in AttentionPlan
+    parts: tuple[tuple[torch.Tensor, AttentionPlan], ...]  # ([Tp] flat tokens, their plan)

@@ -16,6 +16,10 @@ decides how to split and run it, by the batch's shape, the executor's target and
   request read their own parts where they lie in the pool (no gather, no padding); decode steps
   read their shared levels in place too, extends gather them.
 - **The AMX target** runs everything in place as flattened problems (`SegmentProblems`).
+- **Mixed batches** (a mixed step: decode rows of one new token next to a prefill chunk longer
+  than the in-place limit) are planned in two parts (`SplitPlan`): the decode rows as a decode
+  step, the rest as an extend. One plan for both would give every decode row the chunk's
+  gathered method (a flash problem per row, ~2 per request per layer).
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from radixgen.runtime.model.attention.plan import (
     PerProblemLayout,
     PlanTarget,
     ProblemSet,
+    SplitPlan,
 )
 from radixgen.runtime.model.attention.prefix_tree import SharedSegment, find_shared_segments
 from radixgen.runtime.model.batch import ForwardBatch, ForwardMode
@@ -64,9 +69,51 @@ class AttentionPlanner:
                 else tuning.max_in_place_extend_bfloat16
             )
 
-    def plan(self, batch: ForwardBatch) -> AttentionPlan:
+    def plan(self, batch: ForwardBatch) -> AttentionPlan | SplitPlan:
         if self.target is PlanTarget.SEGMENT:
             return self._segment_plan(batch)
+        parts = self._mixed_parts(batch)
+        if parts is not None:
+            return SplitPlan(
+                batch.out_cache_loc,
+                tuple((tokens, self._plan(part)) for tokens, part in parts),
+            )
+        return self._plan(batch)
+
+    def _mixed_parts(self, batch: ForwardBatch) -> list[tuple[torch.Tensor, ForwardBatch]] | None:
+        """A mixed extend's decode rows and the rest, each as ([Tp] flat tokens, sub-batch);
+        None when one plan serves the batch: no decode rows, only decode rows, or no extend
+        both compute-bound and too long for the in-place kernel (short ones pad well)."""
+        if batch.mode is ForwardMode.DECODE:
+            return None
+        extend_lens = batch.extend_lens
+        decoding = extend_lens == 1  # [B]
+        if bool(decoding.all()) or not bool(decoding.any()):
+            return None
+        longest = int(extend_lens.max())
+        if longest <= self.max_in_place_extend or longest < self.tuning.min_compute_bound_extend:
+            return None
+        token_req = torch.repeat_interleave(torch.arange(batch.batch_size), extend_lens)
+        token_decoding = decoding[token_req]  # [T]
+        parts = []
+        for rows, tokens in ((decoding, token_decoding), (~decoding, ~token_decoding)):
+            rows, tokens = rows.nonzero().squeeze(1), tokens.nonzero().squeeze(1)
+            part_extend = extend_lens[rows]
+            part = ForwardBatch(
+                ForwardMode.DECODE if bool((part_extend == 1).all()) else ForwardMode.EXTEND,
+                batch.input_ids[tokens],
+                batch.positions[tokens],
+                batch.out_cache_loc[tokens],
+                batch.req_pool_indices[rows],
+                batch.seq_lens[rows],
+                part_extend,
+                torch.empty(0, dtype=torch.int64),  # logits are the model's, not a part's
+            )
+            parts.append((tokens, part))
+        return parts
+
+    def _plan(self, batch: ForwardBatch) -> AttentionPlan:
+        """One plan for the whole batch on the gathering or in-place target."""
         seq_lens, extend_lens = batch.seq_lens, batch.extend_lens
         B, T = batch.batch_size, batch.num_tokens
         prefix_lens = seq_lens - extend_lens  # [B]
