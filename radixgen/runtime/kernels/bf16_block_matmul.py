@@ -120,29 +120,19 @@ class Bf16BlockMatmulKernel:
 
     def int4(self, x: torch.Tensor, weight: Bf16Int4Panels) -> torch.Tensor:
         """x [M, K] bfloat16 @ w.T -> [M, N] bfloat16."""
-        k = weight.codes.shape[1] * 4
-        x = _rows_of(x, k)
-        out = torch.empty(x.shape[0], weight.codes.shape[0] * PANEL_COLS, dtype=torch.bfloat16)
-        status = self._int4(
-            x=x,
-            x_stride=x.stride(0),
-            rows=x.shape[0],
-            k=k,
-            codes=weight.codes,
-            scales=weight.scales,
-            biases=weight.biases,
-            cols=out.shape[1],
-            num_threads=torch.get_num_threads(),
-            out=out,
-        )
-        return _result(status, out, weight.cols)
+        return self._call(self._int4, x, weight, 4, torch.bfloat16, biases=weight.biases)
 
     def int8(self, x: torch.Tensor, weight: Bf16Int8Panels) -> torch.Tensor:
         """x [M, K] bfloat16 @ w.T -> [M, N] float32 (logits)."""
-        k = weight.codes.shape[1] * 2
+        return self._call(self._int8, x, weight, 2, torch.float32)
+
+    @staticmethod
+    def _call(entry, x, weight, inputs_per_code_row: int, out_dtype: torch.dtype, **extra):
+        """One entry point on x and a packed weight whose codes are [N' / 16, K / n, 32]."""
+        k = weight.codes.shape[1] * inputs_per_code_row
         x = _rows_of(x, k)
-        out = torch.empty(x.shape[0], weight.codes.shape[0] * PANEL_COLS, dtype=torch.float32)
-        status = self._int8(
+        out = torch.empty(x.shape[0], weight.codes.shape[0] * PANEL_COLS, dtype=out_dtype)
+        status = entry(
             x=x,
             x_stride=x.stride(0),
             rows=x.shape[0],
@@ -152,6 +142,7 @@ class Bf16BlockMatmulKernel:
             cols=out.shape[1],
             num_threads=torch.get_num_threads(),
             out=out,
+            **extra,
         )
         return _result(status, out, weight.cols)
 
