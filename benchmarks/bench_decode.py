@@ -182,6 +182,34 @@ def radixgen_runs(
     return runs
 
 
+def set_fused_decode(engine: Engine, path: Any) -> None:
+    """Switch the engine's fused decode step (`ModelRunner.fused_decode`; None: per-operation
+    passes) on its scheduler thread, between requests."""
+    runner = engine.scheduler.runner
+    engine.scheduler.call(lambda: setattr(runner, "fused_decode", path)).result()
+
+
+def paired_fused_runs(
+    engine: Engine, input_ids: list[int], params: dict[str, Any], rounds: int
+) -> tuple[list[Decode], list[Decode]]:
+    """(fused rounds, per-operation rounds), interleaved round by round in one engine so
+    that drift in the host's speed falls on both alike. Without a fused path: ([...], [])."""
+    path = getattr(engine.scheduler.runner, "fused_decode", None)
+    if path is None:
+        return radixgen_runs(engine, input_ids, params, rounds), []
+    fused, per_operation = [], []
+    stream_decode(engine, input_ids, params)
+    try:
+        for _ in range(rounds):
+            for on, runs in ((True, fused), (False, per_operation)):
+                set_fused_decode(engine, path if on else None)
+                engine.flush_cache()
+                runs.append(stream_decode(engine, input_ids, params))
+    finally:
+        set_fused_decode(engine, path)
+    return fused, per_operation
+
+
 def speculation_available() -> bool:
     """Whether this checkout's EngineConfig has n-gram speculation (issue 27, stream S)."""
     return "speculative_algorithm" in {f.name for f in dataclasses.fields(EngineConfig)}
@@ -228,11 +256,19 @@ class DecodeResult:
     llama_tok_s: float | None = None
     llama_rounds: list[float] = field(default_factory=list)
     llama_status: str = ""
+    per_operation_tok_s: float | None = None  # the fused decode step off (None: no fused path)
+    per_operation_rounds: list[float] = field(default_factory=list)
 
     @property
     def ratio(self) -> float | None:
         if self.radixgen_tok_s and self.llama_tok_s:
             return self.radixgen_tok_s / self.llama_tok_s
+        return None
+
+    @property
+    def fused_ratio(self) -> float | None:
+        if self.radixgen_tok_s and self.per_operation_tok_s:
+            return self.radixgen_tok_s / self.per_operation_tok_s
         return None
 
 
@@ -242,9 +278,12 @@ def bench_batch1(sizes: Sizes, dtype: str, skip_llamacpp: bool) -> DecodeResult:
     log(f"radixgen: batch-1 decode, {sizes.new_tokens} tokens, {sizes.rounds} rounds")
     with Engine(model=MODEL, dtype=dtype) as engine:
         ids = engine.tokenizer(DECODE_PROMPT)["input_ids"]
-        runs = radixgen_runs(engine, ids, params, sizes.rounds)
+        runs, per_operation = paired_fused_runs(engine, ids, params, sizes.rounds)
     result.radixgen_rounds = [d.tok_s or 0.0 for d in runs]
     result.radixgen_tok_s = statistics.median(result.radixgen_rounds)
+    if per_operation:
+        result.per_operation_rounds = [d.tok_s or 0.0 for d in per_operation]
+        result.per_operation_tok_s = statistics.median(result.per_operation_rounds)
     if skip_llamacpp:
         result.llama_status = "skipped (--skip-llamacpp)"
     elif peers.binary("llama-bench") is None:
@@ -384,11 +423,14 @@ def decode_report(r: DecodeResult, sizes: Sizes, dtype: str, llama_build: str) -
         "|---|---:|---|",
         f"| radixgen (Engine, dtype {dtype}, streamed) | {_fmt(r.radixgen_tok_s, '.1f')} "
         f"| {rounds(r.radixgen_rounds)} |",
+        f"| radixgen, fused decode step off (per-operation passes; rounds interleaved with the "
+        f"row above) | {_fmt(r.per_operation_tok_s, '.1f')} | {rounds(r.per_operation_rounds)} |",
         f"| llama.cpp (llama-bench tg{sizes.new_tokens}, -t {peers.THREADS}, {llama_build}) "
         f"| {llama} | {rounds(r.llama_rounds)} |",
         "",
         f"Ratio radixgen/llama.cpp: {_fmt(r.ratio, '.2f', 'x')} (target >= {DECODE_TARGET}x: "
-        f"{_verdict(r.ratio, DECODE_TARGET)}).",
+        f"{_verdict(r.ratio, DECODE_TARGET)}). Fused step / per-operation: "
+        f"{_fmt(r.fused_ratio, '.2f', 'x')}.",
     ]
 
 

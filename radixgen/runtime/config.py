@@ -134,6 +134,12 @@ class EngineConfig:
         "(in-place attention, fused element-wise steps, quantized matmuls). Same outputs in "
         "float32 (to rounding), slower. Their build cache: $RADIXGEN_KERNEL_CACHE.",
     )
+    disable_fused_decode: bool = _opt(
+        False,
+        "Run narrow forward passes (decode steps) operation by operation instead of as one "
+        "native call for all layers. Same outputs, bit for bit; the fused call saves the "
+        "per-operation dispatch (the CPU counterpart of a CUDA graph).",
+    )
     speculative_algorithm: str | None = _opt(
         None,
         "Speculative decoding: 'ngram' drafts each decoding request's next tokens from its own "

@@ -52,3 +52,27 @@ def test_bfloat16_burst_over_an_uncached_prefix_runs_in_one_batch_and_agrees(bf1
     assert all(o["meta_info"]["cached_tokens"] > 20 for o in outs[1:])
     assert [o["output_ids"] for o in outs] == alone
     assert_idle_invariant(bf16_engine)
+
+
+def test_bfloat16_fused_decode_steps_are_bit_identical(bf16_engine):
+    """The fused decode step rounds where the per-operation path rounds: same logprobs, bit for
+    bit (the float32 counterpart: test_fused_decode.py)."""
+    runner, scheduler = bf16_engine.scheduler.runner, bf16_engine.scheduler
+    path = runner.fused_decode
+    if path is None:
+        pytest.skip("no fused bfloat16 decode step on this host (it needs AVX512-BF16)")
+    prompts = ["The capital of France is", "Write a short poem about the sea."]
+    params = {"max_new_tokens": 10, "temperature": 0, "ignore_eos": True}
+    outs = {}
+    try:
+        for on in (True, False):
+            switch = path if on else None
+            scheduler.call(lambda s=switch: setattr(runner, "fused_decode", s)).result()
+            assert bf16_engine.flush_cache()
+            before = path.passes
+            outs[on] = bf16_engine.generate(prompts, params, return_logprob=True)
+            assert (path.passes > before) == on
+    finally:
+        scheduler.call(lambda: setattr(runner, "fused_decode", path)).result()
+    for a, b in zip(outs[True], outs[False], strict=True):
+        assert a["meta_info"]["output_token_logprobs"] == b["meta_info"]["output_token_logprobs"]

@@ -9,7 +9,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from radixgen.runtime.kernels import bf16_block_matmul, block_matmul, decode_attention, elementwise
+from radixgen.runtime.kernels import (
+    bf16_block_matmul,
+    block_matmul,
+    decode_attention,
+    decode_step,
+    elementwise,
+)
 from radixgen.runtime.kernels import segment_attention as segment
 from radixgen.runtime.kernels.binding import Scalar, Signature, Tensor, bind
 from radixgen.runtime.kernels.build import SOURCE_DIR, load_library
@@ -20,6 +26,7 @@ DECLARED = {
     "elementwise": elementwise.SIGNATURES,
     "block_matmul": block_matmul.SIGNATURES,
     "bf16_block_matmul": bf16_block_matmul.SIGNATURES,
+    "decode_step": decode_step.SIGNATURES,
 }
 C_SCALARS = {"int64_t": "int64", "int": "int", "float": "float"}
 
@@ -53,6 +60,15 @@ def test_declarations_match_the_c_prototypes(kernel):
             ("pointer" if isinstance(a, Tensor) else a.kind, a.name) for a in signature.args
         ]
         assert declared == c_parameters(source, signature.name), signature.name
+
+
+def test_the_fused_step_layer_table_matches_the_c_enum():
+    """decode_step.py writes addresses in the columns decode_step.c reads them from."""
+    source = (SOURCE_DIR / "decode_step.c").read_text()
+    enum = re.search(r"enum \{(.*?)\};", source, flags=re.S).group(1)
+    names = [n.strip().lower() for n in enum.split(",") if n.strip()]
+    assert names[-1] == "layer_fields"
+    assert tuple(names[:-1]) == decode_step.LAYER_FIELDS
 
 
 def test_the_prototype_check_can_fail():

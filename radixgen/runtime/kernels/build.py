@@ -2,9 +2,10 @@
 
 A kernel is built once per machine with the system C compiler (`$CC`, else `cc`) for the host CPU
 (`-march=native`) and OpenMP, and cached under `$RADIXGEN_KERNEL_CACHE` (default
-`~/.cache/radixgen/kernels`), keyed by a hash of its source, the package's headers, the flags and
-the compiler. The shared object links `libgomp.so.1`; torch has already loaded its own copy under
-that name, so the kernel's threads are torch's threads. Calls go through `ctypes.PyDLL`, which
+`~/.cache/radixgen/kernels`), keyed by a hash of its source, the other kernels' sources it
+includes, the package's headers, the flags and the compiler. The shared object links
+`libgomp.so.1`; torch has already loaded its own copy under that name, so the kernel's threads
+are torch's threads. Calls go through `ctypes.PyDLL`, which
 keeps the GIL like any torch operator (releasing it would let other Python threads delay every
 return).
 
@@ -21,6 +22,7 @@ import hashlib
 import logging
 import os
 import platform
+import re
 import shutil
 import subprocess
 import tempfile
@@ -33,6 +35,7 @@ BASE_FLAGS = ["-O3", "-ffast-math", "-fopenmp", "-fPIC", "-shared"]
 # Tried in order: the host's full instruction set with whole AVX-512 vectors (x86), the host's
 # instruction set, the compiler's default target.
 TARGET_FLAGS = (["-march=native", "-mprefer-vector-width=512"], ["-march=native"], [])
+_INCLUDED_SOURCE = re.compile(rb'^#include "(\w+\.c)"', re.MULTILINE)
 
 
 def cache_dir() -> Path:
@@ -41,7 +44,10 @@ def cache_dir() -> Path:
 
 
 def _cache_key(name: str, compiler: str, flags: list[str]) -> str:
-    digest = hashlib.sha256((SOURCE_DIR / f"{name}.c").read_bytes())
+    source = (SOURCE_DIR / f"{name}.c").read_bytes()
+    digest = hashlib.sha256(source)
+    for included in _INCLUDED_SOURCE.findall(source):  # a kernel built from others' sources
+        digest.update(included + (SOURCE_DIR / included.decode()).read_bytes())
     for header in sorted(SOURCE_DIR.glob("*.h")):  # every kernel may include any header
         digest.update(header.name.encode() + header.read_bytes())
     digest.update(" ".join([compiler, *flags, platform.machine()]).encode())

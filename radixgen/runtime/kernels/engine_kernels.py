@@ -26,6 +26,7 @@ from radixgen.runtime.kernels.build import load_library
 from radixgen.runtime.kernels.cpu import CpuFeatures, cpu_features
 from radixgen.runtime.kernels.decode_attention import DTYPES as DECODE_DTYPES
 from radixgen.runtime.kernels.decode_attention import DecodeAttentionKernel
+from radixgen.runtime.kernels.decode_step import DecodeStepKernel
 from radixgen.runtime.kernels.elementwise import FusedOps
 from radixgen.runtime.kernels.int4 import Int4Matmul
 from radixgen.runtime.kernels.int8 import Int8Matmul
@@ -48,6 +49,7 @@ class EngineKernels:
     bf16_block_matmul: Bf16BlockMatmulKernel | None  # bfloat16 x Q4/Q8_0 blocks (AVX512-BF16)
     int4: Int4Matmul | None  # the 4-bit matmul for the compute dtype (None: dense only)
     int8: Int8Matmul | None  # the 8-bit head's matmul for the compute dtype (None: dense)
+    decode_step: DecodeStepKernel | None = None  # a narrow pass in one call, this dtype
     cpu: CpuFeatures | None = None  # the host they were chosen for (None: a CPU-free engine)
 
     @staticmethod
@@ -78,6 +80,12 @@ class EngineKernels:
         if cpu is not None and dtype == torch.bfloat16:
             found = library("bf16_block_matmul", cpu.avx512_bf16)
             bf16_block_matmul = load_bf16_block_matmul(found)
+        decode_step = None
+        if cpu is not None and cpu.avx2 and not config.disable_fused_decode:
+            found = library("decode_step")
+            if found is not None:
+                decode_step = DecodeStepKernel(found, config.tuning.extend_block_tokens)
+                decode_step = decode_step if decode_step.available(dtype) else None
         kernels = EngineKernels(
             decode_attention=decode,
             segment_attention=segment,
@@ -86,6 +94,7 @@ class EngineKernels:
             bf16_block_matmul=bf16_block_matmul,
             int4=Int4Matmul.choose(device, dtype, block_matmul, bf16_block_matmul),
             int8=Int8Matmul.choose(device, dtype, block_matmul, bf16_block_matmul),
+            decode_step=decode_step,
             cpu=cpu,
         )
         logger.info("kernels: %s", kernels.describe())
@@ -101,6 +110,7 @@ class EngineKernels:
                 ("elementwise", self.elementwise.is_native),
                 ("block_matmul", self.block_matmul is not None),
                 ("bf16_block_matmul", self.bf16_block_matmul is not None),
+                ("decode_step", self.decode_step is not None),
             )
             if present
         ]

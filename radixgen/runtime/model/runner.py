@@ -23,6 +23,7 @@ from radixgen.runtime.model.attention import (
     ReferenceExecutor,
 )
 from radixgen.runtime.model.batch import ForwardBatch
+from radixgen.runtime.model.fused_decode import FusedDecode
 from radixgen.runtime.model.layers import rope_inv_freq
 from radixgen.runtime.model.llama import LlamaForCausalLM
 from radixgen.runtime.model.loader import ModelSource
@@ -81,6 +82,12 @@ class ModelRunner:
             self.req_table, engine_config.tuning, self.attention.target, self.dtype
         )
         logger.info("attention executor: %s", type(self.attention).__name__)
+        self.fused_decode = None
+        if isinstance(self.attention, NativeExecutor) and self.attention.in_place_kernel:
+            kernel = self.kernels.decode_step
+            self.fused_decode = FusedDecode.build(self.model, kernel, self.kv_pool)
+        if self.fused_decode is not None:
+            logger.info("passes of <= %d tokens run fused", self.fused_decode.max_tokens)
 
     def _attention_executor(
         self, model_config: ModelConfig, engine_config: EngineConfig
@@ -96,4 +103,6 @@ class ModelRunner:
     def forward(self, batch: ForwardBatch) -> torch.Tensor:
         """Run one batch; returns logits [R, vocab] float32 for `batch.logit_rows`."""
         plan = self.planner.plan(batch)
+        if self.fused_decode is not None and self.fused_decode.serves(batch, plan):
+            return self.fused_decode.forward(batch, plan)
         return self.model(batch.input_ids, batch.positions, self.attention, plan, batch.logit_rows)
