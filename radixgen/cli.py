@@ -25,8 +25,9 @@ def add_engine_options(parser: argparse.ArgumentParser) -> None:
     for f in dataclasses.fields(EngineConfig):
         flag = "--" + f.name.replace("_", "-")
         help_text = f"{f.metadata.get('help', '')} (default: {f.default})"
-        if hints[f.name] is bool:
-            group.add_argument(flag, action="store_true", help=help_text)
+        if hints[f.name] is bool:  # on by default: --no-<option> turns it off
+            action = argparse.BooleanOptionalAction if f.default else "store_true"
+            group.add_argument(flag, action=action, default=f.default, help=help_text)
             continue
         if typing.get_origin(hints[f.name]) is tuple:  # repeatable: --tune a=1 --tune b=2
             group.add_argument(flag, action="append", default=[], help=help_text)
@@ -94,7 +95,9 @@ def _option_argv(
         if not action.option_strings or action.dest in skip or value == action.default:
             continue
         flag = action.option_strings[0]
-        if action.nargs == 0:  # store_true
+        if isinstance(action, argparse.BooleanOptionalAction):
+            argv.append(flag if value else action.option_strings[1])  # --x / --no-x
+        elif action.nargs == 0:  # store_true
             argv.append(flag)
         elif action.nargs in ("*", "+"):
             argv += [flag, *map(str, value)]

@@ -92,10 +92,10 @@ class EngineConfig:
         1024, "Prompts longer than this are prefilled in chunks of this size (-1: never)."
     )
     enable_mixed_chunk: bool = _opt(
-        False,
+        True,
         "While requests decode, run each prefill chunk in the same forward pass as one decode "
         "step of every running request (mixed chunked prefill), so decodes never wait whole "
-        "prefill steps.",
+        "prefill steps. --no-enable-mixed-chunk: separate prefill and decode steps.",
     )
     mixed_step_tokens: int = _opt(
         256,

@@ -58,3 +58,13 @@ def test_router_policy_is_configurable_for_benchmarks():
     config = ScaleOutConfig(dp=2, host="h", port=1, model="m", policy="round_robin")
     argv = router_argv(config, ["http://127.0.0.1:1"])
     assert argv[argv.index("--policy") + 1] == "round_robin"
+
+
+def test_an_option_on_by_default_reaches_the_workers_turned_off():
+    """Boolean engine options that default to on take `--no-<option>`; workers get it too."""
+    args = _parse(["--dp", "2", "--no-enable-mixed-chunk"])
+    assert args.enable_mixed_chunk is False
+    worker_argv = _option_argv(args.command_parser, args, LAUNCHER_ONLY)
+    assert "--no-enable-mixed-chunk" in worker_argv
+    assert _parse(worker_argv).enable_mixed_chunk is False
+    assert _parse([]).enable_mixed_chunk is True
