@@ -149,9 +149,14 @@ def measure(engine: Engine, batch: int, new_tokens: int, rounds: int) -> dict[st
     return sorted(tables, key=lambda t: t["step"])[len(tables) // 2]
 
 
-def report(results: dict[int, dict[str, float]], dtype: str) -> str:
+def report(results: dict[int, dict[str, float]], dtype: str, fused: bool) -> str:
+    how = (
+        "the fused decode step (attention and every layer in one call: 'layers, rest')"
+        if fused
+        else "per-operation passes (--per-operation)"
+    )
     lines = [
-        f"dtype: {dtype}; greedy, EOS ignored, streamed; ms per decode step"
+        f"dtype: {dtype}; {how}; greedy, EOS ignored, streamed; ms per decode step"
         " (the round of median step time)",
         "",
         "| part | " + " | ".join(f"batch {b}: ms | share" for b in results) + " |",
@@ -170,18 +175,32 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="few tokens, one round: a smoke run")
+    parser.add_argument(
+        "--per-operation",
+        action="store_true",
+        help="run the model operation by operation (no fused decode step), so attention and "
+        "the output head are timed apart from the layers",
+    )
     record.add_record_args(parser)
     args = parser.parse_args(argv)
     command = record.command_line("python benchmarks/bench_decode_breakdown.py", argv)
     sizes = {1: 8, 4: 4} if args.quick else {1: 128, 32: 64}
     rounds = 1 if args.quick else args.rounds
-    with Engine(model="smollm2", dtype=args.dtype) as engine:
+    with Engine(
+        model="smollm2", dtype=args.dtype, disable_fused_decode=args.per_operation
+    ) as engine:
         dtype = str(engine.config.torch_dtype).removeprefix("torch.")
+        fused = engine.scheduler.runner.fused_decode is not None
         results = {b: measure(engine, b, n, rounds) for b, n in sizes.items()}
-    text = report(results, dtype)
+    text = report(results, dtype, fused)
     print(text)
     title = "Decode step breakdown" + (", --quick smoke run" * args.quick)
-    settings = {"Model": "smollm2", "dtype": record.dtype_label(args.dtype), "rounds": rounds}
+    settings = {
+        "Model": "smollm2",
+        "dtype": record.dtype_label(args.dtype),
+        "rounds": rounds,
+        "fused decode step": "on" if fused else "off",
+    }
     record.save(args, "decode-breakdown", title, text, command, settings)
     return 0
 
