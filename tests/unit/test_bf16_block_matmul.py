@@ -103,6 +103,20 @@ def test_int8_product_is_float32_exact(kernel, rows):
     torch.testing.assert_close(got.double(), expected, rtol=1e-5, atol=1e-5)
 
 
+def test_a_row_gets_the_same_bits_whatever_rows_share_its_pass(kernel):
+    """Every tile width sums in one order: a verify pass of several tokens must round each
+    row exactly as a one-row decode step does (speculation then changes no bfloat16 output)."""
+    groups, blocks = int4_groups(64, 256), int8_blocks(48, 256)
+    int4 = Bf16Int4Panels.pack(groups.codes, groups.scales, groups.zeros)
+    int8 = Bf16Int8Panels.pack(blocks.codes, blocks.scales)
+    x = torch.randn(7, 256, generator=GEN).bfloat16()
+    alone4 = torch.cat([kernel.int4(x[i : i + 1], int4) for i in range(7)])
+    alone8 = torch.cat([kernel.int8(x[i : i + 1], int8) for i in range(7)])
+    for rows in (2, 3, 4, 7):
+        assert torch.equal(kernel.int4(x[:rows], int4), alone4[:rows]), rows
+        assert torch.equal(kernel.int8(x[:rows], int8), alone8[:rows]), rows
+
+
 def test_a_wrong_width_is_refused(kernel):
     groups = int4_groups(16, 64)
     with pytest.raises(ValueError, match="does not fit"):

@@ -92,8 +92,10 @@ INLINE void int4_panel(const uint16_t *x, int64_t x_stride, int64_t k, const uin
     __m512 total[ROW_TILE];
     for (int r = 0; r < NR; ++r) total[r] = _mm512_setzero_ps();
     for (int64_t g = 0; g < groups; ++g) {
-        /* Independent chains: one row alone gets four (pair half x even/odd step), so the
-         * dot product's latency does not bound it; several rows are independent already. */
+        /* Four independent chains per row (pair half x even/odd step), so the dot product's
+         * latency does not bound one row alone. Every tile width sums in this same order: a
+         * row's result does not depend on the rows beside it (a speculative verify pass of
+         * several tokens rounds each exactly as a one-token decode step does). */
         __m512 acc[4][ROW_TILE];
         for (int c = 0; c < 4; ++c)
             for (int r = 0; r < NR; ++r) acc[c][r] = _mm512_setzero_ps();
@@ -105,7 +107,7 @@ INLINE void int4_panel(const uint16_t *x, int64_t x_stride, int64_t k, const uin
             const __m512bh first = (__m512bh)_mm512_or_si512(_mm512_and_si512(bytes, low), one28);
             const __m512bh second = (__m512bh)_mm512_or_si512(_mm512_srli_epi16(bytes, 4), one28);
             const int64_t at = g * GROUP + q * 4;
-            const int c = NR == 1 ? 2 * (q & 1) : 0;
+            const int c = 2 * (q & 1);
             for (int r = 0; r < NR; ++r) {
                 acc[c][r] = _mm512_dpbf16_ps(acc[c][r], first, pair(x + r * x_stride, at));
                 const __m512bh next = pair(x + r * x_stride, at + 2);
@@ -131,7 +133,7 @@ INLINE void int8_panel(const uint16_t *x, int64_t x_stride, int64_t k, const int
     __m512 total[ROW_TILE];
     for (int r = 0; r < NR; ++r) total[r] = _mm512_setzero_ps();
     for (int64_t g = 0; g < groups; ++g) {
-        __m512 acc[4][ROW_TILE]; /* independent chains, as in int4_panel */
+        __m512 acc[4][ROW_TILE]; /* four chains for every tile width, as in int4_panel */
         for (int c = 0; c < 4; ++c)
             for (int r = 0; r < NR; ++r) acc[c][r] = _mm512_setzero_ps();
         const int8_t *block = codes + g * (GROUP / 2) * 32;
@@ -144,7 +146,7 @@ INLINE void int8_panel(const uint16_t *x, int64_t x_stride, int64_t k, const int
             const __m512 second = _mm512_cvtepi32_ps(high_codes);
             const __m512bh weights = _mm512_cvtne2ps_pbh(second, first);
             const int64_t at = g * GROUP + q * 2;
-            const int c = NR == 1 ? (q & 3) : (q & 1);
+            const int c = q & 3;
             for (int r = 0; r < NR; ++r)
                 acc[c][r] = _mm512_dpbf16_ps(acc[c][r], weights, pair(x + r * x_stride, at));
         }
