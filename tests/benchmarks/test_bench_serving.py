@@ -9,6 +9,7 @@ import pytest
 
 from benchmarks import bench_serving as bs
 from benchmarks import record
+from benchmarks import serving_results as results
 from benchmarks.servers import ServerSpec
 
 PEER_NOTE = "peer: llama.cpp's C++ llama-server (version: 1) from /x, 8 slots x 4096 tokens"
@@ -28,7 +29,7 @@ def test_concurrency_levels_and_their_conversations():
 
 
 def test_summary_pools_gaps_counts_errors_and_reads_usage():
-    ok = bs.RequestResult(
+    ok = results.RequestResult(
         ttft_s=0.1,
         itl_s=[0.01, 0.03],
         e2e_s=1.0,
@@ -40,9 +41,9 @@ def test_summary_pools_gaps_counts_errors_and_reads_usage():
             "prompt_tokens_details": {"cached_tokens": 40},
         },
     )
-    bad = bs.RequestResult(ok=False, error="HTTP 400: too long")
+    bad = results.RequestResult(ok=False, error="HTTP 400: too long")
     spec = ServerSpec("llamacpp", "llama.cpp", (), "/health")
-    r = bs.summarize(spec, [ok, ok, bad], wall_s=2.0, users=8)
+    r = results.summarize(spec, [ok, ok, bad], wall_s=2.0, users=8)
     assert (r.requests, r.errors, r.users) == (2, 1, 8)
     assert r.first_error == "HTTP 400: too long"
     assert r.req_per_s == 1.0 and r.output_tokens == 6 and r.tokens_from == "usage"
@@ -58,7 +59,7 @@ def test_rss_sampler_reads_a_live_process():
 
 
 def _result(key: str, users: int, req_s: float, ttft99: float, itl99: float, rss, errors=0):
-    r = bs.SystemResult(key, key, users, requests=10, errors=errors, req_per_s=req_s)
+    r = results.SystemResult(key, key, users, requests=10, errors=errors, req_per_s=req_s)
     r.output_tok_s, r.ttft_ms, r.itl_ms, r.rss_mb = 10 * req_s, (1, ttft99), (1, itl99), rss
     return r
 
@@ -74,7 +75,7 @@ def test_report_names_the_cpu_the_peer_and_checks_the_targets():
             _result("llamacpp", 64, 2.0, 9000.0, 900.0, (800, 900, 820)),
         ],
     }
-    text = bs.report(levels, {"mode": "full"}, {8: "w8", 64: "w64"}, PEER_NOTE)
+    text = results.report(levels, {"mode": "full"}, {8: "w8", 64: "w64"}, PEER_NOTE)
     assert f"CPU: {record.machine().describe()}" in text
     assert PEER_NOTE in text
     assert "### 8 concurrent streams" in text and "### 64 concurrent streams" in text
@@ -99,5 +100,5 @@ def test_a_slower_ttft_misses_the_eight_stream_target():
             _result("llamacpp", 8, 2.0, 1000.0, 80.0, (1, 1, 1)),
         ]
     }
-    (line,) = bs.targets(levels)
+    (line,) = results.targets(levels)
     assert "4.00x" in line and line.endswith("MISSED")
