@@ -76,3 +76,30 @@ def test_bfloat16_fused_decode_steps_are_bit_identical(bf16_engine):
         scheduler.call(lambda: setattr(runner, "fused_decode", path)).result()
     for a, b in zip(outs[True], outs[False], strict=True):
         assert a["meta_info"]["output_token_logprobs"] == b["meta_info"]["output_token_logprobs"]
+
+
+def test_bfloat16_speculation_changes_no_greedy_output(bf16_engine):
+    """A verify pass rounds each of its tokens as a one-token decode step does (the 4-bit and
+    8-bit kernels sum every row in one order), so n-gram speculation keeps bfloat16 greedy
+    outputs token for token. This prompt's answer differed when a row's sums depended on the
+    rows beside it."""
+    from benchmarks.bench_decode import RAG_PROMPTS
+    from radixgen.runtime.scheduler.speculative import Speculator
+
+    scheduler = bf16_engine.scheduler
+    config = bf16_engine.config.replace(speculative_algorithm="ngram")
+    ids = bf16_engine.apply_chat_template(
+        [{"role": "user", "content": RAG_PROMPTS["quote the answer"]}]
+    )
+    params = {"max_new_tokens": 96, "temperature": 0}
+    assert bf16_engine.flush_cache()
+    plain = bf16_engine.generate(ids, params)
+    speculator = Speculator(config, bf16_engine.eos_ids)
+    scheduler.call(lambda: setattr(scheduler, "speculator", speculator)).result()
+    try:
+        assert bf16_engine.flush_cache()
+        spec = bf16_engine.generate(ids, params)
+    finally:
+        scheduler.call(lambda: setattr(scheduler, "speculator", None)).result()
+    assert spec["meta_info"]["spec_accepted_tokens"] > 10
+    assert spec["output_ids"] == plain["output_ids"]
