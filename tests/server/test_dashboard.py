@@ -12,6 +12,7 @@ scripts/test.sh runs); without them the browser test skips, except under CI, whe
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import subprocess
@@ -25,6 +26,8 @@ import httpx
 import pytest
 
 from radixgen.launcher import running_server
+from radixgen.server.app import create_app
+from radixgen.server.context import EngineHolder, ServerSettings
 from radixgen.server.dashboard.routes import SHELL_FILES
 
 KEY = "dash-k3y"
@@ -54,6 +57,12 @@ def keyed_url():
         yield server.url
 
 
+@pytest.fixture(scope="module")
+def cached_workload(keyed_url) -> int:
+    """The workload, run once for the tests that only read what it leaves in the cache."""
+    return _run_workload(keyed_url)
+
+
 def _generate(url: str, text: str) -> dict:
     body = {"text": text, "sampling_params": {"max_new_tokens": 6, "temperature": 0}}
     resp = httpx.post(f"{url}/generate", json=body, headers=AUTH, timeout=120)
@@ -62,8 +71,10 @@ def _generate(url: str, text: str) -> dict:
 
 
 def _run_workload(url: str) -> int:
-    """One request alone (it caches the prefix), then the other questions at once. Returns the
-    tokens the later ones found cached: the shared prefix, where the tree branches."""
+    """On an empty cache: one request alone (it caches the prefix), then the other questions at
+    once. Returns the tokens the later ones found cached: the shared prefix, where the tree
+    branches."""
+    assert httpx.post(f"{url}/flush_cache", headers=AUTH, timeout=30).status_code == 200
     first = _generate(url, PREFIX + QUESTIONS[0])
     assert first["meta_info"]["cached_tokens"] == 0
     with ThreadPoolExecutor(len(QUESTIONS) - 1) as pool:
@@ -112,7 +123,6 @@ def test_dashboard_shows_the_shared_prefix_hit_rate_and_kv_in_a_browser(keyed_ur
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.support.ui import WebDriverWait
 
-    assert httpx.post(f"{keyed_url}/flush_cache", headers=AUTH, timeout=30).status_code == 200
     driver = _chromium()
     try:
         wait = WebDriverWait(driver, 30, poll_frequency=0.2)
@@ -133,8 +143,8 @@ def test_dashboard_shows_the_shared_prefix_hit_rate_and_kv_in_a_browser(keyed_ur
         wait.until(lambda d: _number(d, "hit-rate", "data-value") > 0)
         wait.until(lambda d: _number(d, "kv-evictable", "data-tokens") > evictable_before)
         assert _number(driver, "kv-free", "data-tokens") < free_before
-        rows = driver.find_elements("css selector", "#recent tbody tr")
-        assert len(rows) == len(QUESTIONS)
+        rows = "#recent tbody tr"  # one per finished request
+        wait.until(lambda d: len(d.find_elements("css selector", rows)) == len(QUESTIONS))
         assert "lpm" in driver.find_element("id", "settings").text
 
         # Hovering the shared node shows its token count and hits (and no text).
@@ -175,8 +185,7 @@ def test_data_routes_refuse_requests_without_the_key(keyed_url):
     assert "access-control-allow-origin" not in resp.headers  # CORS off by default
 
 
-def test_no_prompt_text_leaves_the_server_without_the_text_option(keyed_url):
-    _run_workload(keyed_url)
+def test_no_prompt_text_leaves_the_server_without_the_text_option(keyed_url, cached_workload):
     docs = [
         httpx.get(f"{keyed_url}{path}", headers=AUTH, timeout=30)
         for path in ("/cache_tree", "/cache_tree?min_tokens=0&max_nodes=5000", "/dashboard/state")
@@ -196,8 +205,7 @@ def test_no_prompt_text_leaves_the_server_without_the_text_option(keyed_url):
     walk(tree["root"])
 
 
-def test_cache_tree_command_writes_an_svg(keyed_url, tmp_path):
-    _run_workload(keyed_url)
+def test_cache_tree_command_writes_an_svg(keyed_url, cached_workload, tmp_path):
     out = tmp_path / "tree.svg"
     done = subprocess.run(
         [sys.executable, "-m", "radixgen.cli", "cache-tree", "--url", keyed_url, "--out", str(out)],
@@ -221,3 +229,37 @@ def test_cache_tree_command_writes_an_svg(keyed_url, tmp_path):
         env={k: v for k, v in os.environ.items() if k != "RADIXGEN_API_KEY"},
     )
     assert refused.returncode == 1 and "HTTP 401" in refused.stderr
+
+
+class _Loaded(EngineHolder):
+    """The session's engine, already loaded (tests/conftest.py), behind a real app."""
+
+    def __init__(self, engine):
+        super().__init__(engine.config)
+        self.engine = engine
+
+    def start(self) -> None:
+        pass
+
+    def shutdown(self) -> None:  # the session fixture shuts the engine down
+        pass
+
+
+def test_text_snippets_appear_only_with_the_text_option(engine):
+    """The positive control of the privacy tests: the same app shows text when told to."""
+    secret = "Quokka Saxophone Umbrella"
+    prompt = f"Inventory of the {secret} archive, shelf by shelf, for the dashboard test."
+
+    async def tree_text(show_text: bool) -> str:
+        settings = ServerSettings(engine=engine.config, dashboard_show_text=show_text)
+        app = create_app(settings, _Loaded(engine))
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
+            body = {"text": prompt, "sampling_params": {"max_new_tokens": 2}}
+            assert (await c.post("/generate", json=body, timeout=60)).status_code == 200
+            resp = await c.get("/cache_tree", params={"max_nodes": 5000, "min_tokens": 0})
+            assert resp.status_code == 200 and resp.json()["text"] is show_text
+            return resp.text
+
+    assert secret not in asyncio.run(tree_text(False))
+    assert secret in asyncio.run(tree_text(True))

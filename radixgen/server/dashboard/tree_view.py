@@ -25,10 +25,12 @@ from __future__ import annotations
 
 import hashlib
 import heapq
+import operator
 import time
 from array import array
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from itertools import accumulate
 from typing import Any
 
 from radixgen.runtime.cache.tree_snapshot import TreeSnapshot
@@ -67,46 +69,40 @@ def build_tree_view(
     salt: bytes,
     decode: Callable[[list[int]], str] | None = None,
 ) -> dict[str, Any]:
-    """The document for `snapshot` (see the module docstring). Runs off the scheduler thread."""
+    """The document for `snapshot` (see the module docstring). Runs off the scheduler thread,
+    in time linear in the tree plus the shown nodes' children; its per-node work is C-level
+    (prefix sums over the preorder), so it holds the GIL briefly and makes little garbage."""
     started = time.perf_counter()
-    cols = snapshot.columns()
-    keys, locks, hits, used_at = cols.key, cols.locks, cols.hits, cols.used_at
-    parents = snapshot.parents()
-    count = len(keys)
+    keys, locks, hits, used_at = snapshot.keys, snapshot.locks, snapshot.hits, snapshot.used_at
+    _, ends = snapshot.structure()
+    # Node i's subtree is the preorder range [i, ends[i]): its totals are prefix-sum differences.
+    own = list(map(len, keys))
+    own_sums = [0, *accumulate(own)]
+    locked_sums = [0, *accumulate(map(operator.mul, own, map(bool, locks)))]
 
-    # Subtree totals, children last to first (preorder reversed: children before parents).
-    own = [len(k) for k in keys]
-    sub_tokens = own[:]
-    sub_nodes = [1] * count
-    sub_locked = [n if lock else 0 for n, lock in zip(own, locks, strict=True)]
-    sub_used = used_at[:]
-    children: list[list[int]] = [[] for _ in range(count)]
-    for index in range(count - 1, 0, -1):
-        parent = parents[index]
-        children[parent].append(index)
-        sub_tokens[parent] += sub_tokens[index]
-        sub_nodes[parent] += sub_nodes[index]
-        sub_locked[parent] += sub_locked[index]
-        if sub_used[index] > sub_used[parent]:
-            sub_used[parent] = sub_used[index]
+    def subtree_tokens(index: int) -> int:
+        return own_sums[ends[index]] - own_sums[index]
+
+    def children(index: int) -> Iterator[int]:
+        child = index + 1  # the first child follows its parent; the next one its subtree
+        while child < ends[index]:
+            yield child
+            child = ends[child]
 
     # Admission: heaviest subtrees first, each only below an admitted parent.
-    shown = bytearray(count)
+    shown = bytearray(len(keys))
     shown[0] = 1
-    depth = [0] * count
-    heap = [(-sub_tokens[c], c) for c in children[0]]
+    heap = [(-subtree_tokens(c), c, 1) for c in children(0)]
     heapq.heapify(heap)
     budget = limits.max_nodes
     while heap and budget > 0:
-        neg_tokens, index = heapq.heappop(heap)
-        level = depth[parents[index]] + 1
+        neg_tokens, index, level = heapq.heappop(heap)
         if level > limits.depth or -neg_tokens < limits.min_tokens:
             continue
-        depth[index] = level
         shown[index] = 1
         budget -= 1
-        for child in children[index]:
-            heapq.heappush(heap, (-sub_tokens[child], child))
+        for child in children(index):
+            heapq.heappush(heap, (-subtree_tokens(child), child, level + 1))
 
     now = snapshot.taken_at
 
@@ -118,8 +114,8 @@ def build_tree_view(
             "id": node_id.decode(),
             "tokens": own[index],
             "prefix_tokens": prefix,
-            "subtree_tokens": sub_tokens[index],
-            "subtree_nodes": sub_nodes[index] - (index == 0),  # the root is no cache node
+            "subtree_tokens": subtree_tokens(index),
+            "subtree_nodes": ends[index] - index - (index == 0),  # the root is no cache node
             "locks": locks[index] if index else 0,
             "hits": hits[index],
             "idle_s": idle(used_at[index]) if index else None,
@@ -127,15 +123,16 @@ def build_tree_view(
         if decode is not None and index:
             out["text"] = _snippet(keys[index], decode)
         kids, hidden = [], [0, 0, 0, float("-inf")]
-        for child in sorted(children[index], key=lambda c: -sub_tokens[c]):
+        for child in sorted(children(index), key=lambda c: -subtree_tokens(c)):
+            end = ends[child]
             if shown[child]:
                 child_id = _node_id(salt, node_id, keys[child])
                 kids.append(node(child, child_id, prefix + own[child]))
             else:
-                hidden[0] += sub_nodes[child]
-                hidden[1] += sub_tokens[child]
-                hidden[2] += sub_locked[child]
-                hidden[3] = max(hidden[3], sub_used[child])
+                hidden[0] += end - child
+                hidden[1] += subtree_tokens(child)
+                hidden[2] += locked_sums[end] - locked_sums[child]
+                hidden[3] = max(hidden[3], max(used_at[child:end]))
         out["children"] = kids
         out["hidden"] = (
             {"nodes": hidden[0], "tokens": hidden[1], "locked_tokens": hidden[2]}
@@ -148,8 +145,8 @@ def build_tree_view(
     root = node(0, ROOT_ID.encode(), 0)
     return {
         "object": "cache_tree",
-        "nodes": count - 1,
-        "tokens": sub_tokens[0],
+        "nodes": len(keys) - 1,
+        "tokens": own_sums[-1],
         "evictable_tokens": snapshot.evictable_tokens,
         "protected_tokens": snapshot.protected_tokens,
         "shown_nodes": sum(shown) - 1,
