@@ -124,6 +124,7 @@
     el.replaceChildren();
     const W = 360, H = 120;
     for (const f of [0.25, 0.5, 0.75]) svg("line", { class: "grid", x1: 0, x2: W, y1: H * f, y2: H * f }, el);
+    const slots = Math.max(history.length, 30); // the first half minute fills from the left
     let max = maxValue;
     if (max === undefined) {
       max = 1;
@@ -134,7 +135,7 @@
       let d = "";
       s.values.forEach((v, i) => {
         if (v === null) return;
-        const x = (W * i) / Math.max(HISTORY - 1, 1);
+        const x = (W * i) / (slots - 1);
         const y = H - (H * Math.min(v, max)) / max;
         d += (d ? " L" : "M") + x.toFixed(1) + " " + y.toFixed(1);
       });
