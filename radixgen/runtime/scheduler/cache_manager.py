@@ -62,7 +62,6 @@ class CacheManager:
         if row is None:
             return False
         self.tree.lock(node)
-        self.tree.record_hit(node)
         req.req_pool_row, req.prefix_indices, req.last_node = row, prefix, node
         req.kv_len = int(prefix.shape[0])
         self.req_table.write(row, 0, prefix)
