@@ -185,6 +185,20 @@ def test_data_routes_refuse_requests_without_the_key(keyed_url):
     assert "access-control-allow-origin" not in resp.headers  # CORS off by default
 
 
+def test_bad_tree_limits_are_400s_naming_the_parameter(keyed_url):
+    for query, param in (
+        ("depth=-1", "depth"),
+        ("max_nodes=x", "max_nodes"),
+        ("min_tokens=1.5", "min_tokens"),
+        ("max_nodes=5001", "max_nodes"),
+    ):
+        resp = httpx.get(f"{keyed_url}/cache_tree?{query}", headers=AUTH, timeout=30)
+        assert resp.status_code == 400, query
+        assert resp.json()["error"]["param"] == param
+    ok = httpx.get(f"{keyed_url}/cache_tree?depth=0&max_nodes=0", headers=AUTH, timeout=30)
+    assert ok.status_code == 200 and ok.json()["root"]["children"] == []
+
+
 def test_no_prompt_text_leaves_the_server_without_the_text_option(keyed_url, cached_workload):
     docs = [
         httpx.get(f"{keyed_url}{path}", headers=AUTH, timeout=30)

@@ -172,3 +172,10 @@ def test_snapshot_of_an_empty_tree():
     doc = build_tree_view(take_snapshot(RadixCache(SlotAllocator(8))), TreeLimits(), SALT)
     assert (doc["nodes"], doc["tokens"], doc["root"]["children"]) == (0, 0, [])
     assert ET.fromstring(render_tree_svg(doc)).tag == f"{SVG}svg"
+
+
+def test_the_text_option_is_off_unless_given():
+    from radixgen.cli import build_parser
+
+    assert build_parser().parse_args(["serve"]).dashboard_show_text is False
+    assert build_parser().parse_args(["serve", "--dashboard-show-text"]).dashboard_show_text
