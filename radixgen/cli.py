@@ -1,4 +1,5 @@
-"""Command line: `radixgen generate` and `radixgen serve` (one process, or `--dp N` workers).
+"""Command line: `radixgen generate`, `radixgen serve` (one process, or `--dp N` workers), and
+`radixgen cache-tree` (a running server's radix tree as an SVG file).
 
 Engine options are generated from `EngineConfig`'s fields, so their names, defaults, choices and
 help text are defined once, in config.py.
@@ -159,6 +160,7 @@ def _serve(args: argparse.Namespace) -> int:
             served_model_name=args.served_model_name,
             api_keys=tuple(args.api_key or ()),
             cors_allow_origins=tuple(args.cors_allow_origins),
+            dashboard_show_text=args.dashboard_show_text,
             **limits,
         )
     except ValueError as exc:
@@ -185,6 +187,42 @@ def _serve(args: argparse.Namespace) -> int:
         access_log=False,  # request lines carry no prompt text, but keep logs quiet by default
     )
     return 1 if holder.error is not None else 0
+
+
+def _cache_tree(args: argparse.Namespace) -> int:
+    import httpx
+
+    from radixgen.server.dashboard.tree_svg import render_tree_svg
+
+    limits = {"depth": args.depth, "max_nodes": args.max_nodes, "min_tokens": args.min_tokens}
+    params = {name: value for name, value in limits.items() if value is not None}
+    headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
+    try:
+        resp = httpx.get(
+            f"{args.url.rstrip('/')}/cache_tree", params=params, headers=headers, timeout=60
+        )
+    except httpx.HTTPError as exc:
+        print(f"radixgen cache-tree: {args.url}: {exc}", file=sys.stderr)
+        return 1
+    if resp.status_code != 200:
+        print(f"radixgen cache-tree: HTTP {resp.status_code}: {resp.text[:300]}", file=sys.stderr)
+        return 1
+    doc = resp.json()
+    svg = render_tree_svg(doc)
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump(doc, f, indent=1)
+    if args.out == "-":
+        sys.stdout.write(svg)
+    else:
+        with open(args.out, "w", encoding="utf-8") as f:
+            f.write(svg)
+        print(
+            f"[radixgen] {args.out}: {doc['shown_nodes']} of {doc['nodes']} nodes, "
+            f"{doc['tokens']} tokens",
+            file=sys.stderr,
+        )
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -246,6 +284,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="origins allowed by CORS (default: CORS off)",
     )
     serve.add_argument(
+        "--dashboard-show-text",
+        action="store_true",
+        help="let /dashboard and /cache_tree show snippets of cached prompt text (default: token "
+        "counts and hashes only; prompts are other users' data)",
+    )
+    serve.add_argument(
         "--dp",
         "--dp-size",
         type=int,
@@ -255,6 +299,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_engine_options(serve)
     serve.set_defaults(handler=_serve, command_parser=serve)
+
+    tree = commands.add_parser(
+        "cache-tree", help="draw a running server's radix tree as an SVG file (/cache_tree)"
+    )
+    tree.add_argument("--url", default="http://127.0.0.1:30000", help="the server's base URL")
+    tree.add_argument("--out", default="tree.svg", help="the SVG file to write (- for stdout)")
+    tree.add_argument(
+        "--api-key", default=os.environ.get("RADIXGEN_API_KEY"), help="(default: $RADIXGEN_API_KEY)"
+    )
+    tree.add_argument("--depth", type=int, default=None, help="levels shown (server default: 64)")
+    tree.add_argument("--max-nodes", type=int, default=None, help="nodes shown (default: 300)")
+    tree.add_argument(
+        "--min-tokens", type=int, default=None, help="fold smaller subtrees (default: 1)"
+    )
+    tree.add_argument("--json", default=None, help="also save the /cache_tree document here")
+    tree.set_defaults(handler=_cache_tree)
     return parser
 
 

@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from radixgen.runtime.cache.tree_snapshot import TreeSnapshot, take_snapshot
 from radixgen.runtime.config import EngineConfig
 from radixgen.runtime.constrained import GrammarCompiler
 from radixgen.runtime.detokenizer import IncrementalDetokenizer
@@ -209,6 +210,12 @@ class Engine:
 
     def stats(self) -> dict[str, Any]:
         return self.scheduler.call(self.scheduler.stats).result()
+
+    def cache_snapshot(self) -> TreeSnapshot:
+        """The radix tree copied between two scheduler steps (tree_snapshot.py): blocks until
+        the current step ends, then holds the scheduler only for the copy."""
+        scheduler = self.scheduler
+        return scheduler.call(lambda: take_snapshot(scheduler.cache.tree)).result()
 
     def apply_chat_template(
         self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None

@@ -3,7 +3,8 @@
 The engine loads in a background thread after the server starts listening, so `/health` answers
 503 while loading instead of refusing connections. Routes live in `native_api.py` (SGLang's API)
 and `openai_api.py` (`/v1`); they reach the engine only through `context.engine_of(request)`.
-API keys, tenants and body limits are the guard's (`guard.py`).
+API keys, tenants and body limits are the guard's (`guard.py`). `/dashboard` and `/cache_tree`
+(the radix cache, live) are the dashboard package's.
 """
 
 from __future__ import annotations
@@ -18,6 +19,9 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from radixgen.server import native_api, openai_api
 from radixgen.server.context import EngineHolder, ServerSettings
+from radixgen.server.dashboard.recent import fan_out
+from radixgen.server.dashboard.routes import DashboardState
+from radixgen.server.dashboard.routes import router as dashboard_router
 from radixgen.server.errors import install_error_handlers
 from radixgen.server.guard import GuardMiddleware
 from radixgen.server.metrics import ServerMetrics
@@ -44,7 +48,8 @@ def create_app(settings: ServerSettings, holder: EngineHolder | None = None) -> 
         body_read_timeout=settings.body_read_timeout,
     )
     metrics = ServerMetrics(lambda: holder.engine.stats() if holder.engine else None)
-    holder.observer = metrics.observe
+    app.state.dashboard = DashboardState(show_text=settings.dashboard_show_text)
+    holder.observer = fan_out(metrics.observe, app.state.dashboard.recent.observe)
     if settings.cors_allow_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -67,4 +72,5 @@ def create_app(settings: ServerSettings, holder: EngineHolder | None = None) -> 
 
     app.include_router(native_api.router)
     app.include_router(openai_api.router)
+    app.include_router(dashboard_router)
     return app

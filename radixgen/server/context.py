@@ -31,6 +31,7 @@ class ServerSettings:
     max_body_bytes: int = MAX_BODY_BYTES
     body_read_timeout: float = BODY_READ_TIMEOUT  # seconds for a whole request body to arrive
     cors_allow_origins: tuple[str, ...] = ()  # CORS stays off unless origins are given
+    dashboard_show_text: bool = False  # /cache_tree and /dashboard show prompt text snippets
 
     def __post_init__(self) -> None:
         """Raise ValueError for a key that no bearer header can carry, or a limit not > 0."""

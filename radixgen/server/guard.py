@@ -7,7 +7,9 @@ For every HTTP request:
 
 - Headers are bytes and stay bytes: nothing here decodes them as UTF-8 (HTTP's header charset
   is latin-1), so no header byte can cause a 5xx.
-- Keys (only when some are configured; `/health` is always open): exactly one
+- Keys (only when some are configured; `/health` and the dashboard's static shell -- a page,
+  script and style sheet with no server data, which a browser loads without headers -- are
+  always open): exactly one
   `Authorization: Bearer <key>`. Two or more Authorization headers are ambiguous and get 400
   (param "Authorization"), never "last one wins". A missing, malformed, non-ASCII or unknown key
   gets 401; the token's SHA-256 digest is compared with every key's in constant time.
@@ -44,7 +46,10 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 MAX_BODY_BYTES = 8 * 1024 * 1024
 BODY_READ_TIMEOUT = 30.0
 
-_OPEN_PATHS = frozenset({"/health"})
+# The dashboard's shell (dashboard/routes.py SHELL_FILES): static files, no server data.
+_OPEN_PATHS = frozenset(
+    {"/health", "/dashboard", "/dashboard/dashboard.js", "/dashboard/dashboard.css"}
+)
 _KEY_SYNTAX = re.compile(r"[\x21-\x7e]+")  # visible ASCII: what a bearer token can carry
 _CLOSE = {"Connection": "close"}
 
@@ -102,7 +107,8 @@ class GuardMiddleware:
         await self.app(scope, receive, send)
 
     def _authenticate(self, scope: Scope) -> str | None:
-        """The tenant of the request's key; None when no keys are configured or on /health."""
+        """The tenant of the request's key; None when no keys are configured or on an open
+        path."""
         if not self.keys or scope["path"] in _OPEN_PATHS:
             return None
         given = _headers(scope, b"authorization")

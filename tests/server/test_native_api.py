@@ -13,6 +13,7 @@ import pytest
 from radixgen.runtime.config import EngineConfig
 from radixgen.server.app import create_app
 from radixgen.server.context import EngineHolder, ServerSettings
+from radixgen.server.dashboard.routes import SHELL_FILES
 from tests.server.conftest import wait_idle
 
 PROMPT = "The capital of France is"
@@ -182,14 +183,16 @@ def keyed_app():
     return create_app(settings, _NeverLoads(settings.engine))
 
 
-def test_api_key_guards_every_route_but_health(keyed_app):
+def test_api_key_guards_every_route_but_health_and_the_dashboard_shell(keyed_app):
     async def check():
         transport = httpx.ASGITransport(app=keyed_app)
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
             assert (await c.get("/health")).status_code == 503  # loading, but not guarded
+            for path in SHELL_FILES:  # static files without server data (test_dashboard.py)
+                assert (await c.get(path)).status_code == 200
             for route in keyed_app.routes:
                 path = getattr(route, "path", "")
-                if path == "/health" or not path:
+                if path == "/health" or path in SHELL_FILES or not path:
                     continue
                 for method in sorted(getattr(route, "methods", {"GET"}) - {"HEAD"}):
                     url = path.replace("{model_id:path}", "x")

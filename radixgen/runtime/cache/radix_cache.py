@@ -13,6 +13,10 @@ locks its whole path to the root. Locked nodes are *protected*; unlocked nodes a
 
 and, when no request is running, `allocator.available + evictable + protected == pool size`.
 
+Edge keys are never changed in place: a split gives both halves new lists. A reader that took a
+node's `key` on the scheduler thread (tree_snapshot.py) may therefore keep reading that list
+elsewhere while the tree goes on changing.
+
 The tree knows token ids and index tensors only, never the request class.
 """
 
@@ -20,6 +24,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import time
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -31,7 +36,7 @@ _EMPTY = torch.empty(0, dtype=torch.int64)
 
 
 class TreeNode:
-    __slots__ = ("children", "parent", "key", "value", "lock_ref", "last_access")
+    __slots__ = ("children", "parent", "key", "value", "lock_ref", "last_access", "hits", "used_at")
 
     def __init__(self, key: list[int], value: torch.Tensor, parent: TreeNode | None):
         self.children: dict[int, TreeNode] = {}
@@ -39,7 +44,9 @@ class TreeNode:
         self.key = key  # token ids on the edge from parent to this node
         self.value = value  # [len(key)] int64 KV slots of those tokens
         self.lock_ref = 0
-        self.last_access = 0
+        self.last_access = 0  # logical clock: the LRU order
+        self.hits = 0  # requests that reused this node's KV (`record_hit`)
+        self.used_at = 0.0  # time.monotonic() of the last match or insert through this node
 
     def __lt__(self, other: TreeNode) -> bool:
         return self.last_access < other.last_access
@@ -92,10 +99,10 @@ class RadixCache:
         node ends exactly at the match; nodes on the path get a fresh access time.
         """
         node, pos, parts = self.root, 0, []
-        now = next(self._clock)
+        now, now_s = next(self._clock), time.monotonic()
         while pos < len(key) and key[pos] in node.children:
             child = node.children[key[pos]]
-            child.last_access = now
+            child.last_access, child.used_at = now, now_s
             matched = _common_prefix_len(child.key, key[pos : pos + len(child.key)])
             ends_inside = matched < len(child.key)
             if ends_inside:
@@ -112,17 +119,17 @@ class RadixCache:
         the part that was new; for the first `prefix_len` tokens the tree keeps its own slots and
         the caller must free (or stop using) the duplicates it passed in."""
         node, pos = self.root, 0
-        now = next(self._clock)
+        now, now_s = next(self._clock), time.monotonic()
         while pos < len(key) and key[pos] in node.children:
             child = node.children[key[pos]]
-            child.last_access = now
+            child.last_access, child.used_at = now, now_s
             matched = _common_prefix_len(child.key, key[pos : pos + len(child.key)])
             if matched < len(child.key):
                 child = self._split(child, matched)
             node, pos = child, pos + matched
         if pos < len(key):
             leaf = TreeNode(list(key[pos:]), value[pos:].clone(), node)
-            leaf.last_access = now
+            leaf.last_access, leaf.used_at = now, now_s
             node.children[key[pos]] = leaf
             self.evictable_size += len(leaf.key)
             node = leaf
@@ -132,13 +139,21 @@ class RadixCache:
         """Split `child`'s edge after `at` tokens; return the new upper node."""
         upper = TreeNode(child.key[:at], child.value[:at], child.parent)
         upper.lock_ref = child.lock_ref
-        upper.last_access = child.last_access
+        upper.last_access, upper.used_at = child.last_access, child.used_at
+        upper.hits = child.hits
         upper.children = {child.key[at]: child}
         child.parent.children[child.key[0]] = upper
         child.parent = upper
         child.key = child.key[at:]
         child.value = child.value[at:]
         return upper
+
+    def record_hit(self, node: TreeNode) -> None:
+        """One more request reuses the KV of the path root..node (counted per node, for the
+        dashboard; prefix matches made only to order the queue are not hits)."""
+        while node is not self.root:
+            node.hits += 1
+            node = node.parent
 
     # --- locking -------------------------------------------------------------------------
 

@@ -109,6 +109,7 @@ class PrefillManager:
             if not self._add(batch, req, size):
                 self.cache.release(req)
                 break
+            self.cache.tree.record_hit(node)  # admitted: it reuses the path root..node
             reserved += expected_decode_tokens(req, new_token_ratio)
             rem_input -= size
             if rem_chunk is not None:
