@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The browser test's browser: Debian's chromium and chromium-driver (tests/server/test_dashboard_browser.py
+# The browser test's browser: Debian's chromium and chromium-driver (tests/server/test_dashboard.py
 # drives them with Selenium). Idempotent: nothing happens when both are installed. Needs root (or
 # sudo) and Debian's package lists; elsewhere it says why it skipped, and the browser test skips.
 set -euo pipefail
