@@ -9,6 +9,8 @@ the peer. Systems:
 
 1. radixgen (`python -m radixgen.cli serve`, dtype auto, default model, `--kv-cache-tokens 65536`);
 2. radixgen with `--disable-radix-cache`, the cache-off baseline (`--skip-cache-off` drops it);
+   with `--mixed-off`, also radixgen with `--no-enable-mixed-chunk` (separate prefill and decode
+   steps: the baseline of mixed steps);
 3. the peer (benchmarks/peers.py): llama.cpp's own C++ `llama-server` on the same GGUF with
    `--peer-slots` parallel slots (default 8), 2 threads, 4,096 tokens of KV per slot. Where the
    C++ build is absent, llama-cpp-python's server runs instead (one request at a time), and the
@@ -58,7 +60,7 @@ worse than its) and 64 (p99 ITL <= 200 ms, no errors, memory flat) when those le
 
     python benchmarks/bench_serving.py [--quick] [--users 8,64] [--conversations N] [--turns 4]
         [--max-tokens 64] [--seed 1234] [--peer-slots 8] [--skip-llamacpp] [--skip-cache-off]
-        [--json out.json] [--no-record]
+        [--mixed-off] [--json out.json] [--no-record]
 
 `--quick` shrinks every size (levels 2 and 4, 4 conversations, 2 turns, 16 tokens) so the run
 is a few-minute smoke check; its numbers mean nothing. The report goes to stdout and, unless
@@ -346,6 +348,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--peer-slots", type=int, default=8, help="llama-server's -np (default 8)")
     p.add_argument("--skip-llamacpp", action="store_true", help="do not run llama.cpp")
     p.add_argument("--skip-cache-off", action="store_true", help="do not run radixgen cache-off")
+    p.add_argument(
+        "--mixed-off",
+        action="store_true",
+        help="also run radixgen with --no-enable-mixed-chunk (separate prefill and decode steps)",
+    )
     p.add_argument("--json", metavar="PATH", help="also write all results as JSON here")
     record.add_record_args(p)
     return p.parse_args(argv)
@@ -379,6 +386,8 @@ def systems(args: argparse.Namespace, model_path: Path) -> tuple[list[ServerSpec
     specs = [radixgen_spec(cache=True)]
     if not args.skip_cache_off:
         specs.append(radixgen_spec(cache=False))
+    if args.mixed_off:
+        specs.append(radixgen_spec(cache=True, mixed=False))
     if args.skip_llamacpp:
         return specs, "peer: llama.cpp skipped (--skip-llamacpp)"
     peer = peers.server_peer(model_path, args.peer_slots)

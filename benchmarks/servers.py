@@ -44,9 +44,15 @@ class ServerSpec:
     """Variables added to the server's environment (llama.cpp's LD_LIBRARY_PATH)."""
 
 
-def radixgen_spec(cache: bool) -> ServerSpec:
+def radixgen_spec(cache: bool, mixed: bool = True) -> ServerSpec:
+    """`radixgen serve` with the defaults (radix cache and mixed steps on), or without the radix
+    cache (the cache-off baseline), or without mixed prefill+decode steps."""
     argv = [python_bin(), "-m", "radixgen.cli", "serve", "--host", "127.0.0.1"]
     argv += ["--log-level", "warning", "--kv-cache-tokens", "65536"]
+    if not mixed:
+        argv.append("--no-enable-mixed-chunk")
+        label = "radixgen (mixed steps OFF)"
+        return ServerSpec("radixgen_unmixed", label, tuple(argv), "/health", True)
     if cache:
         return ServerSpec("radixgen", "radixgen (radix cache ON)", tuple(argv), "/health", True)
     argv.append("--disable-radix-cache")
