@@ -87,8 +87,9 @@ class QKNormAttention(nn.Module):
         T = x.shape[0]
         H, Hkv, D = self.num_heads, self.num_kv_heads, self.head_dim
         qkv = self.qkv_proj(x)  # [T, (H + 2*Hkv) * D]
-        q = self.q_norm(qkv[:, : H * D].view(T, H, D))  # [T, H, D]
-        k = self.k_norm(qkv[:, H * D : (H + Hkv) * D].view(T, Hkv, D))  # [T, Hkv, D]
+        # each head's row normed on its own: [T * heads, D]
+        q = self.q_norm(qkv[:, : H * D].reshape(T * H, D)).view(T, H, D)
+        k = self.k_norm(qkv[:, H * D : (H + Hkv) * D].reshape(T * Hkv, D)).view(T, Hkv, D)
         qk = torch.cat((q, k), dim=1)  # [T, H + Hkv, D], contiguous for the in-place rotation
         self.ops.rotary_(qk, *rope)
         q = qk[:, :H].reshape(T, H * D)
