@@ -179,6 +179,11 @@ class EngineConfig:
     speculative_ngram_max_match_window_size: int = _opt(
         8, "Longest suffix n-gram drafting looks up (the longest one found earlier wins)."
     )
+    chat_template: str | None = _opt(
+        None,
+        "Chat template for chat requests: a Jinja file, or a built-in name (chatml, gemma). "
+        "Default: the model's own; chat requests to a model without one get a 400.",
+    )
     num_threads: int | None = _opt(None, "Torch intra-op threads (default: all cores).")
     random_seed: int = _opt(0, "Seed for requests that do not set their own sampling seed.")
     max_queued_requests: int | None = _opt(None, "Reject new requests beyond this many waiting.")
