@@ -80,6 +80,15 @@ def cold_outputs(gemma_engine):
     return [_greedy(gemma_engine, [p])[0] for p in PROMPTS]
 
 
+def test_the_gguf_reads_as_gemma3s_published_configuration(gemma_engine):
+    cfg = gemma_engine.model_config
+    assert (cfg.architecture, cfg.num_layers, cfg.hidden_size) == ("gemma3", 18, 640)
+    assert (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim) == (4, 1, 256)
+    assert (cfg.sliding_window, cfg.rope_theta, cfg.rope_local_theta) == (WINDOW, 1e6, 1e4)
+    assert [i for i, kind in enumerate(cfg.layer_types) if kind == "full_attention"] == [5, 11, 17]
+    assert cfg.tie_word_embeddings and cfg.vocab_size == 262144
+
+
 def test_prompts_span_5_to_1500_tokens_and_cross_the_window(gemma_engine):
     lengths = [len(gemma_engine.tokenizer(p)["input_ids"]) for p in PROMPTS]
     assert min(lengths) <= 8 and 1300 <= max(lengths) <= 1600, lengths
