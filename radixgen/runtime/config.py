@@ -41,9 +41,15 @@ def auto_dtype(device: str) -> str:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Architecture of a Llama-family decoder (Llama 2/3, Mistral, SmolLM2, TinyLlama, Qwen2)."""
+    """Architecture of a decoder: the Llama family (Llama 2/3, Mistral, SmolLM2, TinyLlama,
+    Qwen2), Qwen3 (Llama with QK-norm) and Gemma 3 (sliding-window layers, Gemma norms).
 
-    architecture: str  # "llama" | "mistral" | "qwen2"
+    Sliding windows: layer i attends only to the `sliding_window` most recent positions (itself
+    included) when `layer_types[i]` is "sliding_attention"; an empty `layer_types` means every
+    layer is global. `rope_local_theta` is the rope base of the sliding layers (None: the same
+    as `rope_theta`)."""
+
+    architecture: str  # "llama" | "mistral" | "qwen2" | "qwen3" | "gemma3"
     vocab_size: int
     hidden_size: int
     intermediate_size: int
@@ -59,13 +65,34 @@ class ModelConfig:
     rope_scaling: dict[str, Any] | None = None
     bos_token_id: int | None = None
     eos_token_ids: tuple[int, ...] = ()
+    sliding_window: int | None = None
+    layer_types: tuple[str, ...] = ()  # "full_attention" | "sliding_attention", per layer
+    rope_local_theta: float | None = None
+    query_pre_attn_scalar: float | None = None  # attention scale^-2 (None: head_dim)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "layer_types", tuple(self.layer_types))
+        if self.layer_types and len(self.layer_types) != self.num_layers:
+            raise ValueError(
+                f"layer_types has {len(self.layer_types)} entries for {self.num_layers} layers"
+            )
+        if "sliding_attention" in self.layer_types and not self.sliding_window:
+            raise ValueError("sliding_attention layers need a sliding_window")
         if self.num_heads % self.num_kv_heads:
             raise ValueError(
                 f"num_heads ({self.num_heads}) must be a multiple of num_kv_heads "
                 f"({self.num_kv_heads})"
             )
+
+    def layer_window(self, layer: int) -> int | None:
+        """The sliding window of `layer` (None: a global layer)."""
+        if self.layer_types and self.layer_types[layer] == "sliding_attention":
+            return self.sliding_window
+        return None
+
+    @property
+    def has_sliding_layers(self) -> bool:
+        return "sliding_attention" in self.layer_types
 
 
 def _opt(default: Any, help: str, **kw: Any) -> Any:
@@ -157,6 +184,11 @@ class EngineConfig:
     )
     speculative_ngram_max_match_window_size: int = _opt(
         8, "Longest suffix n-gram drafting looks up (the longest one found earlier wins)."
+    )
+    chat_template: str | None = _opt(
+        None,
+        "Chat template for chat requests: a Jinja file, or a built-in name (chatml, gemma). "
+        "Default: the model's own; chat requests to a model without one get a 400.",
     )
     num_threads: int | None = _opt(None, "Torch intra-op threads (default: all cores).")
     random_seed: int = _opt(0, "Seed for requests that do not set their own sampling seed.")

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from radixgen.runtime.cache.tree_snapshot import TreeSnapshot, take_snapshot
+from radixgen.runtime.chat_templates import NO_TEMPLATE_HELP, ChatTemplate, load_chat_template
 from radixgen.runtime.config import EngineConfig
 from radixgen.runtime.constrained import GrammarCompiler
 from radixgen.runtime.detokenizer import IncrementalDetokenizer
@@ -62,6 +63,8 @@ class Engine:
         self.context_len = self.config.context_length or self.model_config.max_position_embeddings
         self.tokenizer = load_tokenizer(self.source)
         self.eos_ids = eos_token_ids(self.tokenizer, self.model_config.eos_token_ids)
+        if self.config.chat_template is not None:
+            self._use_chat_template(load_chat_template(self.config.chat_template))
         self.grammars = GrammarCompiler(self.tokenizer, self.model_config.vocab_size)
         self._seeds = random.Random(self.config.random_seed)
         self._submit_lock = threading.Lock()
@@ -217,11 +220,22 @@ class Engine:
         scheduler = self.scheduler
         return scheduler.call(lambda: take_snapshot(scheduler.cache.tree)).result()
 
+    def _use_chat_template(self, template: ChatTemplate) -> None:
+        """Render chats with `template`; its end-of-turn token also ends generations."""
+        self.tokenizer.chat_template = template.source
+        if template.end_of_turn is not None:
+            token = self.tokenizer.convert_tokens_to_ids(template.end_of_turn)
+            if isinstance(token, int) and token != self.tokenizer.unk_token_id:
+                self.eos_ids = self.eos_ids | {token}
+
     def apply_chat_template(
         self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None
     ) -> str:
         """Render chat messages with the model's template, ready for the assistant's turn
-        (`tools` reach templates that render them)."""
+        (`tools` reach templates that render them). A model without a template raises
+        `InvalidRequestError` saying how to set one."""
+        if not self.tokenizer.chat_template:
+            raise InvalidRequestError(NO_TEMPLATE_HELP, "messages")
         return self.tokenizer.apply_chat_template(
             messages, tools=tools, tokenize=False, add_generation_prompt=True
         )

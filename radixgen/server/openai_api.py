@@ -20,6 +20,7 @@ from fastapi import APIRouter, Request
 
 from radixgen.runtime.engine import Engine
 from radixgen.runtime.tokenizer import encode_texts
+from radixgen.runtime.validation import InvalidRequestError
 from radixgen.server import openai_format as fmt
 from radixgen.server.context import engine_of, served_model_name, tenant_of
 from radixgen.server.errors import (
@@ -317,6 +318,8 @@ def _chat_input_ids(engine: Engine, body: ChatCompletionRequest, plan: ToolPlan 
                 messages.insert(0, {"role": "system", "content": plan.system_prompt()})
     try:
         text = engine.apply_chat_template(messages, tools)
+    except InvalidRequestError:  # no template: the engine's message says how to set one
+        raise
     except Exception as exc:  # jinja errors on message orders the template rejects
         raise APIError(
             400, f"messages cannot be rendered by the chat template: {exc}", "messages"

@@ -1,12 +1,13 @@
 """Loading Hugging Face model directories (config.json + safetensors + tokenizer files).
 
-Tiny randomly initialised Llama and Qwen2 models are written locally with transformers (no
-network): untied and tied embeddings, llama3 rope scaling (in both config.json layouts: the
-`rope_parameters` dict transformers 5 writes, and the top-level `rope_theta` + `rope_scaling` of
-checkpoints saved by transformers 4), and Qwen2 q/k/v biases. For each, a
-radixgen `Engine` on the directory must match transformers' own model on the same files: greedy
-continuations token for token (a divergence is allowed only where the reference's top-2 logits
-tie within `TIE_TOL`), and prompt logprobs within `LOGPROB_TOL`.
+Tiny randomly initialised Llama, Qwen2, Qwen3 and Gemma 3 models are written locally with
+transformers (no network): untied and tied embeddings, llama3 rope scaling (in both config.json
+layouts: the `rope_parameters` dict transformers 5 writes, and the top-level `rope_theta` +
+`rope_scaling` of checkpoints saved by transformers 4), Qwen2 q/k/v biases, Qwen3's QK-norm,
+and Gemma 3's sliding-window layers (a window of 8, which every prompt but the shortest
+crosses). For each, a radixgen `Engine` on the directory must match transformers' own model on
+the same files: greedy continuations token for token (a divergence is allowed only where the
+reference's top-2 logits tie within `TIE_TOL`), and prompt logprobs within `LOGPROB_TOL`.
 
 The weights are re-initialised with a larger spread than transformers' default (std 0.02 gives
 near-uniform logits, where greedy decoding would be decided by float noise), and the biases and
@@ -75,6 +76,25 @@ CASES: dict[str, dict[str, Any]] = {
         legacy_config=True,
     ),
     "qwen2": dict(arch="qwen2", tie_word_embeddings=False, rope_theta=1000000.0),
+    # Qwen3: QK-norm (its own config default head_dim is 128: keep the common 16).
+    "qwen3": dict(arch="qwen3", tie_word_embeddings=False, rope_theta=1000000.0, head_dim=16),
+    # Gemma 3: two sliding-window layers (window 8, so every prompt but the first and every
+    # generation slide past it) around a global one, each kind with its rope base; an attention
+    # scale that is not head_dim's; Gemma's norms, GELU MLP and scaled tied embeddings.
+    "gemma3": dict(
+        arch="gemma3",
+        tie_word_embeddings=True,
+        num_hidden_layers=3,
+        head_dim=16,
+        sliding_window=8,
+        layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+        query_pre_attn_scalar=24,
+        rope_theta=1000000.0,
+        rope_parameters={
+            "full_attention": {"rope_type": "default", "rope_theta": 1000000.0},
+            "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+        },
+    ),
 }
 _NOT_CONFIG = ("arch", "legacy_config")  # CASES keys that are not transformers config kwargs
 
@@ -109,17 +129,24 @@ def hf_tokenizer():
     )
 
 
+_HF_CLASSES = {
+    "llama": ("LlamaConfig", "LlamaForCausalLM"),
+    "qwen2": ("Qwen2Config", "Qwen2ForCausalLM"),
+    "qwen3": ("Qwen3Config", "Qwen3ForCausalLM"),
+    "gemma3": ("Gemma3TextConfig", "Gemma3ForCausalLM"),
+}
+
+
 def _build_hf_model(case: dict[str, Any], vocab_size: int):
-    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+    import transformers
 
     # transformers edits a rope_scaling dict in place (adds rope_theta): give it a copy.
     kwargs = copy.deepcopy({**_COMMON, **{k: v for k, v in case.items() if k not in _NOT_CONFIG}})
-    if case["arch"] == "qwen2":
-        config = Qwen2Config(vocab_size=vocab_size, **kwargs)
-        model_cls = Qwen2ForCausalLM
-    else:
-        config = LlamaConfig(vocab_size=vocab_size, **kwargs)
-        model_cls = LlamaForCausalLM
+    if case["arch"] == "gemma3":
+        kwargs.pop("rope_theta")  # in rope_parameters
+    config_cls, model_cls = _HF_CLASSES[case["arch"]]
+    config = getattr(transformers, config_cls)(vocab_size=vocab_size, **kwargs)
+    model_cls = getattr(transformers, model_cls)
     config.bos_token_id = config.eos_token_id = 0
     model = model_cls(config).float().eval()
     with torch.no_grad():
@@ -203,6 +230,11 @@ def test_read_hf_config(tiny):
         assert {k: scaling.get(k) for k in _LLAMA3_ROPE} == _LLAMA3_ROPE
     else:
         assert scaling.get("rope_type", scaling.get("type", "default")) == "default"
+    if case["arch"] == "gemma3":
+        assert cfg.sliding_window == 8 and cfg.layer_types == tuple(case["layer_types"])
+        assert (cfg.rope_local_theta, cfg.query_pre_attn_scalar) == (10000.0, 24.0)
+    else:
+        assert not cfg.has_sliding_layers
 
 
 def test_tokenizer_loaded_from_directory(tiny, hf_tokenizer):

@@ -40,8 +40,11 @@ class FusedDecode:
     def build(
         model: LlamaForCausalLM, kernel: DecodeStepKernel | None, kv_pool: KVPool
     ) -> FusedDecode | None:
-        """The fused path for `model`, or None where it cannot serve: no kernel for the model's
-        dtype, a KV pool of another dtype, or a projection without native 4-bit weights."""
+        """The fused path for `model`, or None where it cannot serve: another family than the
+        plain Llama layer, no kernel for the model's dtype, a KV pool of another dtype, or a
+        projection without native 4-bit weights."""
+        if type(model) is not LlamaForCausalLM:
+            return None  # the C step is the Llama layer: no QK-norm, windows or Gemma norms
         dtype = model.embed_tokens.weight.dtype
         if kernel is None or not kernel.available(dtype) or kv_pool.k.dtype != dtype:
             return None

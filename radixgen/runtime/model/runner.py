@@ -22,13 +22,18 @@ from radixgen.runtime.model.attention import (
     NativeExecutor,
     ReferenceExecutor,
 )
+from radixgen.runtime.model.attention.plan import LayerPlans
 from radixgen.runtime.model.batch import ForwardBatch
 from radixgen.runtime.model.fused_decode import FusedDecode
-from radixgen.runtime.model.layers import rope_inv_freq
+from radixgen.runtime.model.gemma3 import Gemma3ForCausalLM, Qwen3ForCausalLM
+from radixgen.runtime.model.layers import RotaryEmbedding, rope_inv_freq
 from radixgen.runtime.model.llama import LlamaForCausalLM
 from radixgen.runtime.model.loader import ModelSource
 
 logger = logging.getLogger(__name__)
+
+# ModelConfig.architecture -> model class (the rest are Llama-family)
+_MODEL_CLASSES = {"gemma3": Gemma3ForCausalLM, "qwen3": Qwen3ForCausalLM}
 
 
 class ModelRunner:
@@ -44,13 +49,20 @@ class ModelRunner:
         self.dtype = engine_config.torch_dtype
         self.kernels = EngineKernels.choose(engine_config, model_config.head_dim)
         start = time.perf_counter()
+        model_class = _MODEL_CLASSES.get(model_config.architecture, LlamaForCausalLM)
         with torch.device("meta"):
-            model = LlamaForCausalLM(model_config, max_positions=context_len, kernels=self.kernels)
+            model = model_class(model_config, max_positions=context_len, kernels=self.kernels)
         model = model.to_empty(device=self.device)
-        model.rotary.set_inv_freq(rope_inv_freq(model_config))  # buffers were on "meta"
+        reset_rope = getattr(model, "reset_rope", None)  # buffers were on "meta"
+        if reset_rope is not None:
+            reset_rope()
+        else:
+            model.rotary.set_inv_freq(rope_inv_freq(model_config))
         model.load_weights(source.iter_weights(model_config))
         self.model = model.to(self.dtype).eval()
-        self.model.rotary.float()  # rope tables stay float32, cast per batch
+        for module in self.model.modules():
+            if isinstance(module, RotaryEmbedding):
+                module.float()  # rope tables stay float32, cast per batch
         self.model.prepack()
         int4_tokens, int4 = engine_config.int4_tokens(), self.kernels.int4
         if int4_tokens and int4 is not None:
@@ -96,13 +108,16 @@ class ModelRunner:
         if engine_config.attention_backend == "reference":
             return ReferenceExecutor(self.kv_pool, *heads)
         kernel = self.kernels.segment_attention  # None unless attention_backend "auto"
-        if kernel is not None:
+        if kernel is not None and not model_config.has_sliding_layers:  # no window plans
             return AmxExecutor(self.kv_pool, *heads, kernel)
         return NativeExecutor(self.kv_pool, *heads, self.kernels.decode_attention)
 
     def forward(self, batch: ForwardBatch) -> torch.Tensor:
         """Run one batch; returns logits [R, vocab] float32 for `batch.logit_rows`."""
         plan = self.planner.plan(batch)
-        if self.fused_decode is not None and self.fused_decode.serves(batch, plan):
+        window = self.model_config.sliding_window
+        if self.model_config.has_sliding_layers:
+            plan = LayerPlans(plan, self.planner.plan(batch, window), window)
+        elif self.fused_decode is not None and self.fused_decode.serves(batch, plan):
             return self.fused_decode.forward(batch, plan)
         return self.model(batch.input_ids, batch.positions, self.attention, plan, batch.logit_rows)

@@ -51,6 +51,8 @@ class NativeExecutor(AttentionExecutor):
         T, Hkv, G = q.shape[0], self.num_kv_heads, self.group
         D = q.shape[1] // self.num_heads
         own = plan.own
+        if own.starts is not None and own.method is not Method.PADDED:
+            raise ValueError(f"a {own.method} pass cannot bound its keys from below (starts)")
         if own.method is Method.IN_PLACE:
             out, lse = self._in_place(q, k_buf, v_buf, own)
         elif own.method is Method.PER_PROBLEM:

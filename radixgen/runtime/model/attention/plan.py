@@ -14,6 +14,12 @@ Each pass yields (out, log-sum-exp) per token; the shared passes merge into the 
 log-sum-exp, in order. Every executor computes exactly this; `ReferenceExecutor` does it in
 plain PyTorch, so it runs any plan on any device and is what the others are tested against.
 
+A sliding-window layer sees only the last `window` positions of its request (itself included):
+its plan (`AttentionPlanner.plan(batch, window)`) has no shared levels, starts each request's
+own part at the first position any of its new tokens can see, and bounds each token from below
+by `ProblemSet.starts` where the window cuts inside a request's new tokens. A model with both
+kinds of layers gets both plans at once (`LayerPlans`).
+
 A batch may instead be planned in parts (`SplitPlan`): disjoint sets of its tokens, each with its
 own plan. A mixed step's decode rows (one new token each) then read their KV in place while the
 prefill chunk beside them gathers, where one plan for the whole batch would give every decode
@@ -89,6 +95,9 @@ class ProblemSet:
     limits: torch.Tensor  # [N] slots each token sees: slots[problem, :limit]
     slots: torch.Tensor  # [P, L] each problem's KV slots in order; past its longest limit, any
     layout: PaddedLayout | PerProblemLayout | GatheredLayout | SegmentProblems | None = None
+    # [N] first slot each token sees (None: 0). Only sliding-window plans set it, and only on
+    # methods that honour it (PADDED, by its mask; the reference reads it directly).
+    starts: torch.Tensor | None = None
 
     @property
     def num_problems(self) -> int:
@@ -112,3 +121,13 @@ class SplitPlan:
 
     out_cache_loc: torch.Tensor  # [T] slots receiving the new K/V, as in AttentionPlan
     parts: tuple[tuple[torch.Tensor, AttentionPlan], ...]  # ([Tp] flat tokens, their plan)
+
+
+@dataclass(frozen=True)
+class LayerPlans:
+    """The plans of one forward pass of a model with sliding-window layers: `full` for its
+    global layers, `local` for the layers whose window is `window`."""
+
+    full: AttentionPlan | SplitPlan
+    local: AttentionPlan | SplitPlan
+    window: int

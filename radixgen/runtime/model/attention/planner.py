@@ -69,16 +69,20 @@ class AttentionPlanner:
                 else tuning.max_in_place_extend_bfloat16
             )
 
-    def plan(self, batch: ForwardBatch) -> AttentionPlan | SplitPlan:
+    def plan(self, batch: ForwardBatch, window: int | None = None) -> AttentionPlan | SplitPlan:
+        """The batch's plan; with `window`, for sliding-window layers: each token sees only
+        its request's last `window` positions up to itself."""
         if self.target is PlanTarget.SEGMENT:
+            if window is not None:
+                raise ValueError("the AMX segment target has no sliding-window plans")
             return self._segment_plan(batch)
         parts = self._mixed_parts(batch)
         if parts is not None:
             return SplitPlan(
                 batch.out_cache_loc,
-                tuple((tokens, self._plan(part)) for tokens, part in parts),
+                tuple((tokens, self._plan(part, window)) for tokens, part in parts),
             )
-        return self._plan(batch)
+        return self._plan(batch, window)
 
     def _mixed_parts(self, batch: ForwardBatch) -> list[tuple[torch.Tensor, ForwardBatch]] | None:
         """A mixed extend's decode rows and the rest, each as ([Tp] flat tokens, sub-batch);
@@ -112,8 +116,10 @@ class AttentionPlanner:
             parts.append((tokens, part))
         return parts
 
-    def _plan(self, batch: ForwardBatch) -> AttentionPlan:
+    def _plan(self, batch: ForwardBatch, window: int | None = None) -> AttentionPlan:
         """One plan for the whole batch on the gathering or in-place target."""
+        if window is not None:
+            return self._window_plan(batch, window)
         seq_lens, extend_lens = batch.seq_lens, batch.extend_lens
         B, T = batch.batch_size, batch.num_tokens
         prefix_lens = seq_lens - extend_lens  # [B]
@@ -187,6 +193,38 @@ class AttentionPlanner:
             own = ProblemSet(Method.PADDED, None, token_req, limits, own_slots, layout)
         shared = tuple(_level(level, token_req, B, T, Method.GATHERED) for level in levels)
         return AttentionPlan(batch.out_cache_loc, own, shared)
+
+    def _window_plan(self, batch: ForwardBatch, window: int) -> AttentionPlan:
+        """Each request's new tokens over its last `window` positions, causal, as one own pass
+        (no shared levels: a window rarely covers a whole shared prefix). The own part starts
+        at the first position the request's first new token sees; later new tokens whose
+        window starts past it get `starts`, which only the padded method's mask honours, so
+        such batches gather; the others read in place where the extend allows."""
+        seq_lens, extend_lens = batch.seq_lens, batch.extend_lens
+        B = batch.batch_size
+        prefix_lens = seq_lens - extend_lens  # [B]
+        decode = batch.mode is ForwardMode.DECODE
+        E = 1 if decode else int(extend_lens.max())
+        token_req = None if decode else torch.repeat_interleave(torch.arange(B), extend_lens)
+        own_start = (prefix_lens - (window - 1)).clamp(min=0)  # [B]
+        own_lens = seq_lens - own_start  # [B]
+        kv_indices = self.req_table.table[batch.req_pool_indices, : int(seq_lens.max())]
+        own_slots = _own_slots(kv_indices, own_start, own_lens)  # [B, Lo]
+        limits = _own_limits(own_lens, prefix_lens, own_start, extend_lens, token_req)  # [T]
+        req = torch.arange(B) if token_req is None else token_req  # [T]
+        positions = own_start[req] + limits - 1  # [T] each token's position in its request
+        starts = (positions - (window - 1)).clamp(min=0) - own_start[req]  # [T]
+        cut = bool(starts.any())
+        if not cut and self.max_in_place_extend >= E:
+            own = ProblemSet(Method.IN_PLACE, None, token_req, limits, own_slots)
+            return AttentionPlan(batch.out_cache_loc, own, ())
+        layout = _padded_layout(
+            batch, own_slots, prefix_lens, own_start, own_lens, E, self.kv_dtype, window
+        )
+        own = ProblemSet(
+            Method.PADDED, None, token_req, limits, own_slots, layout, starts if cut else None
+        )
+        return AttentionPlan(batch.out_cache_loc, own, ())
 
     def _prefix_tree(
         self, batch: ForwardBatch, prefix_lens: torch.Tensor, min_saving: int
@@ -273,7 +311,7 @@ def _own_slots(kv_indices: torch.Tensor, own_start: torch.Tensor, own_lens: torc
 
 
 def _padded_layout(
-    batch, own_slots, prefix_lens, own_start, own_lens, E, dtype: torch.dtype
+    batch, own_slots, prefix_lens, own_start, own_lens, E, dtype: torch.dtype, window=None
 ) -> PaddedLayout:
     B, T = batch.batch_size, batch.num_tokens
     extend_lens = batch.extend_lens
@@ -285,6 +323,9 @@ def _padded_layout(
     # Padded query rows (e >= extend_len) see keys up to their fake position; their outputs
     # are discarded. Every row allows at least its first own key, so no row is all -inf.
     allowed = (key_pos[:, None, :] <= query_pos[:, :, None]) & in_range[:, None, :]
+    if window is not None:  # sliding window: only the last `window` positions, itself included
+        allowed &= key_pos[:, None, :] > query_pos[:, :, None] - window
+        allowed[:, :, 0] |= ~allowed.any(dim=-1)  # padded rows past the window: keep one key
     allowed = allowed[:, None]  # [B, 1, E, Lo]: the same for every head
     mask = torch.zeros(allowed.shape, dtype=dtype)
     mask.masked_fill_(~allowed, float("-inf"))

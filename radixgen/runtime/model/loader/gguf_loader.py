@@ -1,10 +1,15 @@
-"""Load a Llama-family model from a GGUF file.
+"""Load a Llama-family or Gemma 3 model from a GGUF file.
 
 Every quant type is dequantized to float32 by the `gguf` package, then tensors are renamed to the
 Hugging Face names that `LlamaForCausalLM.load_weights` expects. llama.cpp's converter permutes the
 rows of the q/k projections of Llama-architecture models (its rotary embedding rotates adjacent
 pairs); we undo that permutation so the model runs the Hugging Face (rotate-half) rotary layout and
 matches transformers bit for bit in float32.
+
+Gemma 3: llama.cpp stores Gemma's norm weights with their +1 folded in (Gemma scales by 1 + w);
+we subtract it back, as transformers does, so every loader yields Hugging Face weights. The
+layer pattern (every 6th layer global) and the sliding layers' rope base (10,000) are not in the
+metadata: they are Gemma 3's published configuration, as transformers and llama.cpp assume.
 """
 
 from __future__ import annotations
@@ -22,7 +27,11 @@ from radixgen.runtime.kernels.block_matmul import Int8Blocks
 from radixgen.runtime.kernels.int4 import Int4Groups
 
 # llama.cpp architectures we can run, and whether their q/k rows are permuted in GGUF.
-_ARCHS = {"llama": True, "mistral": True, "qwen2": False}
+_ARCHS = {"llama": True, "mistral": True, "qwen2": False, "gemma3": False}
+
+# Gemma 3's published configuration, absent from its GGUF metadata.
+GEMMA3_SLIDING_WINDOW_PATTERN = 6  # layers 5, 11, 17, ... are global
+GEMMA3_ROPE_LOCAL_THETA = 10000.0
 
 _LAYER_TENSORS = {
     "attn_q": "self_attn.q_proj",
@@ -34,6 +43,15 @@ _LAYER_TENSORS = {
     "ffn_down": "mlp.down_proj",
     "attn_norm": "input_layernorm",
     "ffn_norm": "post_attention_layernorm",
+}
+# Where Gemma 3 differs: four norms per layer, and QK-norm.
+_GEMMA3_LAYER_TENSORS = {
+    **_LAYER_TENSORS,
+    "ffn_norm": "pre_feedforward_layernorm",
+    "post_attention_norm": "post_attention_layernorm",
+    "post_ffw_norm": "post_feedforward_layernorm",
+    "attn_q_norm": "self_attn.q_norm",
+    "attn_k_norm": "self_attn.k_norm",
 }
 _GLOBAL_TENSORS = {
     "token_embd.weight": "model.embed_tokens.weight",
@@ -78,15 +96,31 @@ def read_gguf_config(path: Path) -> ModelConfig:
     if _field(reader, f"{arch}.rope.scaling.type") == "linear":
         scaling = {"rope_type": "linear", "factor": _field(reader, f"{arch}.rope.scaling.factor")}
     eos = _field(reader, "tokenizer.ggml.eos_token_id")
+    num_layers = int(_field(reader, f"{arch}.block_count"))
+    head_dim = _field(reader, f"{arch}.attention.key_length") or _field(
+        reader, f"{arch}.rope.dimension_count", hidden // num_heads
+    )
+    gemma = {}
+    if arch == "gemma3":
+        pattern = GEMMA3_SLIDING_WINDOW_PATTERN
+        gemma = dict(
+            sliding_window=int(_field(reader, f"{arch}.attention.sliding_window")),
+            layer_types=tuple(
+                "full_attention" if (i + 1) % pattern == 0 else "sliding_attention"
+                for i in range(num_layers)
+            ),
+            rope_local_theta=GEMMA3_ROPE_LOCAL_THETA,
+            query_pre_attn_scalar=float(head_dim),
+        )
     return ModelConfig(
         architecture=arch,
         vocab_size=int(vocab),
         hidden_size=int(hidden),
         intermediate_size=int(_field(reader, f"{arch}.feed_forward_length")),
-        num_layers=int(_field(reader, f"{arch}.block_count")),
+        num_layers=num_layers,
         num_heads=int(num_heads),
         num_kv_heads=int(_field(reader, f"{arch}.attention.head_count_kv", num_heads)),
-        head_dim=int(_field(reader, f"{arch}.rope.dimension_count", hidden // num_heads)),
+        head_dim=int(head_dim),
         rope_theta=float(_field(reader, f"{arch}.rope.freq_base", 10000.0)),
         rms_norm_eps=float(_field(reader, f"{arch}.attention.layer_norm_rms_epsilon", 1e-5)),
         max_position_embeddings=int(_field(reader, f"{arch}.context_length", 4096)),
@@ -95,6 +129,7 @@ def read_gguf_config(path: Path) -> ModelConfig:
         rope_scaling=scaling,
         bos_token_id=_field(reader, "tokenizer.ggml.bos_token_id"),
         eos_token_ids=() if eos is None else (int(eos),),
+        **gemma,
     )
 
 
@@ -112,12 +147,13 @@ def _hf_name(tensor_name: str, config: ModelConfig) -> tuple[str | None, int | N
     if match is None:
         return _GLOBAL_TENSORS.get(tensor_name), None
     layer, kind, suffix = match.groups()
-    if kind not in _LAYER_TENSORS:
+    names = _GEMMA3_LAYER_TENSORS if config.architecture == "gemma3" else _LAYER_TENSORS
+    if kind not in names:
         return None, None
     heads = None
     if _ARCHS[config.architecture] and kind in ("attn_q", "attn_k"):
         heads = config.num_heads if kind == "attn_q" else config.num_kv_heads
-    return f"model.layers.{layer}.{_LAYER_TENSORS[kind]}.{suffix}", heads
+    return f"model.layers.{layer}.{names[kind]}.{suffix}", heads
 
 
 def iter_gguf_weights(path: Path, config: ModelConfig) -> Iterator[tuple[str, torch.Tensor]]:
@@ -131,6 +167,8 @@ def iter_gguf_weights(path: Path, config: ModelConfig) -> Iterator[tuple[str, to
         array = dequantize(tensor.data, tensor.tensor_type).astype(np.float32, copy=False)
         if heads is not None:
             array = _unpermute_rows(array, heads)
+        if config.architecture == "gemma3" and name.endswith("norm.weight"):
+            array = array - np.float32(1.0)  # llama.cpp folded Gemma's 1 + w into the weight
         yield name, torch.from_numpy(np.array(array, dtype=np.float32, order="C"))
 
 

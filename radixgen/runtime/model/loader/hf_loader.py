@@ -1,4 +1,5 @@
-"""Load a Llama-family model from a Hugging Face directory (config.json + safetensors)."""
+"""Load a model from a Hugging Face directory (config.json + safetensors): the Llama family,
+Qwen3 and Gemma 3 (text)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ _ARCHITECTURES = {
     "LlamaForCausalLM": "llama",
     "MistralForCausalLM": "mistral",
     "Qwen2ForCausalLM": "qwen2",
+    "Qwen3ForCausalLM": "qwen3",
+    "Gemma3ForCausalLM": "gemma3",
 }
 
 
@@ -33,10 +36,17 @@ def read_hf_config(directory: Path) -> ModelConfig:
         eos = json.loads(gen_path.read_text()).get("eos_token_id", eos)
     eos_ids = tuple(eos) if isinstance(eos, list) else (() if eos is None else (eos,))
     num_heads = cfg["num_attention_heads"]
+    if cfg.get("use_sliding_window"):  # Qwen2/Qwen3 flag, off in their released checkpoints
+        raise ValueError(f"{directory}: use_sliding_window is not supported for {arch}")
+    extra = _gemma3_fields(cfg) if arch == "gemma3" else {}
+    default_theta = 1_000_000.0 if arch == "gemma3" else 10000.0  # config.json names none
     # transformers < 5 writes `rope_theta` and `rope_scaling` at the top level; transformers >= 5
     # writes one `rope_parameters` dict holding `rope_theta` and the scaling fields.
     rope = cfg.get("rope_scaling") or cfg.get("rope_parameters") or {}
-    rope_theta = cfg.get("rope_theta") or rope.get("rope_theta") or 10000.0
+    if arch == "gemma3":  # one rope per layer type; the global layers' is the main one
+        rope = dict((cfg.get("rope_parameters") or {}).get("full_attention") or {})
+        rope.update(cfg.get("rope_scaling") or {})
+    rope_theta = cfg.get("rope_theta") or rope.get("rope_theta")
     return ModelConfig(
         architecture=arch,
         vocab_size=cfg["vocab_size"],
@@ -46,14 +56,48 @@ def read_hf_config(directory: Path) -> ModelConfig:
         num_heads=num_heads,
         num_kv_heads=cfg.get("num_key_value_heads") or num_heads,
         head_dim=cfg.get("head_dim") or cfg["hidden_size"] // num_heads,
-        rope_theta=float(rope_theta),
+        rope_theta=float(rope_theta or default_theta),
         rms_norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
         max_position_embeddings=cfg.get("max_position_embeddings", 4096),
-        tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+        tie_word_embeddings=bool(cfg.get("tie_word_embeddings", arch == "gemma3")),
         attention_bias=arch == "qwen2" or bool(cfg.get("attention_bias", False)),
         rope_scaling=rope or None,
         bos_token_id=cfg.get("bos_token_id"),
         eos_token_ids=tuple(int(e) for e in eos_ids),
+        **extra,
+    )
+
+
+# Gemma 3's defaults where a config.json omits them (transformers' Gemma3TextConfig).
+_GEMMA3_DEFAULTS = {"sliding_window_pattern": 6, "rope_local_base_freq": 10000.0}
+
+
+def _gemma3_fields(cfg: dict) -> dict:
+    """Gemma 3's ModelConfig fields: the layer types (listed, or every `sliding_window_pattern`-th
+    layer global), the window, the sliding layers' rope base and the attention scale."""
+    for name in ("final_logit_softcapping", "attn_logit_softcapping"):
+        if cfg.get(name) is not None:
+            raise ValueError(f"Gemma 3 with {name} is not supported")
+    if cfg.get("hidden_activation", "gelu_pytorch_tanh") != "gelu_pytorch_tanh":
+        raise ValueError(f"Gemma 3 with hidden_activation {cfg['hidden_activation']!r}")
+    layers = cfg["num_hidden_layers"]
+    types = cfg.get("layer_types")
+    if not types:
+        pattern = cfg.get("sliding_window_pattern") or _GEMMA3_DEFAULTS["sliding_window_pattern"]
+        types = [
+            "full_attention" if (i + 1) % pattern == 0 else "sliding_attention"
+            for i in range(layers)
+        ]
+    local = ((cfg.get("rope_parameters") or {}).get("sliding_attention") or {}).get("rope_theta")
+    num_heads = cfg["num_attention_heads"]
+    head_dim = cfg.get("head_dim") or cfg["hidden_size"] // num_heads
+    return dict(
+        sliding_window=cfg.get("sliding_window"),
+        layer_types=tuple(types),
+        rope_local_theta=float(
+            local or cfg.get("rope_local_base_freq") or _GEMMA3_DEFAULTS["rope_local_base_freq"]
+        ),
+        query_pre_attn_scalar=float(cfg.get("query_pre_attn_scalar") or head_dim),
     )
 
 
