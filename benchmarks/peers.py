@@ -181,11 +181,16 @@ class BenchRun:
 
 
 def llama_bench_argv(
-    model_path: Path, new_tokens: int, repetitions: int, directory: Path | None = None
+    model_path: Path,
+    new_tokens: int,
+    repetitions: int,
+    directory: Path | None = None,
+    prompt_tokens: int = 0,
 ) -> list[str]:
-    """`llama-bench` decoding `new_tokens` from an empty prompt (its "tg" test), as JSON."""
+    """`llama-bench` decoding `new_tokens` from an empty prompt (its "tg" test) and, with
+    `prompt_tokens`, also prefilling that many (its "pp" test), as JSON."""
     exe = (directory or bin_dir()) / "llama-bench"
-    argv = [str(exe), "-m", str(model_path), "-t", str(THREADS), "-p", "0"]
+    argv = [str(exe), "-m", str(model_path), "-t", str(THREADS), "-p", str(prompt_tokens)]
     return [*argv, "-n", str(new_tokens), "-r", str(repetitions), "-o", "json"]
 
 
@@ -201,9 +206,19 @@ def parse_llama_bench(text: str) -> list[BenchRun]:
 
 def run_llama_bench(model_path: Path, new_tokens: int, repetitions: int) -> BenchRun:
     """Run `llama-bench` (which must exist: see `binary`) and return its decode test."""
+    runs = llama_bench_tests(model_path, new_tokens, repetitions)
+    (run,) = [r for r in runs if r.n_gen == new_tokens]
+    return run
+
+
+def llama_bench_tests(
+    model_path: Path, new_tokens: int, repetitions: int, prompt_tokens: int = 0
+) -> list[BenchRun]:
+    """Run `llama-bench` (which must exist: see `binary`); its tests (decode, and prefill when
+    `prompt_tokens` > 0)."""
     directory = bin_dir()
     proc = subprocess.run(
-        llama_bench_argv(model_path, new_tokens, repetitions, directory),
+        llama_bench_argv(model_path, new_tokens, repetitions, directory, prompt_tokens),
         capture_output=True,
         text=True,
         timeout=1800,
@@ -212,5 +227,4 @@ def run_llama_bench(model_path: Path, new_tokens: int, repetitions: int) -> Benc
     if proc.returncode != 0:
         tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
         raise RuntimeError(f"llama-bench exited with status {proc.returncode}: {tail}")
-    (run,) = [r for r in parse_llama_bench(proc.stdout) if r.n_gen == new_tokens]
-    return run
+    return parse_llama_bench(proc.stdout)
