@@ -237,6 +237,19 @@ class Engine:
         )
 
     @property
+    def image_token(self) -> str | None:
+        """The text of the token that marks an image's place in a prompt (None: text only)."""
+        if self.images is None:
+            return None
+        return self.tokenizer.convert_ids_to_tokens(self.images.vision.image_token_id)
+
+    def image_extra_tokens(self, images: int) -> int:
+        """How much longer a prompt with `images` image tokens runs (each becomes a run)."""
+        if self.images is None or not images:
+            return 0
+        return images * (self.images.vision.tokens_per_image - 1)
+
+    @property
     def chat_template_renders_tools(self) -> bool:
         return "tools" in (self.tokenizer.chat_template or "")
 
