@@ -132,3 +132,46 @@ def test_data_url_file_path_and_base64_are_the_same_image(llava_engine, images, 
     loaded = llava_engine.images.load(sources)
     assert len({image.pad_id for image in loaded}) == 1
     assert all(torch.equal(loaded[0].pixel_values, image.pixel_values) for image in loaded)
+
+
+def test_mixed_steps_and_ngram_speculation_keep_the_tokens(llava_dir, llava_engine, images):
+    """Image prompts prefilled in mixed steps (chunks next to running decodes) and decoded with
+    n-gram speculation (drafts from a prompt full of placeholder ids) give the same tokens."""
+    other = Engine(
+        model=str(llava_dir[0]),
+        dtype="float32",
+        kv_cache_tokens=4096,
+        chunked_prefill_size=16,
+        enable_mixed_chunk=True,
+        mixed_step_tokens=24,
+        speculative_algorithm="ngram",
+    )
+    try:
+        batch = [PROMPTS[0], PROMPTS[1], PROMPTS[2]]
+        data = [None, images[0], [images[1], images[2]]]
+        longer = {**GREEDY, "max_new_tokens": 24}
+        together = other.generate(batch, longer, image_data=data)
+        for prompt, item, out in zip(batch, data, together, strict=True):
+            alone = llava_engine.generate(prompt, longer, image_data=item)
+            assert out["output_ids"] == alone["output_ids"]
+    finally:
+        other.shutdown()
+
+
+def test_prompt_logprobs_must_start_after_the_images(llava_engine, images):
+    from radixgen import InvalidRequestError
+
+    prompt = PROMPTS[1]
+    with pytest.raises(InvalidRequestError, match="logprob_start_len"):
+        llava_engine.generate(
+            prompt, GREEDY, image_data=images[0], return_logprob=True, logprob_start_len=0
+        )
+    out = llava_engine.generate(
+        prompt,
+        {"max_new_tokens": 1},
+        image_data=images[0],
+        return_logprob=True,
+        logprob_start_len=TOKENS_PER_IMAGE + 5,
+    )
+    entries = out["meta_info"]["input_token_logprobs"]
+    assert entries and all(token >= 0 for _, token, _ in entries)
