@@ -21,7 +21,7 @@ from fastapi import APIRouter, Request
 from radixgen.runtime.engine import Engine
 from radixgen.runtime.tokenizer import encode_texts
 from radixgen.server import openai_format as fmt
-from radixgen.server.chat_images import message_text
+from radixgen.server.chat_images import message_content, template_takes_parts
 from radixgen.server.context import engine_of, served_model_name, tenant_of
 from radixgen.server.errors import (
     APIError,
@@ -305,8 +305,11 @@ def _chat_input_ids(
 ) -> list[int]:
     """The rendered prompt's tokens; the messages' image URLs are appended to `images`."""
     messages = []
+    as_parts = template_takes_parts(engine)
+    if as_parts and plan is not None:  # tool prompts are written into text content
+        raise APIError(400, "tools are not supported with this model's chat template", "tools")
     for index, message in enumerate(body.messages):
-        content = message_text(engine, message, index, images)
+        content = message_content(engine, message, index, images, as_parts)
         role = "system" if message.role == "developer" else message.role
         rendered = {"role": role, "content": content or ""}
         if message.tool_calls:

@@ -216,3 +216,42 @@ def test_sgl_image_over_http(llava_server, tmp_path):
     assert state.error() is None, state.error()
     assert isinstance(state["answer"], str)
     assert state["pick"] in ("first", "second")
+
+
+# A template that renders content parts itself, in the style of llava-hf's (images first).
+PARTS_TEMPLATE = (
+    "{% for m in messages %}{{ m['role'].upper() }}: "
+    "{% for p in m['content'] if p['type'] == 'image' %}<image>\n{% endfor %}"
+    "{% for p in m['content'] if p['type'] == 'text' %}{{ p['text'] }} {% endfor %}"
+    "{% endfor %}{% if add_generation_prompt %}ASSISTANT:{% endif %}"
+)
+
+
+def test_chat_templates_that_render_parts_get_parts(llava_engine, images):
+    """llava-hf keeps a template that iterates content parts: it gets `{"type": "image"}` parts
+    (and text parts, even for string content) instead of text with image tokens in it."""
+    from radixgen.server.openai_api import _chat_input_ids
+    from radixgen.server.protocol import ChatCompletionRequest
+
+    body = ChatCompletionRequest(
+        messages=[
+            {"role": "system", "content": "Be brief."},
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "Look:"},
+                    {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}},
+                ],
+            },
+        ]
+    )
+    tokenizer = llava_engine.tokenizer
+    saved = tokenizer.chat_template
+    tokenizer.chat_template = PARTS_TEMPLATE
+    try:
+        found: list[str] = []
+        ids = _chat_input_ids(llava_engine, body, None, found)
+    finally:
+        tokenizer.chat_template = saved
+    assert found == ["data:image/png;base64,AAAA"]
+    assert tokenizer.decode(ids) == "SYSTEM: Be brief. USER: <image>\nLook: ASSISTANT:"

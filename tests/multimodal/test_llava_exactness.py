@@ -175,3 +175,23 @@ def test_prompt_logprobs_must_start_after_the_images(llava_engine, images):
     )
     entries = out["meta_info"]["input_token_logprobs"]
     assert entries and all(token >= 0 for _, token, _ in entries)
+
+
+def test_a_processor_chat_template_is_used_when_the_tokenizer_has_none(llava_dir, tmp_path):
+    """llava-hf keeps its chat template in the processor's chat_template.json."""
+    import json
+    import shutil
+
+    from radixgen.runtime.model.loader import resolve_model
+    from radixgen.runtime.tokenizer import load_tokenizer
+
+    copy = tmp_path / "llava"
+    shutil.copytree(llava_dir[0], copy)
+    (copy / "chat_template.jinja").unlink(missing_ok=True)
+    config = json.loads((copy / "tokenizer_config.json").read_text())
+    config.pop("chat_template", None)
+    (copy / "tokenizer_config.json").write_text(json.dumps(config))
+    assert not load_tokenizer(resolve_model(str(copy))).chat_template
+    template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
+    (copy / "chat_template.json").write_text(json.dumps({"chat_template": template}))
+    assert load_tokenizer(resolve_model(str(copy))).chat_template == template
