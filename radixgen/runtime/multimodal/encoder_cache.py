@@ -39,13 +39,14 @@ class VisionCache:
                 self._entries.move_to_end(image.pad_id)
                 found[image.pad_id] = entry
                 self.hits += 1
-            elif image.pad_id not in found:
-                missing[image.pad_id] = image
+            else:
+                missing[image.pad_id] = image  # once per image, however often it appears
         if missing:
             batch = torch.stack([image.pixel_values for image in missing.values()])
             out = encode(batch)
             self.encoded += len(missing)
             for pad_id, rows in zip(missing, out, strict=True):
+                rows = rows.clone()  # its own storage: dropping it frees it
                 found[pad_id] = rows
                 self._entries[pad_id] = rows
                 self._entries.move_to_end(pad_id)
