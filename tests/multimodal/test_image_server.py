@@ -10,6 +10,7 @@ import base64
 import io
 import json
 import threading
+import time
 
 import httpx
 import numpy as np
@@ -24,6 +25,7 @@ MAX_IMAGE_BYTES = 12_000
 MAX_IMAGE_PIXELS = 200 * 200
 MAX_IMAGES = 2
 QUESTION = "USER: <image>\nWhat is shown? ASSISTANT:"
+STREAM_TOKENS = 100
 
 
 @pytest.fixture(scope="module")
@@ -125,7 +127,11 @@ def test_bad_images_are_400s_while_a_stream_runs(llava_server):
         body = {
             "text": QUESTION,
             "image_data": _data_url(png_bytes(5)),
-            "sampling_params": {"max_new_tokens": 64, "temperature": 0, "ignore_eos": True},
+            "sampling_params": {
+                "max_new_tokens": STREAM_TOKENS,
+                "temperature": 0,
+                "ignore_eos": True,
+            },
             "stream": True,
         }
         with httpx.stream("POST", f"{llava_server}/generate", json=body, timeout=120) as resp:
@@ -135,6 +141,7 @@ def test_bad_images_are_400s_while_a_stream_runs(llava_server):
 
     runner = threading.Thread(target=long_stream)
     runner.start()
+    time.sleep(0.3)  # let it start
 
     remote = _generate(llava_server, text=QUESTION, image_data="https://example.com/cat.png")
     error = _error(remote)
@@ -195,9 +202,10 @@ def test_bad_images_are_400s_while_a_stream_runs(llava_server):
     )
     assert "not a readable image" in _error(chat_corrupt)["message"]
 
+    assert runner.is_alive()  # the stream was running through all of the above
     runner.join(timeout=120)
     assert stream_done["status"] == 200
-    assert stream_done["last"]["meta_info"]["completion_tokens"] == 64
+    assert stream_done["last"]["meta_info"]["completion_tokens"] == STREAM_TOKENS
 
 
 def test_sgl_image_over_http(llava_server, tmp_path):
