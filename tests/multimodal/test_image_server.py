@@ -95,6 +95,12 @@ def test_chat_with_data_url_and_local_path(llava_server, tmp_path):
     assert resp.usage.prompt_tokens_details.cached_tokens >= TOKENS_PER_IMAGE  # same image
 
 
+def test_model_info_says_it_understands_images(llava_server):
+    info = httpx.get(f"{llava_server}/get_model_info", timeout=30).json()
+    assert info["has_image_understanding"] is True
+    assert info["architectures"] == ["LlavaForConditionalGeneration"]
+
+
 def test_generate_with_image_data_matches_the_engine_rules(llava_server):
     ok = _generate(llava_server, text=QUESTION, image_data=_data_url(png_bytes(3)))
     assert ok.status_code == 200, ok.text
