@@ -195,3 +195,28 @@ def test_a_processor_chat_template_is_used_when_the_tokenizer_has_none(llava_dir
     template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
     (copy / "chat_template.json").write_text(json.dumps({"chat_template": template}))
     assert load_tokenizer(resolve_model(str(copy))).chat_template == template
+
+
+def test_pad_to_square_matches_transformers_llava_processor(tmp_path):
+    """LlavaImageProcessor with do_pad: the picture is padded to a square in the mean colour
+    before resizing (the original LLaVA's preprocessing)."""
+    import json
+
+    transformers = pytest.importorskip("transformers")
+    reference_cls = getattr(transformers, "LlavaImageProcessorPil", None)
+    if reference_cls is None:
+        pytest.skip("this transformers has no PIL LLaVA image processor")
+    settings = {
+        "size": {"shortest_edge": IMAGE_SIZE},
+        "crop_size": {"height": IMAGE_SIZE, "width": IMAGE_SIZE},
+        "do_pad": True,
+    }
+    reference = reference_cls(**settings)
+    config = {"image_processor_type": "LlavaImageProcessor", **settings}
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps(config))
+    ours = ImageProcessor.for_model(tmp_path, IMAGE_SIZE)
+    assert ours.pad_square is not None
+    for seed, size in enumerate([(40, 32), (32, 48), (101, 57)]):
+        picture = Image.open(io.BytesIO(png_bytes(seed, size)))
+        expected = reference(picture, return_tensors="np")["pixel_values"][0]
+        np.testing.assert_allclose(ours(picture).numpy(), expected, rtol=0, atol=1e-5)

@@ -1,7 +1,9 @@
 """Image preprocessing as a LLaVA-1.5 / CLIP processor does it, with Pillow and numpy:
-RGB, resize the shortest edge (bicubic by default), center crop, rescale to [0, 1], normalise by
-the mean and std. The settings come from the model directory's `preprocessor_config.json`
-(transformers' `CLIPImageProcessor` fields); without one, CLIP's defaults at the tower's size.
+RGB, (LlavaImageProcessor with `do_pad`: pad to a square in the mean colour, as the original
+LLaVA's "expand to square"), resize the shortest edge (bicubic by default), center crop, rescale
+to [0, 1], normalise by the mean and std. The settings come from the model directory's
+`preprocessor_config.json` (transformers' `CLIPImageProcessor` / `LlavaImageProcessor`
+fields); without one, CLIP's defaults at the tower's size.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ BICUBIC = 3  # PIL's (and transformers' PILImageResampling) code
 
 @dataclass(frozen=True)
 class ImageProcessor:
+    pad_square: tuple[int, ...] | None  # pad to a square in this colour first; None: no pad
     shortest_edge: int | None  # resize so the short side is this (None: to `size_hw`)
     size_hw: tuple[int, int] | None  # resize to exactly (height, width)
     crop_hw: tuple[int, int] | None  # center crop to (height, width); None: no crop
@@ -41,7 +44,10 @@ class ImageProcessor:
         if isinstance(crop, int):
             crop = {"height": crop, "width": crop}
         do_resize, do_crop = cfg.get("do_resize", True), cfg.get("do_center_crop", True)
+        mean = tuple(cfg.get("image_mean", CLIP_MEAN))
+        pads = cfg.get("image_processor_type") == "LlavaImageProcessor" and cfg.get("do_pad")
         return cls(
+            pad_square=tuple(int(m * 255) for m in mean) if pads else None,
             shortest_edge=size.get("shortest_edge") if do_resize else None,
             size_hw=(size["height"], size["width"]) if do_resize and "height" in size else None,
             crop_hw=(crop["height"], crop["width"]) if do_crop else None,
@@ -56,6 +62,11 @@ class ImageProcessor:
     def __call__(self, image: Image.Image) -> torch.Tensor:
         """An RGB picture -> pixel values [3, H, W] float32."""
         image = image.convert("RGB")
+        if self.pad_square is not None and image.width != image.height:
+            side = max(image.size)
+            square = Image.new("RGB", (side, side), self.pad_square)
+            square.paste(image, ((side - image.width) // 2, (side - image.height) // 2))
+            image = square
         if self.shortest_edge is not None:
             image = image.resize(_shortest_edge_size(image.size, self.shortest_edge), self.resample)
         elif self.size_hw is not None:
