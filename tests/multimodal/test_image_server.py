@@ -10,7 +10,6 @@ import base64
 import io
 import json
 import threading
-import time
 
 import httpx
 import numpy as np
@@ -25,7 +24,7 @@ MAX_IMAGE_BYTES = 12_000
 MAX_IMAGE_PIXELS = 200 * 200
 MAX_IMAGES = 2
 QUESTION = "USER: <image>\nWhat is shown? ASSISTANT:"
-STREAM_TOKENS = 100
+STREAM_TOKENS = 400  # long enough to outlast the bad requests
 
 
 @pytest.fixture(scope="module")
@@ -140,14 +139,20 @@ def test_bad_images_are_400s_while_a_stream_runs(llava_server):
             },
             "stream": True,
         }
-        with httpx.stream("POST", f"{llava_server}/generate", json=body, timeout=120) as resp:
-            frames = resp.read().decode().split("\n\n")
+        frames = []
+        with httpx.stream("POST", f"{llava_server}/generate", json=body, timeout=300) as resp:
+            for line in resp.iter_lines():
+                if line.startswith("data: {"):
+                    frames.append(line)
+                    started.set()
         stream_done["status"] = resp.status_code
-        stream_done["last"] = json.loads(frames[-3][6:]) if len(frames) > 2 else None
+        stream_done["last"] = json.loads(frames[-1][6:]) if frames else None
+        started.set()
 
+    started = threading.Event()
     runner = threading.Thread(target=long_stream)
     runner.start()
-    time.sleep(0.3)  # let it start
+    assert started.wait(timeout=120)  # the stream is generating before the bad requests come
 
     remote = _generate(llava_server, text=QUESTION, image_data="https://example.com/cat.png")
     error = _error(remote)
@@ -208,8 +213,7 @@ def test_bad_images_are_400s_while_a_stream_runs(llava_server):
     )
     assert "not a readable image" in _error(chat_corrupt)["message"]
 
-    assert runner.is_alive()  # the stream was running through all of the above
-    runner.join(timeout=120)
+    runner.join(timeout=300)
     assert stream_done["status"] == 200
     assert stream_done["last"]["meta_info"]["completion_tokens"] == STREAM_TOKENS
 
