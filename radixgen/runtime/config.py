@@ -40,6 +40,38 @@ def auto_dtype(device: str) -> str:
 
 
 @dataclass(frozen=True)
+class VisionConfig:
+    """A LLaVA-1.5-style image path: a CLIP vision tower, the layer(s) whose hidden states feed
+    the projector (`feature_layers`, indices into [embeddings, layer 1, ..., layer L] as in
+    transformers), whether the CLS position is dropped (`select_strategy` "default") or kept
+    ("full"), and the linear-act-linear projector into the language model's embeddings."""
+
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    image_size: int
+    patch_size: int
+    num_channels: int
+    layer_norm_eps: float
+    hidden_act: str  # the tower's MLP activation ("quick_gelu" for CLIP)
+    feature_layers: tuple[int, ...]  # one entry: an int vision_feature_layer; several: concat
+    select_strategy: str  # "default" (drop CLS) | "full"
+    projector_act: str
+    projector_bias: bool
+    image_token_id: int  # the placeholder token the prompt holds once per image
+
+    @property
+    def num_patches(self) -> int:
+        return (self.image_size // self.patch_size) ** 2
+
+    @property
+    def tokens_per_image(self) -> int:
+        """Placeholder tokens (and projected feature rows) one image becomes."""
+        return self.num_patches + (1 if self.select_strategy == "full" else 0)
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     """Architecture of a decoder: the Llama family (Llama 2/3, Mistral, SmolLM2, TinyLlama,
     Qwen2), Qwen3 (Llama with QK-norm) and Gemma 3 (sliding-window layers, Gemma norms).
@@ -69,6 +101,7 @@ class ModelConfig:
     layer_types: tuple[str, ...] = ()  # "full_attention" | "sliding_attention", per layer
     rope_local_theta: float | None = None
     query_pre_attn_scalar: float | None = None  # attention scale^-2 (None: head_dim)
+    vision: VisionConfig | None = None  # LLaVA-style models: the image path; None: text only
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "layer_types", tuple(self.layer_types))
@@ -198,6 +231,21 @@ class EngineConfig:
     max_request_sequences: int = _opt(
         256, "Most sequences (prompts x n) one request may make: bounds one caller's work."
     )
+    max_images_per_request: int = _opt(
+        8, "Most images one prompt may carry (multimodal models); more is a 400."
+    )
+    max_image_bytes: int = _opt(
+        10 * 1024 * 1024, "Largest encoded image accepted, in bytes (after base64 decoding)."
+    )
+    max_image_pixels: int = _opt(
+        4096 * 4096, "Most pixels (width x height) of an accepted image, checked before decoding."
+    )
+    vision_cache_images: int = _opt(
+        16,
+        "Images whose vision-encoder output is kept (by content hash, least recently used "
+        "dropped), so a chunked prefill or a repeated image encodes once. One LLaVA-1.5-7B "
+        "image's output is 576 x 4096 values (4.5 MiB in bfloat16).",
+    )
     tune: tuple[str, ...] = _opt(
         (),
         "Override a performance threshold, as name=value (repeatable); the names and their "
@@ -242,6 +290,10 @@ class EngineConfig:
             "max_batch_prompts",
             "max_request_sequences",
             "speculative_num_draft_tokens",
+            "max_images_per_request",
+            "max_image_bytes",
+            "max_image_pixels",
+            "vision_cache_images",
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")

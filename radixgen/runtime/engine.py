@@ -31,6 +31,8 @@ from radixgen.runtime.detokenizer import IncrementalDetokenizer
 from radixgen.runtime.generate_input import GenerateInput
 from radixgen.runtime.model.loader import resolve_model
 from radixgen.runtime.model.runner import ModelRunner
+from radixgen.runtime.multimodal import ImageLimits
+from radixgen.runtime.multimodal.prompt import ImagePrompter
 from radixgen.runtime.request import LogprobOptions, Req
 from radixgen.runtime.sampling_params import InvalidRequestError, SamplingParams
 from radixgen.runtime.scheduler.loop import Scheduler
@@ -68,6 +70,16 @@ class Engine:
         self.grammars = GrammarCompiler(self.tokenizer, self.model_config.vocab_size)
         self._seeds = random.Random(self.config.random_seed)
         self._submit_lock = threading.Lock()
+        self.images: ImagePrompter | None = None  # LLaVA-style models: prompts take images
+        vision = self.model_config.vision
+        if vision is not None:
+            limits = ImageLimits(
+                self.config.max_images_per_request,
+                self.config.max_image_bytes,
+                self.config.max_image_pixels,
+            )
+            model_dir = self.source.path if self.source.format == "hf" else None
+            self.images = ImagePrompter(vision, model_dir, limits)
         self.scheduler = Scheduler(self.config, self.tokenizer, self.eos_ids, observer)
         # Loaded on the scheduler thread: it must be the only thread running parallel kernels.
         self.scheduler.start(
@@ -99,11 +111,15 @@ class Engine:
         stream: bool = False,
         rid: str | list[str] | None = None,
         tenant: str | None = None,
+        image_data: str | list[Any] | None = None,
     ) -> dict[str, Any] | list[dict[str, Any]] | Iterator[dict[str, Any]]:
         """Generate for one prompt (-> dict) or a batch (-> list); `stream=True` -> iterator of
         cumulative outputs of a single request. With `n > 1`, sample k of request `rid` is
         labelled `f"{rid}_{k}"` (SGLang's convention). `rid` is only a label echoed in
-        `meta_info["id"]` and used by `abort`; `tenant` scopes who may abort it."""
+        `meta_info["id"]` and used by `abort`; `tenant` scopes who may abort it. `image_data`
+        (multimodal models): one prompt's image or list of images (data URLs, base64 or local
+        paths), or a batch's list of those; the i-th image fills the prompt's i-th image
+        token."""
         request = _input_of(locals())
         reqs, single = self.make_requests(request, tenant)
         if stream:
@@ -147,6 +163,7 @@ class Engine:
         stream: bool = False,
         rid: str | list[str] | None = None,
         tenant: str | None = None,
+        image_data: str | list[Any] | None = None,
     ) -> dict[str, Any] | list[dict[str, Any]] | AsyncIterator[dict[str, Any]]:
         """Asyncio variant of `generate`; with `stream=True` returns an async iterator of the
         cumulative outputs of every request of the batch."""
@@ -241,6 +258,19 @@ class Engine:
         )
 
     @property
+    def image_token(self) -> str | None:
+        """The text of the token that marks an image's place in a prompt (None: text only)."""
+        if self.images is None:
+            return None
+        return self.tokenizer.convert_ids_to_tokens(self.images.vision.image_token_id)
+
+    def image_extra_tokens(self, images: int) -> int:
+        """How much longer a prompt with `images` image tokens runs (each becomes a run)."""
+        if self.images is None or not images:
+            return 0
+        return images * (self.images.vision.tokens_per_image - 1)
+
+    @property
     def chat_template_renders_tools(self) -> bool:
         return "tools" in (self.tokenizer.chat_template or "")
 
@@ -286,9 +316,14 @@ class Engine:
             token_lists = [list(ids) for ids in prompts]
         logprob = _logprob_options(request)
         stream = bool(request.stream)
+        image_lists = request.images_for(len(prompts))
         reqs: list[Req] = []
-        for ids, params, label in zip(token_lists, params_list, labels, strict=True):
-            self._validate(ids, params, field)
+        for ids, params, label, sources in zip(
+            token_lists, params_list, labels, image_lists, strict=True
+        ):
+            text_ids = ids
+            ids, images = self._with_images(ids, sources, logprob)
+            self._validate(ids, params, field, text_ids)
             grammar = self.grammars.compile(params)  # raises on an invalid constraint
             group = label or uuid.uuid4().hex
             for k in range(params.n):
@@ -306,9 +341,10 @@ class Engine:
                         origin_input_ids=ids,
                         sampling_params=params,
                         logprob=logprob,
+                        images=images,
                         detokenizer=IncrementalDetokenizer(
                             self.tokenizer,
-                            ids,
+                            text_ids,
                             params.stop,
                             params.skip_special_tokens,
                             params.no_stop_trim,
@@ -335,13 +371,31 @@ class Engine:
             for index, req in enumerate(reqs):
                 self.scheduler.submit(req, sink_of(index))
 
-    def _validate(self, ids: list[int], params: SamplingParams, field: str) -> None:
-        """`field`: the input's name for the prompt (`text` or `input_ids`)."""
+    def _with_images(self, ids: list[int], sources: list[str], logprob: LogprobOptions):
+        """The prompt with its images' placeholder runs, and where they sit."""
+        if self.images is None:
+            if sources:
+                raise InvalidRequestError("this model takes no images", "image_data")
+            return ids, ()
+        padded, images = self.images.expand(ids, self.images.load(sources))
+        if images and logprob.return_logprob and 0 <= logprob.logprob_start_len < images[-1].end:
+            raise InvalidRequestError(
+                f"prompt logprobs cannot cover image positions: logprob_start_len must be at "
+                f"least {images[-1].end} (where the last image ends) for this prompt",
+                "logprob_start_len",
+            )
+        return padded, images
+
+    def _validate(
+        self, ids: list[int], params: SamplingParams, field: str, text_ids: list[int]
+    ) -> None:
+        """`field`: the input's name for the prompt (`text` or `input_ids`); `ids` is the
+        prompt with image placeholders, `text_ids` without them."""
         vocab = self.model_config.vocab_size
         params.verify(vocab)
         if not ids:
             raise InvalidRequestError("the prompt is empty", field)
-        if max(ids) >= vocab:
+        if text_ids and max(text_ids) >= vocab:
             raise InvalidRequestError(f"input_ids must be integers in [0, {vocab})", "input_ids")
         total = len(ids) + params.max_new_tokens
         if total > self.context_len:

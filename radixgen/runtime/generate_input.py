@@ -20,6 +20,7 @@ MAX_TOP_LOGPROBS = 20  # as the OpenAI API: each reported position carries this 
 MAX_LABEL_CHARS = 256
 
 Label = Annotated[Text, Field(min_length=1, max_length=MAX_LABEL_CHARS)]
+ImageSource = Annotated[Text, Field(min_length=1)]  # data URL, base64 or a local file path
 
 
 class GenerateInput(BaseModel):
@@ -38,6 +39,8 @@ class GenerateInput(BaseModel):
     top_logprobs_num: Annotated[StrictInt, Field(ge=0, le=MAX_TOP_LOGPROBS)] | None = None
     return_text_in_logprobs: StrictBool | None = None
     stream: StrictBool | None = None
+    # One prompt: an image or a list of images; a batch: one entry (image, list, None) per prompt.
+    image_data: ImageSource | list[ImageSource | list[ImageSource] | None] | None = None
 
     @classmethod
     def of(cls, **values: Any) -> GenerateInput:
@@ -80,6 +83,28 @@ class GenerateInput(BaseModel):
                 )
             return params
         return [params or SamplingParams()] * count
+
+    def images_for(self, count: int) -> list[list[str]]:
+        """The image sources of each prompt, in prompt order (the i-th image fills the i-th
+        image token of its prompt)."""
+        data = self.image_data
+        if data is None:
+            return [[] for _ in range(count)]
+        if self.is_single:
+            if isinstance(data, str):
+                return [[data]]
+            if len(data) == 1 and isinstance(data[0], list):
+                return [list(data[0])]
+            if any(not isinstance(item, str) for item in data):
+                raise InvalidRequestError(
+                    "image_data of one prompt is an image or a list of images", "image_data"
+                )
+            return [list(data)]
+        if not isinstance(data, list) or len(data) != count:
+            raise InvalidRequestError(
+                f"image_data of a batch takes one entry per prompt ({count})", "image_data"
+            )
+        return [[] if item is None else [item] if isinstance(item, str) else item for item in data]
 
     def labels_for(self, count: int) -> list[str | None]:
         """The caller's label of each prompt (None: the engine names it)."""

@@ -21,6 +21,7 @@ import torch
 
 from radixgen.runtime.cache.radix_cache import TreeNode
 from radixgen.runtime.detokenizer import IncrementalDetokenizer
+from radixgen.runtime.multimodal.image import PromptImage
 from radixgen.runtime.sampling_params import SamplingParams
 
 if TYPE_CHECKING:
@@ -81,6 +82,7 @@ class Req:
     label: str = ""  # the caller's id for this request ("" -> rid)
     group: str = ""  # the caller's id for the prompt this request samples ("" -> label)
     tenant: str | None = None
+    images: tuple[PromptImage, ...] = ()  # images in the prompt (their placeholder ids are < 0)
 
     output_ids: list[int] = field(default_factory=list)
     finish_reason: FinishReason | None = None

@@ -56,7 +56,7 @@ def apply_penalties(logits: torch.Tensor, reqs: Sequence[Req]) -> None:
             ).to(logits.dtype)  # [V]
             logits[i] -= p.frequency_penalty * counts + p.presence_penalty * (counts > 0)
         if p.repetition_penalty != 1.0:
-            seen = torch.tensor(sorted(set(req.fill_ids)), dtype=torch.int64)
+            seen = torch.tensor(sorted({t for t in req.fill_ids if t >= 0}), dtype=torch.int64)
             row = logits[i, seen]
             logits[i, seen] = torch.where(
                 row > 0, row / p.repetition_penalty, row * p.repetition_penalty

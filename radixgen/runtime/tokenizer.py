@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import logging
 import os
 from pathlib import Path
@@ -58,7 +59,10 @@ def load_tokenizer(source: ModelSource) -> Any:
 
     _quiet_transformers()
     if source.format == "hf":
-        return AutoTokenizer.from_pretrained(str(source.path))
+        tokenizer = AutoTokenizer.from_pretrained(str(source.path))
+        if not getattr(tokenizer, "chat_template", None):
+            tokenizer.chat_template = _processor_chat_template(source.path)
+        return tokenizer
     saved = _saved_dir(source)
     if (saved / "tokenizer.json").exists():
         return AutoTokenizer.from_pretrained(str(saved))
@@ -70,6 +74,19 @@ def load_tokenizer(source: ModelSource) -> Any:
     with contextlib.suppress(OSError):  # another process may have saved it first
         tmp.rename(saved)
     return tokenizer
+
+
+def _processor_chat_template(directory: Path) -> str | None:
+    """The chat template a multimodal checkpoint keeps with its processor (llava-hf's
+    `chat_template.json`) rather than its tokenizer; None without one."""
+    path = directory / "chat_template.json"
+    if not path.exists():
+        return None
+    try:
+        template = json.loads(path.read_text()).get("chat_template")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return template if isinstance(template, str) else None
 
 
 def eos_token_ids(tokenizer: Any, model_eos: tuple[int, ...]) -> frozenset[int]:

@@ -86,13 +86,16 @@ def _model_identity(request: Request) -> dict[str, Any]:
     `model_path` and `tokenizer_path` carry it; radixgen shows no file-system path)."""
     engine = engine_of(request)
     name = served_model_name(request)
+    multimodal = engine.model_config.vision is not None
+    architecture = _HF_ARCHITECTURES.get(engine.model_config.architecture, "")
     return {
         "model_path": name,
         "tokenizer_path": name,
         "served_model_name": name,
         "is_generation": True,
-        "model_type": engine.model_config.architecture,
-        "architectures": [_HF_ARCHITECTURES.get(engine.model_config.architecture, "")],
+        "has_image_understanding": multimodal,
+        "model_type": "llava" if multimodal else engine.model_config.architecture,
+        "architectures": ["LlavaForConditionalGeneration" if multimodal else architecture],
     }
 
 

@@ -22,6 +22,7 @@ from radixgen.runtime.engine import Engine
 from radixgen.runtime.tokenizer import encode_texts
 from radixgen.runtime.validation import InvalidRequestError
 from radixgen.server import openai_format as fmt
+from radixgen.server.chat_images import message_content, template_takes_parts
 from radixgen.server.context import engine_of, served_model_name, tenant_of
 from radixgen.server.errors import (
     APIError,
@@ -45,7 +46,12 @@ _OPENAI_FIELDS = {
     "min_new_tokens": "min_tokens",
     "sampling_seed": "seed",
 }
-_CHAT_FIELDS = {**_OPENAI_FIELDS, "input_ids": "messages", "max_new_tokens": "max_tokens"}
+_CHAT_FIELDS = {
+    **_OPENAI_FIELDS,
+    "input_ids": "messages",
+    "max_new_tokens": "max_tokens",
+    "image_data": "messages",
+}
 
 
 # --- models ---------------------------------------------------------------------------------
@@ -295,12 +301,16 @@ async def completions(body: CompletionRequest, request: Request):
 # --- /v1/chat/completions --------------------------------------------------------------------
 
 
-def _chat_input_ids(engine: Engine, body: ChatCompletionRequest, plan: ToolPlan | None):
+def _chat_input_ids(
+    engine: Engine, body: ChatCompletionRequest, plan: ToolPlan | None, images: list[str]
+) -> list[int]:
+    """The rendered prompt's tokens; the messages' image URLs are appended to `images`."""
     messages = []
-    for message in body.messages:
-        content = message.content
-        if isinstance(content, list):
-            content = "".join(part.text for part in content)
+    as_parts = template_takes_parts(engine)
+    if as_parts and plan is not None:  # tool prompts are written into text content
+        raise APIError(400, "tools are not supported with this model's chat template", "tools")
+    for index, message in enumerate(body.messages):
+        content = message_content(engine, message, index, images, as_parts)
         role = "system" if message.role == "developer" else message.role
         rendered = {"role": role, "content": content or ""}
         if message.tool_calls:
@@ -360,14 +370,16 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
                 "tool_choice",
             )
         constraint = plan.constraint
-    input_ids = await asyncio.to_thread(_chat_input_ids, engine, body, plan)  # off the loop
+    images: list[str] = []
+    input_ids = await asyncio.to_thread(_chat_input_ids, engine, body, plan, images)  # off loop
     max_tokens, field = body.max_completion_tokens, "max_completion_tokens"
     if max_tokens is None:
         max_tokens, field = body.max_tokens, "max_tokens"
     if max_tokens is not None and max_tokens < 1:
         raise APIError(400, f"{field} must be at least 1", field)
     if max_tokens is None:
-        room = min(engine.context_len, engine.config.kv_cache_tokens) - len(input_ids)
+        prompt_len = len(input_ids) + engine.image_extra_tokens(len(images))
+        room = min(engine.context_len, engine.config.kv_cache_tokens) - prompt_len
         max_tokens = max(room, 1)
     batch = _Batch(
         body.rid or f"chatcmpl-{uuid.uuid4().hex}", served_model_name(request), body.n, 1
@@ -381,6 +393,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
         return_logprob=body.logprobs,
         top_logprobs_num=top,
         return_text_in_logprobs=True,
+        image_data=[images] if images else None,
     )
 
     def logprobs_of(out: dict[str, Any], start: int):

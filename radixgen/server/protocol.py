@@ -87,9 +87,19 @@ class TextPart(_Lenient):
     text: Text
 
 
+class ImageURL(_Lenient):
+    url: Annotated[Text, Field(min_length=1)]  # a data URL or a local path (never fetched)
+    detail: Literal["auto", "low", "high"] | None = None
+
+
+class ImagePart(_Lenient):
+    type: Literal["image_url"]
+    image_url: ImageURL
+
+
 class ChatMessage(_Lenient):
     role: Literal["system", "user", "assistant", "tool", "developer"]
-    content: Text | list[TextPart] | None = None
+    content: Text | list[TextPart | ImagePart] | None = None
     name: Text | None = None
     tool_calls: list[dict[str, Any]] | None = None  # assistant turns that called tools
     tool_call_id: Text | None = None  # tool turns: which call this answers
@@ -108,8 +118,9 @@ class ChatCompletionRequest(_SamplingFields):
 
 
 class GenerateRequest(GenerateInput):
-    """SGLang's native `/generate` body (`GenerateReqInput`): the engine's input; the SGLang
-    fields radixgen does not use (`image_data`, `lora_path`, ...) are accepted and ignored."""
+    """SGLang's native `/generate` body (`GenerateReqInput`): the engine's input (with
+    `image_data` for multimodal models); the SGLang fields radixgen does not use (`lora_path`,
+    `video_data`, ...) are accepted and ignored."""
 
     model_config = ConfigDict(extra="allow")
 

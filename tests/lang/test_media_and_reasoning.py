@@ -1,5 +1,6 @@
-"""Images and videos in programs (radixgen's models are text-only: the frontend side is built,
-generation refuses them), and `separate_reasoning` on a `<think>` answer forced by a regex."""
+"""Images and videos in programs (on a text-only model the frontend side is built and
+generation refuses the image with the engine's error; tests/multimodal runs them on a LLaVA
+model), and `separate_reasoning` on a `<think>` answer forced by a regex."""
 
 from __future__ import annotations
 
@@ -33,7 +34,8 @@ def test_image_goes_into_the_text_and_the_messages(engine_backend, tmp_path):
         s += sgl.assistant(sgl.gen("answer", max_tokens=4))
 
     failed = describe_and_answer.run(path=str(picture), backend=engine_backend)
-    assert isinstance(failed.error(), NotImplementedError)
+    assert isinstance(failed.error(), sgl.InvalidRequestError)
+    assert "takes no images" in str(failed.error())
 
 
 def test_video_is_refused(engine_backend):

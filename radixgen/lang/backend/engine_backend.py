@@ -25,6 +25,7 @@ _REQUEST_FIELDS = (
     "logprob_start_len",
     "top_logprobs_num",
     "return_text_in_logprobs",
+    "image_data",
 )
 
 
@@ -41,8 +42,6 @@ class EngineBackend(NativeBackend):
         )
 
     def _engine_kwargs(self, payload: dict[str, Any]) -> dict[str, Any]:
-        if "image_data" in payload:
-            raise NotImplementedError("radixgen serves text-only models: images are not supported")
         kwargs = {k: payload[k] for k in _REQUEST_FIELDS if k in payload}
         if "text" in payload:
             kwargs["prompt"] = payload["text"]

@@ -94,11 +94,12 @@ class NativeBackend(BaseBackend):
         return payload
 
     @staticmethod
-    def _add_images(s: StreamExecutor, payload: dict[str, Any]) -> None:
+    def _add_images(s: StreamExecutor, payload: dict[str, Any], batch: int | None = None) -> None:
+        """Every image of the program so far, in text order (one per image token); for a
+        `batch` of texts that all extend the program, the same images for each."""
         if s.images_:
-            if len(s.images_) > 1:
-                raise ValueError("only one image per request is supported")
-            payload["image_data"] = s.images_[0][1]
+            data = [encoded for _, encoded in s.images_]
+            payload["image_data"] = [data] * batch if batch is not None else data
 
     # --- BaseBackend ---------------------------------------------------------------------------
 
@@ -146,7 +147,7 @@ class NativeBackend(BaseBackend):
             "return_text_in_logprobs": True,
             "logprob_start_len": max(prompt_len - 2, 0),
         }
-        self._add_images(s, payload)
+        self._add_images(s, payload, len(choices))
         outs = self._post_generate(payload)
         spans = [o["meta_info"]["input_token_logprobs"] for o in outs]
         output_lps = [o["meta_info"].get("output_token_logprobs", []) for o in outs]

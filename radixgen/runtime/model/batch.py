@@ -7,6 +7,10 @@ look at scheduler state. Tokens of all requests are packed back to back ("flat" 
     KV of r_b   [ prefix (cached, seq_len_b - extend_len_b) | new (extend_len_b) ]
 
 In DECODE mode every request contributes exactly one token (extend_lens are all 1).
+
+Image placeholder tokens have negative ids (see multimodal/image.py); `images` says which
+encoder rows replace their embeddings: every negative id of `input_ids` is covered by exactly one
+span, and a span may start or end inside an image (a prefill chunk boundary, a cached prefix).
 """
 
 from __future__ import annotations
@@ -15,6 +19,19 @@ import enum
 from dataclasses import dataclass
 
 import torch
+
+from radixgen.runtime.multimodal import ImageInput
+
+
+@dataclass(frozen=True)
+class ImageSpan:
+    """Rows [row, row + end - begin) of the flat token axis take the image's encoder rows
+    [begin, end)."""
+
+    image: ImageInput
+    row: int
+    begin: int
+    end: int
 
 
 class ForwardMode(enum.Enum):
@@ -32,6 +49,7 @@ class ForwardBatch:
     seq_lens: torch.Tensor  # [B] int64: KV length of each request after this step
     extend_lens: torch.Tensor  # [B] int64: new tokens of each request
     logit_rows: torch.Tensor  # [R] int64: rows of the flat T axis whose logits are returned
+    images: tuple[ImageSpan, ...] = ()  # where image features replace token embeddings
 
     @property
     def batch_size(self) -> int:

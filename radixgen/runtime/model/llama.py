@@ -142,8 +142,9 @@ class LlamaForCausalLM(nn.Module):
         attn: AttentionExecutor,
         plan: AttentionPlan,  # this batch's, built once by the planner
         logit_rows: torch.Tensor,  # [R]
+        input_embeds: torch.Tensor | None = None,  # [T, hidden]: instead of looking up input_ids
     ) -> torch.Tensor:  # [R, vocab] float32
-        x = self.embed_tokens(input_ids)  # [T, hidden]
+        x = self.embed_tokens(input_ids) if input_embeds is None else input_embeds  # [T, hidden]
         rope = self.rotary.lookup(positions, x.dtype)
         residual = None
         for layer in self.layers:

@@ -2,6 +2,9 @@
 
 `forward(batch)` is the whole contract with the scheduler: it takes a `ForwardBatch` and returns
 the float32 logits of `batch.logit_rows`. The runner never reads scheduler state.
+
+A LLaVA-style model also has its image path (`vision`): the batch's image spans are encoded (or
+found in `vision_cache`) and their rows replace the placeholder tokens' embeddings.
 """
 
 from __future__ import annotations
@@ -28,7 +31,9 @@ from radixgen.runtime.model.fused_decode import FusedDecode
 from radixgen.runtime.model.gemma3 import Gemma3ForCausalLM, Qwen3ForCausalLM
 from radixgen.runtime.model.layers import RotaryEmbedding, rope_inv_freq
 from radixgen.runtime.model.llama import LlamaForCausalLM
+from radixgen.runtime.model.llava import LlavaVision, split_llava_weights
 from radixgen.runtime.model.loader import ModelSource
+from radixgen.runtime.multimodal.encoder_cache import VisionCache
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +63,19 @@ class ModelRunner:
             reset_rope()
         else:
             model.rotary.set_inv_freq(rope_inv_freq(model_config))
-        model.load_weights(source.iter_weights(model_config))
+        weights = source.iter_weights(model_config)
+        self.vision: LlavaVision | None = None
+        self.vision_cache = VisionCache(engine_config.vision_cache_images)
+        if model_config.vision is not None:
+            vision_weights: dict[str, torch.Tensor] = {}
+            model.load_weights(split_llava_weights(weights, vision_weights))
+            with torch.device("meta"):
+                vision = LlavaVision(model_config.vision, model_config.hidden_size)
+            vision = vision.to_empty(device=self.device)
+            vision.load_weights(vision_weights.items())
+            self.vision = vision.to(self.device, self.dtype).eval()
+        else:
+            model.load_weights(weights)
         self.model = model.to(self.dtype).eval()
         for module in self.model.modules():
             if isinstance(module, RotaryEmbedding):
@@ -118,6 +135,32 @@ class ModelRunner:
         window = self.model_config.sliding_window
         if self.model_config.has_sliding_layers:
             plan = LayerPlans(plan, self.planner.plan(batch, window), window)
-        elif self.fused_decode is not None and self.fused_decode.serves(batch, plan):
+        elif (
+            self.fused_decode is not None
+            and not batch.images
+            and self.fused_decode.serves(batch, plan)
+        ):
             return self.fused_decode.forward(batch, plan)
-        return self.model(batch.input_ids, batch.positions, self.attention, plan, batch.logit_rows)
+        args = (batch.input_ids, batch.positions, self.attention, plan, batch.logit_rows)
+        if batch.images:  # LLaVA: the image placeholders' rows come from the vision tower
+            return self.model(*args, self._input_embeds(batch))
+        return self.model(*args)
+
+    @torch.inference_mode()
+    def _input_embeds(self, batch: ForwardBatch) -> torch.Tensor:  # [T, hidden]
+        """Token embeddings with every image placeholder row replaced by its encoder row."""
+        if self.vision is None:
+            raise ValueError("this model takes no images")
+        ids = batch.input_ids
+        x = self.model.embed_tokens(ids.clamp(min=0))  # [T, hidden]; image rows overwritten
+        features = self.vision_cache.features(
+            [span.image for span in batch.images], self.vision.encode
+        )
+        covered = 0
+        for span in batch.images:
+            rows = features[span.image.pad_id][span.begin : span.end]  # [n, hidden]
+            x[span.row : span.row + rows.shape[0]] = rows.to(x.dtype)
+            covered += rows.shape[0]
+        if covered != int((ids < 0).sum()):
+            raise ValueError("image spans do not cover the batch's image placeholder tokens")
+        return x

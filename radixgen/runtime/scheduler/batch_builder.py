@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from radixgen.runtime.cache.req_table import ReqToTokenTable
-from radixgen.runtime.model.batch import ForwardBatch, ForwardMode
+from radixgen.runtime.model.batch import ForwardBatch, ForwardMode, ImageSpan
 from radixgen.runtime.request import Req
 
 
@@ -36,9 +36,11 @@ def build_extend(
     positions: list[int] = []
     logit_rows: list[int] = []
     layout: list[ExtendRows] = []
+    images: list[ImageSpan] = []
     for req, n in zip(reqs, extend_lens, strict=True):
         base, start = len(ids), req.kv_len
         ids.extend(req.fill_ids[start : start + n])
+        images.extend(_image_spans(req, start, n, base))
         positions.extend(range(start, start + n))
         rows_begin = len(logit_rows)
         targets: list[int] = []
@@ -69,8 +71,22 @@ def build_extend(
         seq_lens=torch.tensor([s + n for s, n in zip(starts, extend_lens, strict=True)]),
         extend_lens=torch.tensor(extend_lens, dtype=torch.int64),
         logit_rows=torch.tensor(logit_rows, dtype=torch.int64),
+        images=tuple(images),
     )
     return batch, layout
+
+
+def _image_spans(req: Req, start: int, n: int, base: int) -> list[ImageSpan]:
+    """The parts of `req`'s images among its positions [start, start + n), which sit at flat
+    rows from `base` (a chunk boundary or a cached prefix may cut an image)."""
+    spans = []
+    for item in req.images:
+        lo, hi = max(start, item.offset), min(start + n, item.end)
+        if lo < hi:
+            spans.append(
+                ImageSpan(item.image, base + lo - start, lo - item.offset, hi - item.offset)
+            )
+    return spans
 
 
 def _input_logprobs_done(req: Req) -> bool:

@@ -684,5 +684,8 @@ class Scheduler:
             "cache_hit_rate": self.counters["cached_tokens"] / prompt if prompt else 0.0,
             "new_token_ratio": self.decode.new_token_ratio,
             "grammar_mask_seconds": self.masker.seconds,
+            # multimodal models: images the vision encoder ran on / found in its cache
+            "vision_encoded_images": self.runner.vision_cache.encoded if self.runner else 0,
+            "vision_cache_hits": self.runner.vision_cache.hits if self.runner else 0,
             **self.counters,
         }

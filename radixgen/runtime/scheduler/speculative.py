@@ -225,7 +225,9 @@ class Speculator:
         elif state.seen_outputs < len(req.output_ids):
             state.index.extend(req.output_ids[state.seen_outputs :])
             state.seen_outputs = len(req.output_ids)
-        return state.index.draft(k)
+        draft = state.index.draft(k)
+        cut = next((i for i, t in enumerate(draft) if t < 0), len(draft))
+        return draft[:cut]  # never an image placeholder (they have no embedding)
 
     # --- verification ----------------------------------------------------------------------
 

@@ -1,5 +1,10 @@
 """Load a model from a Hugging Face directory (config.json + safetensors): the Llama family,
-Qwen3 and Gemma 3 (text)."""
+Qwen3 and Gemma 3 (text).
+
+LLaVA-1.5-style directories (`LlavaForConditionalGeneration`, the llava-hf layout) load as their
+language model (`text_config`, a Llama) plus a `VisionConfig` for the CLIP tower and projector;
+transformers' `LlavaConfig` fills the defaults those configs leave out.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from radixgen.runtime.config import ModelConfig
+from radixgen.runtime.config import ModelConfig, VisionConfig
 
 _ARCHITECTURES = {
     "LlamaForCausalLM": "llama",
@@ -18,18 +23,26 @@ _ARCHITECTURES = {
     "Qwen3ForCausalLM": "qwen3",
     "Gemma3ForCausalLM": "gemma3",
 }
+_MULTIMODAL = "LlavaForConditionalGeneration"
+_VISION_SELECT_STRATEGIES = ("default", "full")
 
 
 def read_hf_config(directory: Path) -> ModelConfig:
     """Architecture hyper-parameters from config.json (and generation_config.json for EOS)."""
     cfg = json.loads((directory / "config.json").read_text())
     names = cfg.get("architectures") or []
+    if _MULTIMODAL in names:
+        return _read_llava_config(directory)
     arch = next((_ARCHITECTURES[n] for n in names if n in _ARCHITECTURES), None)
     if arch is None:
         raise ValueError(
             f"unsupported architectures {names} in {directory}/config.json "
-            f"(supported: {sorted(_ARCHITECTURES)})"
+            f"(supported: {sorted([*_ARCHITECTURES, _MULTIMODAL])})"
         )
+    return _text_config(cfg, arch, directory)
+
+
+def _text_config(cfg: dict, arch: str, directory: Path, vision: VisionConfig | None = None):
     eos = cfg.get("eos_token_id")
     gen_path = directory / "generation_config.json"
     if gen_path.exists():
@@ -65,6 +78,7 @@ def read_hf_config(directory: Path) -> ModelConfig:
         bos_token_id=cfg.get("bos_token_id"),
         eos_token_ids=tuple(int(e) for e in eos_ids),
         **extra,
+        vision=vision,
     )
 
 
@@ -99,6 +113,40 @@ def _gemma3_fields(cfg: dict) -> dict:
         ),
         query_pre_attn_scalar=float(cfg.get("query_pre_attn_scalar") or head_dim),
     )
+
+
+def _read_llava_config(directory: Path) -> ModelConfig:
+    """A llava-hf directory: the text model's config with the vision path attached."""
+    from transformers import LlavaConfig
+
+    full = LlavaConfig.from_pretrained(str(directory)).to_dict()
+    text, tower = full["text_config"], full["vision_config"]
+    if text.get("model_type") not in ("llama", "mistral", "qwen2"):
+        raise ValueError(f"unsupported LLaVA language model {text.get('model_type')!r}")
+    if tower.get("model_type") != "clip_vision_model":
+        raise ValueError(f"unsupported LLaVA vision tower {tower.get('model_type')!r}")
+    strategy = full.get("vision_feature_select_strategy", "default")
+    if strategy not in _VISION_SELECT_STRATEGIES:
+        raise ValueError(f"unsupported vision_feature_select_strategy {strategy!r}")
+    layer = full.get("vision_feature_layer", -2)
+    image_token = full.get("image_token_id", full.get("image_token_index"))
+    vision = VisionConfig(
+        hidden_size=tower["hidden_size"],
+        intermediate_size=tower["intermediate_size"],
+        num_layers=tower["num_hidden_layers"],
+        num_heads=tower["num_attention_heads"],
+        image_size=tower["image_size"],
+        patch_size=tower["patch_size"],
+        num_channels=tower.get("num_channels", 3),
+        layer_norm_eps=float(tower.get("layer_norm_eps", 1e-5)),
+        hidden_act=tower.get("hidden_act", "quick_gelu"),
+        feature_layers=(layer,) if isinstance(layer, int) else tuple(layer),
+        select_strategy=strategy,
+        projector_act=full.get("projector_hidden_act", "gelu"),
+        projector_bias=bool(full.get("multimodal_projector_bias", True)),
+        image_token_id=int(image_token),
+    )
+    return _text_config(text, text["model_type"], directory, vision)
 
 
 def iter_hf_weights(directory: Path) -> Iterator[tuple[str, torch.Tensor]]:
