@@ -60,7 +60,7 @@ worse than its) and 64 (p99 ITL <= 200 ms, no errors, memory flat) when those le
 
     python benchmarks/bench_serving.py [--quick] [--users 8,64] [--conversations N] [--turns 4]
         [--max-tokens 64] [--seed 1234] [--peer-slots 8] [--skip-llamacpp] [--skip-cache-off]
-        [--mixed-off] [--json out.json] [--no-record]
+        [--mixed-off] [--radixgen-arg '--option value'] [--json out.json] [--no-record]
 
 `--quick` shrinks every size (levels 2 and 4, 4 conversations, 2 turns, 16 tokens) so the run
 is a few-minute smoke check; its numbers mean nothing. The report goes to stdout and, unless
@@ -349,6 +349,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--skip-llamacpp", action="store_true", help="do not run llama.cpp")
     p.add_argument("--skip-cache-off", action="store_true", help="do not run radixgen cache-off")
     p.add_argument(
+        "--radixgen-arg",
+        action="append",
+        default=[],
+        help="options added to every radixgen server's command line (repeatable), e.g. "
+        "'--mixed-step-tokens 512'",
+    )
+    p.add_argument(
         "--mixed-off",
         action="store_true",
         help="also run radixgen with --no-enable-mixed-chunk (separate prefill and decode steps)",
@@ -388,6 +395,8 @@ def systems(args: argparse.Namespace, model_path: Path) -> tuple[list[ServerSpec
         specs.append(radixgen_spec(cache=False))
     if args.mixed_off:
         specs.append(radixgen_spec(cache=True, mixed=False))
+    extra = tuple(arg for given in args.radixgen_arg for arg in given.split())
+    specs = [replace(spec, argv=spec.argv + extra) for spec in specs]
     if args.skip_llamacpp:
         return specs, "peer: llama.cpp skipped (--skip-llamacpp)"
     peer = peers.server_peer(model_path, args.peer_slots)
@@ -404,6 +413,8 @@ def main(argv: list[str] | None = None) -> int:
     model_path = default_model_path()
     command = record.command_line("python benchmarks/bench_serving.py", argv)
     info = run_settings(model_path, args.quick)
+    if args.radixgen_arg:
+        info["radixgen options"] = " ".join(args.radixgen_arg)
     specs, peer_note = systems(args, model_path)
     log(peer_note)
     levels: dict[int, list[SystemResult]] = {}

@@ -158,7 +158,7 @@ class EngineConfig:
         "prefill steps. --no-enable-mixed-chunk: separate prefill and decode steps.",
     )
     mixed_step_tokens: int = _opt(
-        256,
+        512,
         "Token budget of a mixed step: the running requests' decode tokens plus a prefill chunk "
         "of the rest (at least a quarter of it). It bounds the gap between two tokens of a "
         "stream while prompts arrive.",
