@@ -37,7 +37,7 @@ from radixgen.runtime.model.layers import (
     RotaryEmbedding,
     rope_inv_freq,
 )
-from radixgen.runtime.model.llama import LlamaForCausalLM, LlamaMLP
+from radixgen.runtime.model.llama import LlamaDecoderLayer, LlamaForCausalLM
 
 Plans = AttentionPlan | SplitPlan | LayerPlans
 
@@ -210,29 +210,17 @@ def _local_rope_config(config: ModelConfig) -> ModelConfig:
     return dataclasses.replace(config, rope_theta=config.rope_local_theta, rope_scaling=None)
 
 
-class Qwen3DecoderLayer(nn.Module):
-    """A Llama layer whose attention norms q and k per head (plain RMSNorm)."""
+class Qwen3DecoderLayer(LlamaDecoderLayer):
+    """A Llama layer (same norms, MLP and deferred residual adds) whose attention norms q and k
+    per head (plain RMSNorm)."""
 
     def __init__(self, config: ModelConfig, layer_id: int, ops: FusedOps):
-        super().__init__()
+        super().__init__(config, layer_id, ops)
 
         def norm(size: int) -> RMSNorm:
             return RMSNorm(size, config.rms_norm_eps, ops)
 
-        self.input_layernorm = norm(config.hidden_size)
         self.self_attn = QKNormAttention(config, layer_id, ops, norm)
-        self.post_attention_layernorm = norm(config.hidden_size)
-        self.mlp = LlamaMLP(config, ops)
-
-    def forward(self, x, residual, rope, attn, plan):
-        """As `LlamaDecoderLayer.forward`: residual adds deferred into the next norm."""
-        if residual is None:
-            residual, normed = x, self.input_layernorm(x)
-        else:
-            normed, residual = self.input_layernorm.add_and_norm(x, residual)
-        attended = self.self_attn(normed, rope, attn, plan)
-        normed, residual = self.post_attention_layernorm.add_and_norm(residual, attended)
-        return self.mlp(normed), residual
 
 
 class Qwen3ForCausalLM(LlamaForCausalLM):
