@@ -169,10 +169,32 @@ def ceiling(cache_off: Mapping[str, float], radixgen: Mapping[str, float]) -> fl
     needed = ("prefill_tokens", "prefill_seconds", "decode_seconds")
     if any(cache_off.get(k) is None or radixgen.get(k) is None for k in needed):
         return None
-    if not cache_off["prefill_tokens"]:
+    off, rg = busy_split(cache_off), busy_split(radixgen)
+    if not off["prefill_tokens"]:
         return None
-    per_token = cache_off["prefill_seconds"] / cache_off["prefill_tokens"]
-    modelled = radixgen["prefill_tokens"] * per_token + radixgen["decode_seconds"]
+    per_token = off["prefill_seconds"] / off["prefill_tokens"]
+    modelled = rg["prefill_tokens"] * per_token + rg["decode_seconds"]
     if modelled <= 0:
         return None
-    return (cache_off["prefill_seconds"] + cache_off["decode_seconds"]) / modelled
+    return (off["prefill_seconds"] + off["decode_seconds"]) / modelled
+
+
+def busy_split(counters: Mapping[str, float]) -> dict[str, float]:
+    """Prefill tokens, prefill seconds and decode seconds with mixed steps folded in.
+
+    A mixed step (a prefill chunk and every running request's decode token in one pass) is
+    counted apart by the scheduler (`mixed_*`); its seconds are shared between prefill and
+    decode in proportion to their tokens, an approximation (a decode row over a long KV costs
+    more than a prefill token), and its prefill tokens join the prefill count."""
+    prefill_tokens = counters["prefill_tokens"] + counters.get("mixed_prefill_tokens", 0)
+    prefill_seconds, decode_seconds = counters["prefill_seconds"], counters["decode_seconds"]
+    mixed_tokens = counters.get("mixed_prefill_tokens", 0) + counters.get("mixed_decode_tokens", 0)
+    if mixed_tokens:
+        prefill_share = counters.get("mixed_prefill_tokens", 0) / mixed_tokens
+        prefill_seconds += counters.get("mixed_seconds", 0.0) * prefill_share
+        decode_seconds += counters.get("mixed_seconds", 0.0) * (1 - prefill_share)
+    return {
+        "prefill_tokens": prefill_tokens,
+        "prefill_seconds": prefill_seconds,
+        "decode_seconds": decode_seconds,
+    }

@@ -53,6 +53,9 @@ COUNTERS = (
     "prefill_seconds",
     "decode_seconds",
     "decode_steps",  # generated tokens / decode steps: how many requests decoded together
+    "mixed_prefill_tokens",  # mixed steps (prefill chunk + decode rows in one pass) count apart
+    "mixed_decode_tokens",
+    "mixed_seconds",
     "retractions",
     "evicted_tokens",  # radix-cache slots evicted to make room
 )

@@ -129,6 +129,18 @@ def test_ceiling_reproduces_the_judge_trace():
     assert ceiling({**cache_off, "prefill_tokens": 0}, radixgen) is None
 
 
+def test_ceiling_counts_mixed_steps_split_by_their_tokens():
+    """A mixed step's seconds go to prefill and decode by token share; its prefill tokens count.
+    Without them, cache off's many mixed steps would vanish from its busy time."""
+    cache_off = {"prefill_tokens": 6_000, "prefill_seconds": 12.0, "decode_seconds": 1.0}
+    mixed = {"mixed_prefill_tokens": 4_000, "mixed_decode_tokens": 1_000, "mixed_seconds": 10.0}
+    radixgen = {"prefill_tokens": 2_000, "prefill_seconds": 4.0, "decode_seconds": 3.0}
+    # cache off: 10,000 prefill tokens in 12 + 8 s, decode 1 + 2 s -> 2 ms per prefill token
+    expected = (20.0 + 3.0) / (2_000 * 0.002 + 3.0)
+    assert ceiling({**cache_off, **mixed}, radixgen) == pytest.approx(expected)
+    assert ceiling(cache_off, radixgen) != pytest.approx(expected)
+
+
 def test_share_of_the_ceiling_is_the_measured_speedup_over_it():
     cache_off = {"prefill_tokens": 10_000, "prefill_seconds": 20.0, "decode_seconds": 4.0}
     radixgen = {"prefill_tokens": 2_000, "prefill_seconds": 5.0, "decode_seconds": 4.0}
