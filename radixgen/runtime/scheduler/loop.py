@@ -15,7 +15,7 @@ batch (every running request extends by its pending tokens: one for most, more f
 jumped) instead of a decode batch -- one forward pass for text that would take one per token.
 
 Speculative decoding (`--speculative-algorithm ngram`, speculative.py): a decode step where some
-request drafted runs as `_run_verify`, one extend pass over every request's pending tokens and
+request drafted runs as `verify.run_verify`, one extend pass over every request's pending tokens and
 its drafts; the rest of the loop does not know about it.
 
 Why a thread: torch releases the GIL inside every kernel, so the scheduler's Python time is the
@@ -70,7 +70,8 @@ from radixgen.runtime.scheduler.mixed import MixedSteps
 from radixgen.runtime.scheduler.output import OutputProcessor
 from radixgen.runtime.scheduler.policy import order_waiting
 from radixgen.runtime.scheduler.prefill import PrefillBatch, PrefillManager
-from radixgen.runtime.scheduler.speculative import Speculator, build_verify
+from radixgen.runtime.scheduler.speculative import Speculator
+from radixgen.runtime.scheduler.verify import run_verify
 
 logger = logging.getLogger(__name__)
 
@@ -431,7 +432,7 @@ class Scheduler:
         reqs = self.decode.running
         drafts = self.speculator and self.speculator.propose(reqs, self.cache.allocator.available)
         if drafts:
-            self._run_verify(reqs, drafts, started)
+            run_verify(self, reqs, drafts, started)
             return
         pending = [r.pending_len for r in reqs]
         slots = self.cache.alloc_slots(sum(pending))
@@ -466,55 +467,15 @@ class Scheduler:
             req.kv_len += len(new_slots[id(req)])
         if stepped:
             self._sample_and_append(stepped, logits)
-        self._emit(reqs)
-        for req in self.decode.remove_finished():
-            self._finish(req)
+        self.emit_and_retire(reqs)
         self.counters["decode_steps"] += 1
         self.counters["decode_seconds"] += time.perf_counter() - started
 
-    def _run_verify(self, reqs: list[Req], drafts: list[list[int]], started: float) -> None:
-        """A decode step that verifies n-gram drafts (speculative.py) in its one pass: every
-        request extends by its pending tokens and its draft ([] for most, or for those that do
-        not speculate); drafters append their accepted drafts plus one token, the others
-        sample as usual. Drafts fit in free slots (`propose`), so the allocation cannot fail."""
-        spec, table = self.speculator, self.runner.req_table
-        lens = [r.pending_len + len(d) for r, d in zip(reqs, drafts, strict=True)]
-        draft_of = {id(r): d for r, d in zip(reqs, drafts, strict=True)}
-        for req, part in zip(reqs, self.cache.alloc_slots(sum(lens)).split(lens), strict=True):
-            table.write(req.req_pool_row, req.kv_len, part)
-
-        def forward(batch_reqs: list[Req]) -> list[torch.Tensor]:
-            batch, layout = build_verify(batch_reqs, [draft_of[id(r)] for r in batch_reqs], table)
-            logits = self.runner.forward(batch)  # [R, V]
-            return [logits[rows.rows.start : rows.rows.stop] for rows in layout]
-
-        plain: list[Req] = []
-        plain_rows: list[torch.Tensor] = []
-        for req, logits in zip(reqs, self._forward_each(reqs, forward), strict=True):
-            draft = draft_of[id(req)]
-            if logits is None:  # failed even alone: its new slots hold nothing
-                self.cache.drop_uncomputed(req, req.pending_len + len(draft))
-            elif not draft:
-                req.kv_len += req.pending_len
-                plain.append(req)
-                plain_rows.append(logits[-1])
-            else:
-                accepted = req.spec.accepted_tokens
-                try:
-                    appended = spec.verify(req, logits, draft, self.outputs, self.cache)
-                    self.counters["generated_tokens"] += appended
-                except Exception as exc:
-                    self._fail(req, exc)
-                self.counters["spec_draft_tokens"] += len(draft)
-                self.counters["spec_accepted_tokens"] += req.spec.accepted_tokens - accepted
-        if plain:
-            self._sample_and_append(plain, torch.stack(plain_rows))
+    def emit_and_retire(self, reqs: list[Req]) -> None:
+        """After a step: stream `reqs`' new output, then finish whoever is done."""
         self._emit(reqs)
         for req in self.decode.remove_finished():
             self._finish(req)
-        self.counters["spec_verify_steps"] += 1
-        self.counters["decode_steps"] += 1
-        self.counters["decode_seconds"] += time.perf_counter() - started
 
     def _abort_exhausted(self, reqs: list[Req]) -> None:
         """A lone request outgrew the whole pool (ensure_memory retracts all others)."""

@@ -87,9 +87,7 @@ class MixedSteps:
             req.kv_len += len(new_slots[id(req)])
             stepped.append((req, logits[rows.sample_row]))
         if s._settle_prefill(batch, results[len(decoding) :], stepped):
-            s._emit(decoding)
-            for req in s.decode.remove_finished():
-                s._finish(req)
+            s.emit_and_retire(decoding)
         counters = s.counters
         counters["mixed_steps"] += 1
         counters["mixed_prefill_tokens"] += sum(batch.extend_lens)
