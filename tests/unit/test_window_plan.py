@@ -15,8 +15,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from radixgen.runtime.cache.kv_pool import KVPool
-from radixgen.runtime.cache.req_table import ReqToTokenTable
 from radixgen.runtime.model.attention import (
     AttentionPlanner,
     NativeExecutor,
@@ -24,8 +22,8 @@ from radixgen.runtime.model.attention import (
     ReferenceExecutor,
 )
 from radixgen.runtime.model.attention.plan import AttentionPlan, Method, SplitPlan
-from radixgen.runtime.model.batch import ForwardBatch, ForwardMode
 from radixgen.runtime.tuning import Tuning
+from tests.unit.test_attention_plan import Scene
 
 H, HKV, D = 4, 1, 32
 F32 = {"rtol": 1e-4, "atol": 1e-5}
@@ -56,40 +54,16 @@ def window_batch(rng: random.Random, kind: str, window: int) -> list[tuple[list[
     return requests
 
 
-class WindowScene:
+class WindowScene(Scene):
+    """test_attention_plan's scene of one batch, planned and checked with a window."""
+
     def __init__(self, requests, window: int, dtype=torch.float32):
-        self.requests, self.window = requests, window
-        max_len = max(len(s) for s, _ in requests)
-        self.pool = KVPool(max(max(s) for s, _ in requests) + 1, 1, HKV, D, dtype)
-        self.table = ReqToTokenTable(len(requests) + 1, max_len + 1)
-        gen = torch.Generator().manual_seed(0)
-        self.pool.k[0].copy_(torch.randn(self.pool.k[0].shape, generator=gen))
-        self.pool.v[0].copy_(torch.randn(self.pool.v[0].shape, generator=gen))
-        for row, (slot_list, _) in enumerate(requests, start=1):
-            self.table.write(row, 0, torch.tensor(slot_list))
-        extend = torch.tensor([n for _, n in requests])
-        new_slots = torch.cat([torch.tensor(s[len(s) - n :]) for s, n in requests])
-        T = int(extend.sum())
-        self.q = torch.randn(T, H * D, generator=gen).to(dtype)
-        self.k_new = self.pool.k[0, new_slots].reshape(T, -1).clone()
-        self.v_new = self.pool.v[0, new_slots].reshape(T, -1).clone()
-        self.batch = ForwardBatch(
-            ForwardMode.DECODE if bool((extend == 1).all()) else ForwardMode.EXTEND,
-            torch.zeros(T, dtype=torch.int64),
-            torch.cat([torch.arange(len(s) - n, len(s)) for s, n in requests]),
-            new_slots,
-            torch.arange(1, len(requests) + 1),
-            torch.tensor([len(s) for s, _ in requests]),
-            extend,
-            torch.arange(T),
-        )
+        super().__init__(requests, dtype, heads=(H, HKV), head_dim=D)
+        self.window = window
 
     def plan(self, target: PlanTarget, tuning: Tuning | None = None):
         planner = AttentionPlanner(self.table, tuning or Tuning(), target, self.pool.k.dtype)
         return planner.plan(self.batch, self.window)
-
-    def run(self, executor, plan) -> torch.Tensor:  # [T, H*D]
-        return executor.forward(0, self.q, self.k_new, self.v_new, plan)
 
     def reference(self) -> torch.Tensor:
         """Windowed causal attention per request over its gathered KV, in float32."""
