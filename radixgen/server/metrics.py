@@ -24,6 +24,11 @@ _GAUGES = {
     "kv_protected": "KV slots cached in the radix tree and locked by running requests",
     "cache_hit_rate": "Cached prompt tokens / prompt tokens since start",
 }
+_HYBRID_GAUGES = {  # models with sliding-window layers (a hybrid KV pool)
+    "swa_total": "SWA slots: sliding-window layers' KV pool size in tokens",
+    "swa_free": "Free SWA slots",
+    "swa_cached": "Tokens of the radix tree with live sliding-window KV",
+}
 
 
 class _EngineStateCollector:
@@ -36,6 +41,9 @@ class _EngineStateCollector:
             return
         for name, doc in _GAUGES.items():
             yield GaugeMetricFamily(f"radixgen_{name}", doc, value=float(stats[name]))
+        for name, doc in _HYBRID_GAUGES.items():
+            if name in stats:
+                yield GaugeMetricFamily(f"radixgen_{name}", doc, value=float(stats[name]))
         yield GaugeMetricFamily(
             "radixgen_kv_idle_invariant_ok",
             "1 when free + evictable + protected == total (or not idle)",

@@ -16,31 +16,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-NEW_TOKENS = 12
+from tests.engine.gemma3_cases import NEW_TOKENS, PROMPTS, WINDOW, greedy
+
 TIE_TOLERANCE = 1e-4
-WINDOW = 512
-
-_FACTS = (
-    "The lighthouse keeper wrote in his log every evening: the wind, the colour of the sea, the "
-    "ships that passed and the birds that rested on the rail. In the autumn storms he counted "
-    "the waves that broke over the rocks, and in the long calm of summer he painted the door. "
-)
-
-
-def _numbered(n: int) -> str:
-    return " ".join(f"Entry {i}: the value of key {i} is {(i * 37) % 101}." for i in range(n))
-
-
-PROMPTS = [
-    "The capital of France is",
-    "def fibonacci(n):\n    ",
-    "Shopping list:\n1. apples\n2. bananas\n3.",
-    " ".join([_FACTS] * 4) + " What did the keeper paint?",  # ~230 tokens
-    _numbered(33) + " The value of key 7 is",  # ~550 tokens: past the window
-    " ".join([_FACTS] * 12) + "\n\nIn one sentence, the keeper",  # ~700 tokens
-    _numbered(55) + " The value of key 3 is",  # ~900 tokens
-    _numbered(88) + " The value of key 52 is",  # ~1,450 tokens
-]
 
 
 def _reference_logprobs(hf_model, ids: list[int], rows: int) -> torch.Tensor:  # [rows, V]
@@ -49,13 +27,6 @@ def _reference_logprobs(hf_model, ids: list[int], rows: int) -> torch.Tensor:  #
     with torch.no_grad():
         logits = hf_model(torch.tensor([ids]), logits_to_keep=rows).logits[0]
     return torch.log_softmax(logits.float(), dim=-1)
-
-
-def _greedy(engine, prompts):
-    outs = engine.generate(
-        prompts, {"max_new_tokens": NEW_TOKENS, "temperature": 0, "ignore_eos": True}
-    )
-    return [out["output_ids"] for out in outs]
 
 
 def _assert_matches_reference(hf_model, prompt_ids: list[int], generated: list[int]) -> None:
@@ -73,14 +44,6 @@ def _assert_matches_reference(hf_model, prompt_ids: list[int], generated: list[i
             return
 
 
-@pytest.fixture(scope="module")
-def cold_outputs(gemma_engine):
-    """Each prompt alone on a fresh cache path (the first time any of them runs): long prompts
-    are prefilled in chunks."""
-    gemma_engine.flush_cache()
-    return [_greedy(gemma_engine, [p])[0] for p in PROMPTS]
-
-
 def test_the_gguf_reads_as_gemma3s_published_configuration(gemma_engine):
     cfg = gemma_engine.model_config
     assert (cfg.architecture, cfg.num_layers, cfg.hidden_size) == ("gemma3", 18, 640)
@@ -96,25 +59,25 @@ def test_prompts_span_5_to_1500_tokens_and_cross_the_window(gemma_engine):
     assert sum(n > WINDOW for n in lengths) >= 4, lengths
 
 
-def test_greedy_matches_transformers(gemma_engine, gemma_hf_model, cold_outputs):
-    for prompt, generated in zip(PROMPTS, cold_outputs, strict=True):
+def test_greedy_matches_transformers(gemma_engine, gemma_hf_model, gemma_cold_outputs):
+    for prompt, generated in zip(PROMPTS, gemma_cold_outputs, strict=True):
         assert len(generated) == NEW_TOKENS
         ids = gemma_engine.tokenizer(prompt)["input_ids"]
         _assert_matches_reference(gemma_hf_model, ids, generated)
 
 
-def test_cached_and_batched_runs_give_the_same_tokens(gemma_engine, cold_outputs):
+def test_cached_and_batched_runs_give_the_same_tokens(gemma_engine, gemma_cold_outputs):
     """Every prompt again, all in one batch: each now reuses its cached prompt from the radix
     tree (local layers included) and decodes beside the others."""
-    assert _greedy(gemma_engine, PROMPTS) == cold_outputs
+    assert greedy(gemma_engine, PROMPTS) == gemma_cold_outputs
 
 
 def test_a_cached_prefix_past_the_window_with_a_new_suffix(gemma_engine, gemma_hf_model):
     """A new question after a cached 1,500-token prompt: the extend starts ~1,000 tokens past
     the window's first position, so local layers must ignore most of the cached KV."""
     prompt = PROMPTS[-1].rsplit(" The value", 1)[0] + " The value of key 11 is"
-    _greedy(gemma_engine, [PROMPTS[-1]])  # make sure the long prefix is cached
-    generated = _greedy(gemma_engine, [prompt])[0]
+    greedy(gemma_engine, [PROMPTS[-1]])  # make sure the long prefix is cached
+    generated = greedy(gemma_engine, [prompt])[0]
     ids = gemma_engine.tokenizer(prompt)["input_ids"]
     _assert_matches_reference(gemma_hf_model, ids, generated)
 

@@ -17,6 +17,15 @@ Edge keys are never changed in place: a split gives both halves new lists. A rea
 node's `key` on the scheduler thread (tree_snapshot.py) may therefore keep reading that list
 elsewhere while the tree goes on changing.
 
+Sliding windows. With a hybrid pool (`SwaSlotAllocator`) a token's window KV (its sliding-window
+layers' K/V) may be freed while its global layers' KV stays: a *tombstone*. A cached prefix is then
+usable only up to a point whose last `window - 1` tokens are live (`window_usable_len`): the first
+new token's sliding-window layers read exactly those. `evict_swa` frees window KV under pressure,
+LRU first, and only what no running request's window sees: first what lies more than a window
+before every branch point and leaf end below it, then an unlocked leaf whole (its
+global KV alone serves no one) and the rest of any other node. `insert` revives tombstones from
+the fresh copy a request computed of the same tokens.
+
 The tree knows token ids and index tensors only, never the request class.
 """
 
@@ -31,12 +40,23 @@ from typing import NamedTuple
 import torch
 
 from radixgen.runtime.cache.kv_pool import SlotAllocator
+from radixgen.runtime.cache.swa_allocator import SwaSlotAllocator
 
 _EMPTY = torch.empty(0, dtype=torch.int64)
 
 
 class TreeNode:
-    __slots__ = ("children", "parent", "key", "value", "lock_ref", "last_access", "hits", "used_at")
+    __slots__ = (
+        "children",
+        "parent",
+        "key",
+        "value",
+        "lock_ref",
+        "last_access",
+        "hits",
+        "used_at",
+        "anchor",
+    )
 
     def __init__(self, key: list[int], value: torch.Tensor, parent: TreeNode | None):
         self.children: dict[int, TreeNode] = {}
@@ -47,6 +67,7 @@ class TreeNode:
         self.last_access = 0  # logical clock: the LRU order
         self.hits = 0  # requests that reused this node's KV (`record_hit`)
         self.used_at = 0.0  # time.monotonic() of the last match or insert through this node
+        self.anchor = False  # a request's prompt ended here: a likely branch point (`anchor`)
 
     def __lt__(self, other: TreeNode) -> bool:
         return self.last_access < other.last_access
@@ -73,8 +94,9 @@ def _common_prefix_len(a: Sequence[int], b: Sequence[int]) -> int:
 
 
 class RadixCache:
-    def __init__(self, allocator: SlotAllocator):
+    def __init__(self, allocator: SlotAllocator | SwaSlotAllocator):
         self.allocator = allocator
+        self._swa = allocator if isinstance(allocator, SwaSlotAllocator) else None
         self._clock = itertools.count(1)
         self.evicted_tokens = 0  # slots `evict` ever freed (a counter: `reset` keeps it)
         self.reset()
@@ -126,6 +148,8 @@ class RadixCache:
             matched = _common_prefix_len(child.key, key[pos : pos + len(child.key)])
             if matched < len(child.key):
                 child = self._split(child, matched)
+            if self._swa is not None:  # tombstones of the tree, fresh in the caller's copy
+                self._swa.adopt_swa(child.value, value[pos : pos + matched])
             node, pos = child, pos + matched
         if pos < len(key):
             leaf = TreeNode(list(key[pos:]), value[pos:].clone(), node)
@@ -134,6 +158,30 @@ class RadixCache:
             self.evictable_size += len(leaf.key)
             node = leaf
         return InsertResult(pos, node)
+
+    def anchor(self, key: Sequence[int]) -> None:
+        """Mark the end of `key` (cached) as a likely branch point, making it a node end: a
+        finished request's prompt end, where a regenerated answer or the next turn of a replayed
+        conversation parts from it. SWA eviction keeps a window before it (`evict_swa`)."""
+        if key:
+            self.match_prefix(key).node.anchor = True
+
+    def window_usable_len(self, indices: torch.Tensor, window: int) -> int:
+        """How much of a matched prefix (its slots, [n]) a request may reuse when its
+        sliding-window layers see `window` positions: the longest prefix whose last
+        `window - 1` tokens all have live window KV (every prefix up to the first tombstone
+        qualifies). Without a hybrid pool, all of it."""
+        n = int(indices.shape[0])
+        if self._swa is None or n == 0:
+            return n
+        dead = (~self._swa.live(indices)).nonzero().flatten()  # [d] tombstone positions
+        if dead.numel() == 0:
+            return n
+        # live runs [starts[i], ends[i]): before the first tombstone, between two, after the last
+        ends = torch.cat((dead, torch.tensor([n])))
+        starts = torch.cat((torch.tensor([0]), dead + 1))
+        usable = (starts == 0) | (ends - starts >= window - 1)
+        return int(ends[usable].max())
 
     def _split(self, child: TreeNode, at: int) -> TreeNode:
         """Split `child`'s edge after `at` tokens; return the new upper node."""
@@ -195,15 +243,71 @@ class RadixCache:
         freed = 0
         while freed < num_tokens and leaves:
             leaf = heapq.heappop(leaves)
-            parent = leaf.parent
-            self.allocator.free(leaf.value)
             freed += len(leaf.key)
-            self.evictable_size -= len(leaf.key)
-            del parent.children[leaf.key[0]]
-            if parent is not self.root and not parent.children and parent.lock_ref == 0:
+            parent = self._remove_leaf(leaf)
+            if parent is not None:
                 heapq.heappush(leaves, parent)
-        self.evicted_tokens += freed
         return freed
+
+    def evict_swa(self, num_tokens: int, protected: torch.Tensor, window: int) -> int:
+        """Free at least `num_tokens` SWA slots (fewer if not enough can go); never a token
+        marked in `protected` ([size + 1] bool: slots some running request's window still sees)
+        unless its whole unlocked leaf goes. Returns the number of SWA slots freed.
+
+        Two passes over the nodes, least recently used first. The first frees only tokens more
+        than `window - 1` before every branch point, anchor and leaf end below them, so each
+        place where cached sequences part (or likely will) stays a usable match. The second
+        drops unlocked leaves whole (their global KV alone serves no one) and tombstones the
+        rest of any other node. Only for a hybrid pool."""
+        if self._swa is None:
+            raise RuntimeError("evict_swa needs a hybrid pool (SwaSlotAllocator)")
+        freed = 0
+        keep = self._window_tails(window)
+        for node in sorted(keep):
+            if freed >= num_tokens:
+                return freed
+            head = node.value[: max(len(node.key) - keep[node], 0)]
+            freed += self._swa.free_swa(head[~protected[head]])
+        nodes = list(self._iter_nodes())
+        heapq.heapify(nodes)
+        while freed < num_tokens and nodes:
+            node = heapq.heappop(nodes)
+            if node.parent is None:  # removed from the tree meanwhile
+                continue
+            if node.children or node.lock_ref:
+                freed += self._swa.free_swa(node.value[~protected[node.value]])
+                continue
+            freed += int(self._swa.live(node.value).sum())
+            parent = self._remove_leaf(node)
+            if parent is not None:  # became an unlocked leaf: evictable whole now
+                heapq.heappush(nodes, parent)
+        return freed
+
+    def _window_tails(self, window: int) -> dict[TreeNode, int]:
+        """Per node: how many of its last tokens lie within `window - 1` tokens before the end
+        of a leaf or branch point at or below it (may exceed its length: the rest is its
+        parent's). A node with one child (a prompt inserted chunk by chunk) is no branch unless
+        it is an anchor."""
+        tails: dict[TreeNode, int] = {}
+        for node in reversed(list(self._iter_nodes())):  # children before their parents
+            tail = window - 1 if len(node.children) != 1 or node.anchor else 0
+            for child in node.children.values():
+                tail = max(tail, tails[child] - len(child.key))
+            tails[node] = tail
+        return tails
+
+    def _remove_leaf(self, leaf: TreeNode) -> TreeNode | None:
+        """Evict an unlocked leaf (free its slots); returns its parent if that is an unlocked
+        leaf now."""
+        parent = leaf.parent
+        self.allocator.free(leaf.value)
+        self.evictable_size -= len(leaf.key)
+        self.evicted_tokens += len(leaf.key)
+        del parent.children[leaf.key[0]]
+        leaf.parent = None
+        if parent is not self.root and not parent.children and parent.lock_ref == 0:
+            return parent
+        return None
 
     def _iter_nodes(self):
         stack = list(self.root.children.values())

@@ -25,7 +25,7 @@ from radixgen.runtime.model.attention import (
     NativeExecutor,
     ReferenceExecutor,
 )
-from radixgen.runtime.model.attention.plan import LayerPlans
+from radixgen.runtime.model.attention.plan import LayerPlans, map_slots
 from radixgen.runtime.model.batch import ForwardBatch
 from radixgen.runtime.model.fused_decode import FusedDecode
 from radixgen.runtime.model.gemma3 import Gemma3ForCausalLM, Qwen3ForCausalLM
@@ -95,14 +95,7 @@ class ModelRunner:
                 logger.info("the output head uses its 8-bit weights for small batches")
         logger.info("loaded %s in %.1fs", source.path, time.perf_counter() - start)
 
-        self.kv_pool = KVPool(
-            engine_config.kv_cache_tokens,
-            model_config.num_layers,
-            model_config.num_kv_heads,
-            model_config.head_dim,
-            self.dtype,
-            self.device,
-        )
+        self.kv_pool = self._kv_pool(model_config, engine_config)
         self.req_table = ReqToTokenTable(
             engine_config.max_running_requests + 1, context_len, self.device
         )
@@ -117,6 +110,27 @@ class ModelRunner:
             self.fused_decode = FusedDecode.build(self.model, kernel, self.kv_pool)
         if self.fused_decode is not None:
             logger.info("passes of <= %d tokens run fused", self.fused_decode.max_tokens)
+
+    def _kv_pool(self, model_config: ModelConfig, engine_config: EngineConfig) -> KVPool:
+        """The KV pool; hybrid (a smaller pool for the sliding-window layers) when the model
+        has them, unless disabled."""
+        swa_layers: frozenset[int] = frozenset()
+        swa_size = 0
+        window = model_config.sliding_window
+        if model_config.has_sliding_layers and not engine_config.disable_hybrid_swa_memory:
+            layers = range(model_config.num_layers)
+            swa_layers = frozenset(i for i in layers if model_config.layer_window(i) is not None)
+            swa_size = engine_config.swa_pool_tokens(window)
+        return KVPool(
+            engine_config.kv_cache_tokens,
+            model_config.num_layers,
+            model_config.num_kv_heads,
+            model_config.head_dim,
+            self.dtype,
+            self.device,
+            swa_layers,
+            swa_size,
+        )
 
     def _attention_executor(
         self, model_config: ModelConfig, engine_config: EngineConfig
@@ -134,7 +148,10 @@ class ModelRunner:
         plan = self.planner.plan(batch)
         window = self.model_config.sliding_window
         if self.model_config.has_sliding_layers:
-            plan = LayerPlans(plan, self.planner.plan(batch, window), window)
+            local = self.planner.plan(batch, window)
+            if self.kv_pool.hybrid:  # the sliding-window layers' KV lies in SWA slots
+                local = map_slots(local, self.kv_pool.swa_slot_of)
+            plan = LayerPlans(plan, local, window)
         elif (
             self.fused_decode is not None
             and not batch.images

@@ -52,6 +52,7 @@ from typing import Any
 import torch
 
 from radixgen.runtime.cache.kv_pool import SlotAllocator
+from radixgen.runtime.cache.swa_allocator import SwaSlotAllocator
 from radixgen.runtime.config import EngineConfig
 from radixgen.runtime.constrained import TokenMasker
 from radixgen.runtime.memory import fix_malloc_thresholds, release_free_memory
@@ -166,8 +167,14 @@ class Scheduler:
 
     def _set_up(self, runner: ModelRunner) -> None:
         self.runner = runner
+        pool = runner.kv_pool
+        if pool.hybrid:  # sliding-window layers keep window KV only (swa_allocator.py)
+            allocator = SwaSlotAllocator(pool.size, pool.swa_size, pool.swa_slot_of)
+            window = runner.model_config.sliding_window
+        else:
+            allocator, window = SlotAllocator(pool.size), None
         self.cache = CacheManager(
-            SlotAllocator(runner.kv_pool.size), runner.req_table, self.config.disable_radix_cache
+            allocator, runner.req_table, self.config.disable_radix_cache, window
         )
         self.prefill = PrefillManager(self.config, self.cache)
         self.decode = DecodeManager(self.cache)
@@ -638,6 +645,8 @@ class Scheduler:
                 not self.is_idle
                 or memory["kv_free"] + memory["kv_evictable"] + memory["kv_protected"]
                 == memory["kv_total"]
+                and memory.get("swa_free", 0) + memory.get("swa_cached", 0)
+                == memory.get("swa_total", 0)
             ),
             "running_requests": len(self.decode.running) + (self.chunked is not None),
             "waiting_requests": len(self.waiting),

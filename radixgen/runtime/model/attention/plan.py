@@ -18,7 +18,8 @@ A sliding-window layer sees only the last `window` positions of its request (its
 its plan (`AttentionPlanner.plan(batch, window)`) has no shared levels, starts each request's
 own part at the first position any of its new tokens can see, and bounds each token from below
 by `ProblemSet.starts` where the window cuts inside a request's new tokens. A model with both
-kinds of layers gets both plans at once (`LayerPlans`).
+kinds of layers gets both plans at once (`LayerPlans`). With a hybrid KV pool the
+sliding-window plan addresses SWA slots: `map_slots` rewrites its slots once per pass.
 
 A batch may instead be planned in parts (`SplitPlan`): disjoint sets of its tokens, each with its
 own plan. A mixed step's decode rows (one new token each) then read their KV in place while the
@@ -33,7 +34,7 @@ is computed.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -131,3 +132,27 @@ class LayerPlans:
     full: AttentionPlan | SplitPlan
     local: AttentionPlan | SplitPlan
     window: int
+
+
+def map_slots(plan: AttentionPlan | SplitPlan, slot_map: torch.Tensor) -> AttentionPlan | SplitPlan:
+    """`plan` with every KV slot it names replaced by `slot_map[slot]` ([S] int64): a
+    sliding-window plan of a hybrid pool then addresses its layers' SWA slots (`kv_pool.py`).
+    The mapping is one gather per slot tensor, once per forward pass, not once per layer."""
+    if isinstance(plan, SplitPlan):
+        parts = tuple((tokens, map_slots(part, slot_map)) for tokens, part in plan.parts)
+        return SplitPlan(slot_map[plan.out_cache_loc], parts)
+    if plan.shared:
+        raise ValueError("a plan with shared levels is not a sliding-window plan")
+    return AttentionPlan(slot_map[plan.out_cache_loc], _map_problems(plan.own, slot_map), ())
+
+
+def _map_problems(problems: ProblemSet, slot_map: torch.Tensor) -> ProblemSet:
+    layout = problems.layout
+    if isinstance(layout, PaddedLayout):
+        layout = replace(layout, slots=slot_map[layout.slots])
+    elif isinstance(layout, PerProblemLayout):
+        cached = tuple(None if s is None else slot_map[s] for s in layout.cached_slots)
+        layout = replace(layout, cached_slots=cached)
+    elif layout is not None:
+        raise ValueError(f"cannot map the slots of a {type(layout).__name__}")
+    return replace(problems, slots=slot_map[problems.slots], layout=layout)
