@@ -25,7 +25,7 @@ from radixgen.runtime.model.attention import (
     NativeExecutor,
     ReferenceExecutor,
 )
-from radixgen.runtime.model.attention.plan import LayerPlans, map_slots
+from radixgen.runtime.model.attention.plan import LayerPlans, PlanTarget, map_slots
 from radixgen.runtime.model.batch import ForwardBatch
 from radixgen.runtime.model.fused_decode import FusedDecode
 from radixgen.runtime.model.gemma3 import Gemma3ForCausalLM, Qwen3ForCausalLM
@@ -105,11 +105,19 @@ class ModelRunner:
         )
         logger.info("attention executor: %s", type(self.attention).__name__)
         self.fused_decode = None
-        if isinstance(self.attention, NativeExecutor) and self.attention.in_place_kernel:
+        self.fused_planner = self.planner  # plans the passes the fused step may take
+        if self.kernels.decode_attention is not None and not isinstance(
+            self.attention, ReferenceExecutor
+        ):
             kernel = self.kernels.decode_step
             self.fused_decode = FusedDecode.build(self.model, kernel, self.kv_pool)
         if self.fused_decode is not None:
             logger.info("passes of <= %d tokens run fused", self.fused_decode.max_tokens)
+            if self.attention.target is not PlanTarget.IN_PLACE:  # the AMX segment executor:
+                # its plans are for its kernel; the fused step reads the pool in place
+                self.fused_planner = AttentionPlanner(
+                    self.req_table, engine_config.tuning, PlanTarget.IN_PLACE, self.dtype
+                )
 
     def _kv_pool(self, model_config: ModelConfig, engine_config: EngineConfig) -> KVPool:
         """The KV pool; hybrid (a smaller pool for the sliding-window layers) when the model
@@ -145,19 +153,22 @@ class ModelRunner:
 
     def forward(self, batch: ForwardBatch) -> torch.Tensor:
         """Run one batch; returns logits [R, vocab] float32 for `batch.logit_rows`."""
-        plan = self.planner.plan(batch)
+        fused = self.fused_decode
+        plan = None
+        if fused is not None and not batch.images and batch.num_tokens <= fused.max_tokens:
+            plan = self.fused_planner.plan(batch)
+            if fused.serves(batch, plan):
+                return fused.forward(batch, plan)
+            if self.fused_planner is not self.planner:
+                plan = None
+        if plan is None:
+            plan = self.planner.plan(batch)
         window = self.model_config.sliding_window
         if self.model_config.has_sliding_layers:
             local = self.planner.plan(batch, window)
             if self.kv_pool.hybrid:  # the sliding-window layers' KV lies in SWA slots
                 local = map_slots(local, self.kv_pool.swa_slot_of)
             plan = LayerPlans(plan, local, window)
-        elif (
-            self.fused_decode is not None
-            and not batch.images
-            and self.fused_decode.serves(batch, plan)
-        ):
-            return self.fused_decode.forward(batch, plan)
         args = (batch.input_ids, batch.positions, self.attention, plan, batch.logit_rows)
         if batch.images:  # LLaVA: the image placeholders' rows come from the vision tower
             return self.model(*args, self._input_embeds(batch))
