@@ -73,13 +73,9 @@ def gemma_cold_outputs(gemma_engine):
     """`gemma_engine`'s greedy tokens for each prompt of tests/engine/gemma3_cases.py, alone on
     a flushed cache (long prompts prefilled in chunks): what every cached, batched or pressed
     run must reproduce."""
-    from tests.engine.gemma3_cases import PROMPTS, greedy
+    from tests.engine.gemma3_cases import PROMPTS, cold_greedy
 
-    outputs = []
-    for prompt in PROMPTS:
-        assert gemma_engine.flush_cache()
-        outputs.append(greedy(gemma_engine, [prompt])[0])
-    return outputs
+    return cold_greedy(gemma_engine, PROMPTS)
 
 
 @pytest.fixture(scope="session")

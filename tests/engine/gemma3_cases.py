@@ -35,3 +35,12 @@ def greedy(engine, prompts: list[str]) -> list[list[int]]:
         prompts, {"max_new_tokens": NEW_TOKENS, "temperature": 0, "ignore_eos": True}
     )
     return [out["output_ids"] for out in outs]
+
+
+def cold_greedy(engine, prompts: list[str]) -> list[list[int]]:
+    """`greedy` for each prompt alone on a flushed cache (long prompts prefilled in chunks)."""
+    outputs = []
+    for prompt in prompts:
+        assert engine.flush_cache()
+        outputs.append(greedy(engine, [prompt])[0])
+    return outputs

@@ -14,7 +14,7 @@ from __future__ import annotations
 import pytest
 
 from radixgen import Engine
-from tests.engine.gemma3_cases import NEW_TOKENS, PROMPTS, WINDOW, _numbered
+from tests.engine.gemma3_cases import NEW_TOKENS, PROMPTS, WINDOW, _numbered, cold_greedy
 from tests.helpers import assert_idle_invariant
 
 PARAMS = {"max_new_tokens": NEW_TOKENS, "temperature": 0, "ignore_eos": True}
@@ -36,15 +36,6 @@ def pressed():
         max_running_requests=16,
     ) as eng:
         yield eng
-
-
-def _alone(engine: Engine, prompts: list[str]) -> list[list[int]]:
-    """Each prompt's greedy tokens on a flushed cache."""
-    outs = []
-    for prompt in prompts:
-        assert engine.flush_cache()
-        outs.append(engine.generate(prompt, PARAMS)["output_ids"])
-    return outs
 
 
 def _tombstones(engine: Engine) -> int:
@@ -81,7 +72,7 @@ def test_a_prefix_with_tombstones_is_reused_up_to_a_whole_window(pressed, gemma_
     before the divergence can be live, is cut back to an earlier point. Both answer as cold."""
     longer = LONG + " and the value of key 9 is"
     other = _numbered(60) + " Which key has the value 50?"
-    expected = _alone(gemma_engine, [longer, other])
+    expected = cold_greedy(gemma_engine, [longer, other])
     assert pressed.flush_cache()
     pressed.generate(LONG, PARAMS)
     assert _tombstones(pressed) > len(pressed.tokenizer(LONG)["input_ids"]) - 2 * WINDOW

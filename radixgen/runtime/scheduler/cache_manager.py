@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import torch
 
-from radixgen.runtime.cache.kv_pool import SlotAllocator
+from radixgen.runtime.cache.kv_pool import KVPool, SlotAllocator
 from radixgen.runtime.cache.radix_cache import RadixCache
 from radixgen.runtime.cache.req_table import ReqToTokenTable
 from radixgen.runtime.cache.swa_allocator import SwaSlotAllocator
@@ -51,6 +51,21 @@ class CacheManager:
         self.window = window
         self._holding: dict[int, Req] = {}  # requests with a req-table row, by id
         self._allocated_end: dict[int, int] = {}  # by id: end of what `extend` gave it last
+
+    @classmethod
+    def for_pool(
+        cls,
+        pool: KVPool,
+        req_table: ReqToTokenTable,
+        disable_radix_cache: bool,
+        sliding_window: int | None,
+    ) -> CacheManager:
+        """The manager of `pool`'s slots: a hybrid pool's come with SWA slots for windows of
+        `sliding_window` (the model's), a plain pool's alone."""
+        if not pool.hybrid:
+            return cls(SlotAllocator(pool.size), req_table, disable_radix_cache)
+        allocator = SwaSlotAllocator(pool.size, pool.swa_size, pool.swa_slot_of)
+        return cls(allocator, req_table, disable_radix_cache, sliding_window)
 
     # --- capacity --------------------------------------------------------------------------
 

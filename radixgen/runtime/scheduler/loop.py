@@ -51,8 +51,6 @@ from typing import Any
 
 import torch
 
-from radixgen.runtime.cache.kv_pool import SlotAllocator
-from radixgen.runtime.cache.swa_allocator import SwaSlotAllocator
 from radixgen.runtime.config import EngineConfig
 from radixgen.runtime.constrained import TokenMasker
 from radixgen.runtime.memory import fix_malloc_thresholds, release_free_memory
@@ -167,14 +165,11 @@ class Scheduler:
 
     def _set_up(self, runner: ModelRunner) -> None:
         self.runner = runner
-        pool = runner.kv_pool
-        if pool.hybrid:  # sliding-window layers keep window KV only (swa_allocator.py)
-            allocator = SwaSlotAllocator(pool.size, pool.swa_size, pool.swa_slot_of)
-            window = runner.model_config.sliding_window
-        else:
-            allocator, window = SlotAllocator(pool.size), None
-        self.cache = CacheManager(
-            allocator, runner.req_table, self.config.disable_radix_cache, window
+        self.cache = CacheManager.for_pool(
+            runner.kv_pool,
+            runner.req_table,
+            self.config.disable_radix_cache,
+            runner.model_config.sliding_window,
         )
         self.prefill = PrefillManager(self.config, self.cache)
         self.decode = DecodeManager(self.cache)
