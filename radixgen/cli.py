@@ -33,7 +33,10 @@ def add_engine_options(parser: argparse.ArgumentParser) -> None:
         if typing.get_origin(hints[f.name]) is tuple:  # repeatable: --tune a=1 --tune b=2
             group.add_argument(flag, action="append", default=[], help=help_text)
             continue
-        kind = int if int in typing.get_args(hints[f.name]) or hints[f.name] is int else str
+        kind = next(
+            (t for t in (int, float) if hints[f.name] is t or t in typing.get_args(hints[f.name])),
+            str,
+        )
         group.add_argument(
             flag, type=kind, default=f.default, choices=f.metadata.get("choices"), help=help_text
         )

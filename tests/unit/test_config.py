@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import argparse
+
 import pytest
 import torch
 
+from radixgen.cli import add_engine_options, engine_config_from_args
 from radixgen.runtime.config import EngineConfig, cpu_has_fast_bfloat16
 
 
@@ -55,3 +58,16 @@ def test_tune_is_a_repeatable_cli_option():
     )
     tuning = engine_config_from_args(args).tuning
     assert tuning.min_shared_prefix == 8 and tuning.int8_head_max_tokens == 0
+
+
+def test_the_command_line_parses_every_option_as_its_field_is_typed():
+    parser = argparse.ArgumentParser()
+    add_engine_options(parser)
+    options = "--mixed-step-ms 120.5 --swa-full-tokens-ratio 0.25 --mixed-step-tokens 256"
+    args = parser.parse_args(options.split())
+    config = engine_config_from_args(args)
+    assert (config.mixed_step_ms, config.swa_full_tokens_ratio) == (120.5, 0.25)
+    assert config.mixed_step_tokens == 256
+    assert engine_config_from_args(parser.parse_args([])) == EngineConfig()
+    with pytest.raises(ValueError, match="mixed_step_ms must be >= 0"):
+        EngineConfig(mixed_step_ms=-1)
