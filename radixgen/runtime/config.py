@@ -172,6 +172,13 @@ class EngineConfig:
         "of the rest (at least a quarter of it). It bounds the gap between two tokens of a "
         "stream while prompts arrive.",
     )
+    mixed_step_ms: float = _opt(
+        150.0,
+        "Target time of a mixed step: its prefill chunk is also held to what the scheduler, "
+        "from the steps it has timed, expects to fit in this many milliseconds beside the "
+        "running decodes (at least 32 tokens). It bounds the gap between two tokens of a "
+        "stream on any CPU. 0: the token budget alone.",
+    )
     context_length: int | None = _opt(None, "Max prompt+output length (default: the model's).")
     schedule_policy: str = _opt(
         "lpm",
@@ -306,6 +313,8 @@ class EngineConfig:
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.mixed_step_ms < 0:
+            raise ValueError(f"mixed_step_ms must be >= 0, got {self.mixed_step_ms}")
         if not 0 < self.swa_full_tokens_ratio <= 1:
             raise ValueError(
                 f"swa_full_tokens_ratio must be in (0, 1], got {self.swa_full_tokens_ratio}"

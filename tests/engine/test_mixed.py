@@ -21,11 +21,13 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import numpy as np
 import pytest
 
 from radixgen.runtime.generate_input import GenerateInput
 from radixgen.runtime.model.attention.plan import SplitPlan
 from radixgen.runtime.request import FinishKind, Req
+from radixgen.runtime.scheduler.step_cost import StepCostModel
 from tests.helpers import assert_idle_invariant
 
 TIMEOUT = 300
@@ -71,15 +73,23 @@ def _on_scheduler(engine, fn: Callable[[], Any]) -> Any:
 
 
 @contextmanager
-def mixing(engine, enabled: bool, step_tokens: int = STEP_TOKENS) -> Iterator[None]:
-    """Mixed steps on or off (and their budget) for the session engine, restored after."""
+def mixing(
+    engine,
+    enabled: bool,
+    step_tokens: int = STEP_TOKENS,
+    step_seconds: float | None = None,
+    cost: StepCostModel | None = None,
+) -> Iterator[None]:
+    """Mixed steps on or off, their token budget and their time target (off unless given, so
+    chunk sizes do not depend on how fast this machine is) for the session engine, restored
+    after."""
     mixed = engine.scheduler.mixed
-    saved = (mixed.enabled, mixed.step_tokens)
+    saved = (mixed.enabled, mixed.step_tokens, mixed.step_seconds, mixed.cost)
 
-    def put(values: tuple[bool, int]) -> None:
-        mixed.enabled, mixed.step_tokens = values
+    def put(values: tuple[bool, int, float | None, StepCostModel]) -> None:
+        mixed.enabled, mixed.step_tokens, mixed.step_seconds, mixed.cost = values
 
-    _on_scheduler(engine, lambda: put((enabled, step_tokens)))
+    _on_scheduler(engine, lambda: put((enabled, step_tokens, step_seconds, cost or mixed.cost)))
     try:
         yield
     finally:
@@ -186,6 +196,42 @@ def test_mixed_steps_give_the_same_tokens(engine, separate, in_place_limit):
     assert stats["mixed_steps"] >= long_prompt // STEP_TOKENS
     assert mixed["chunking-when-it-ended"] == "long-prompt"
     assert reference.get("chunking-when-it-ended") is not True
+
+
+class LearnedCost(StepCostModel):
+    """A cost model that has learned this law and stops learning: 1 ms a step, 0.1 ms a
+    decode token, 2 ms a prefill token (so the time target, not the machine, sets the chunk)."""
+
+    def observe(self, *args: Any) -> None:
+        pass
+
+    def coefficients(self) -> np.ndarray:
+        return np.array([1e-3, 1e-4, 0.0, 2e-3])
+
+
+def test_the_time_target_holds_the_chunk_to_what_fits(engine, separate):
+    """With an 81 ms target, the model allows (81 - 1 - 0.1 x decodes) / 2 <= 39 prefill tokens
+    beside the running decodes, below the token budget's 64 - decodes: every mixed step keeps to
+    it, the long prompt takes that many more chunks, and no token changes."""
+    mixed_steps = engine.scheduler.mixed
+    real_run = mixed_steps.run
+    carried: list[int] = []
+
+    def recording_run(batch):
+        carried.append(sum(batch.extend_lens))
+        real_run(batch)
+
+    _on_scheduler(engine, lambda: setattr(mixed_steps, "run", recording_run))
+    try:
+        with mixing(engine, True, step_seconds=0.081, cost=LearnedCost()):
+            timed = run_waves(engine)
+    finally:
+        _on_scheduler(engine, lambda: vars(mixed_steps).pop("run", None))
+    _assert_same_outputs(timed, separate)
+    assert carried and max(carried) <= 39 < STEP_TOKENS - len(FIRST_WAVE)
+    assert 39 in carried  # the long prompt's chunks fill what the model allows
+    long_prompt = timed["outputs"]["long-prompt"]["meta_info"]["prompt_tokens"]
+    assert len(carried) >= long_prompt // 39
 
 
 class InjectedFault(RuntimeError):

@@ -437,6 +437,7 @@ class Scheduler:
             run_verify(self, reqs, drafts, started)
             return
         pending = [r.pending_len for r in reqs]
+        context = sum(r.kv_len for r in reqs)
         slots = self.cache.alloc_slots(sum(pending))
         if slots is None:
             self._abort_exhausted(reqs)
@@ -470,8 +471,10 @@ class Scheduler:
         if stepped:
             self._sample_and_append(stepped, logits)
         self.emit_and_retire(reqs)
+        seconds = time.perf_counter() - started
         self.counters["decode_steps"] += 1
-        self.counters["decode_seconds"] += time.perf_counter() - started
+        self.counters["decode_seconds"] += seconds
+        self.mixed.observe_decode(sum(pending), context, seconds)
 
     def emit_and_retire(self, reqs: list[Req]) -> None:
         """After a step: stream `reqs`' new output, then finish whoever is done."""

@@ -10,6 +10,12 @@ cannot starve the queue), and the prompt that crosses it is chunked as chunked p
 step that has both kinds of work is such a step, so the gap between two tokens of a stream is one
 bounded step, however many prompts arrive.
 
+The token budget bounds the step's work, not its time, and the same tokens cost several times
+more beside 64 wide decodes on a slow CPU than beside 4 on a fast one. With `mixed_step_ms` set
+(the default), the prefill part is also held to what fits in that time beside the running
+decodes, as `StepCostModel` predicts from the decode and mixed steps seen so far (but never below
+`MIN_TIMED_PREFILL` tokens, so the queue keeps moving when the decodes alone take longer).
+
 A mixed step, as the scheduler runs it:
 
 1. `PrefillManager.build` admits the prefill part with the decodes' pending tokens reserved, so
@@ -38,11 +44,13 @@ import torch
 from radixgen.runtime.config import EngineConfig
 from radixgen.runtime.request import Req
 from radixgen.runtime.scheduler.prefill import PrefillBatch
+from radixgen.runtime.scheduler.step_cost import StepCostModel
 
 if TYPE_CHECKING:
     from radixgen.runtime.scheduler.loop import Scheduler
 
 MIN_PREFILL_SHARE = 4  # the prefill part of a mixed step gets >= budget // 4 tokens
+MIN_TIMED_PREFILL = 32  # ... and >= this many when its time, not its budget, limits it
 
 
 def prefill_share(step_tokens: int, decode_tokens: int) -> int:
@@ -57,24 +65,41 @@ class MixedSteps:
         self.scheduler = scheduler
         self.enabled = config.enable_mixed_chunk
         self.step_tokens = config.mixed_step_tokens
+        self.step_seconds = config.mixed_step_ms / 1000 if config.mixed_step_ms else None
+        self.cost = StepCostModel()
         scheduler.counters.update(
             mixed_steps=0, mixed_prefill_tokens=0, mixed_decode_tokens=0, mixed_seconds=0.0
         )
 
     def prefill_limits(self) -> tuple[int, int] | None:
         """(step_tokens, reserve) for `PrefillManager.build` when the next step, should it
-        prefill, is mixed: requests are decoding and mixing is on. None otherwise."""
-        running = self.scheduler.decode.running
-        if not self.enabled or not running:
+        prefill, is mixed: requests are decoding, prompts wait and mixing is on. None
+        otherwise."""
+        s = self.scheduler
+        running = s.decode.running
+        if not self.enabled or not running or (not s.waiting and s.chunked is None):
             return None
         decode_tokens = sum(r.pending_len for r in running)
-        return prefill_share(self.step_tokens, decode_tokens), decode_tokens
+        share = prefill_share(self.step_tokens, decode_tokens)
+        if self.step_seconds is not None:
+            context = sum(r.kv_len for r in running)
+            timed = self.cost.prefill_tokens_within(self.step_seconds, decode_tokens, context)
+            if timed is not None:
+                share = min(share, max(timed, MIN_TIMED_PREFILL))
+        return share, decode_tokens
+
+    def observe_decode(self, decode_tokens: int, context: int, seconds: float) -> None:
+        """A decode step extending by `decode_tokens` over `context` KV tokens took `seconds`
+        (the cost model learns a mixed step's decode part from these too)."""
+        if self.step_seconds is not None:
+            self.cost.observe(decode_tokens, context, 0, seconds)
 
     def run(self, batch: PrefillBatch) -> None:
         """One pass for every running request's pending tokens and `batch`."""
         s = self.scheduler
         started = time.perf_counter()
         decoding, new_slots = self._decode_memory()
+        context = sum(r.kv_len for r in decoding)
         reqs = decoding + batch.reqs
         lens = [r.pending_len for r in decoding] + batch.extend_lens
         results = s._forward_each(reqs, s._extend_pass(reqs, lens))
@@ -92,7 +117,12 @@ class MixedSteps:
         counters["mixed_steps"] += 1
         counters["mixed_prefill_tokens"] += sum(batch.extend_lens)
         counters["mixed_decode_tokens"] += sum(lens) - sum(batch.extend_lens)
-        counters["mixed_seconds"] += time.perf_counter() - started
+        seconds = time.perf_counter() - started
+        counters["mixed_seconds"] += seconds
+        if self.step_seconds is not None:
+            self.cost.observe(
+                sum(lens) - sum(batch.extend_lens), context, sum(batch.extend_lens), seconds
+            )
 
     def _decode_memory(self) -> tuple[list[Req], dict[int, torch.Tensor]]:
         """A slot per pending token of every running request (retracting as a decode step
