@@ -12,7 +12,7 @@ from benchmarks import record
 from benchmarks.servers import ServerSpec
 from benchmarks.stats import percentile
 
-FLAT_RSS_GROWTH = 0.10  # "memory flat": RSS after the workload within 10% of before it
+FLAT_RSS_GROWTH = 0.10  # "memory flat": RSS after a pass of the workload within 10% of before it
 TARGET_LEVEL, TARGET_REQ_RATIO = 8, 3.5
 STREAMS_LEVEL, STREAMS_ITL_P99_MS = 64, 200.0
 
@@ -63,17 +63,30 @@ class SystemResult:
     retractions: int | None = None
     rss_mb: tuple[float | None, float | None, float | None] = (None, None, None)
     """Server RSS before the workload, its peak during it, and after it."""
+    rss_again_mb: tuple[float | None, float | None] | None = None
+    """Before and after a second pass of the same workload (the memory check), if one ran."""
     load_avg_1m: float | None = None  # right after the workload: other work on the machine
 
     @property
     def rss_growth(self) -> float | None:
+        """RSS growth over the reported pass."""
         before, _, after = self.rss_mb
-        return (after - before) / before if before and after is not None else None
+        return _growth(before, after)
+
+    @property
+    def rss_again_growth(self) -> float | None:
+        """RSS growth over the second pass, None where none ran."""
+        return None if self.rss_again_mb is None else _growth(*self.rss_again_mb)
 
     @property
     def memory_flat(self) -> bool | None:
-        growth = self.rss_growth
+        """The second pass's growth within FLAT_RSS_GROWTH (the first's where none ran)."""
+        growth = self.rss_growth if self.rss_again_mb is None else self.rss_again_growth
         return None if growth is None else growth <= FLAT_RSS_GROWTH
+
+
+def _growth(before: float | None, after: float | None) -> float | None:
+    return (after - before) / before if before and after is not None else None
 
 
 def _p50_p99(values: list[float], scale: float) -> tuple[float | None, float | None]:
@@ -226,11 +239,14 @@ def targets(levels: dict[int, list[SystemResult]]) -> list[str]:
         if rg is None or rg.itl_ms[1] is None:
             out.append(f"- {name}: not measured")
         else:
-            growth = _fmt(None if rg.rss_growth is None else 100 * rg.rss_growth, "+.1f")
+            pct = lambda g: _fmt(None if g is None else 100 * g, "+.1f")
+            memory = f"RSS {pct(rg.rss_growth)}% over the run"
+            if rg.rss_again_mb is not None:
+                memory += f", {pct(rg.rss_again_growth)}% over a second pass"
             holds = rg.itl_ms[1] <= STREAMS_ITL_P99_MS and rg.errors == 0 and rg.memory_flat
             out.append(
-                f"- {name}: p99 ITL {rg.itl_ms[1]:.0f} ms, {rg.errors} errors, RSS "
-                f"{growth}% over the run: {'holds' if holds else 'MISSED'}"
+                f"- {name}: p99 ITL {rg.itl_ms[1]:.0f} ms, {rg.errors} errors, {memory}: "
+                f"{'holds' if holds else 'MISSED'}"
             )
     return out
 
