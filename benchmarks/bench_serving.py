@@ -283,15 +283,15 @@ def bench_system(
             megabytes(rss_bytes(server.pid)),
         )
         result.load_avg_1m = os.getloadavg()[0]
+        if spec.native_api:
+            after = server_counters(root)
+            result.server_hit_rate = counter_hit_rate(before, after)
+            result.retractions = after.get("retractions")
         if spec.native_api and users == STREAMS_LEVEL:
             log(f"{spec.label}: the same workload again, for the memory check")
             again_before = rss_bytes(server.pid)
             asyncio.run(run_workload(root + "/v1", model, plans, users))
             result.rss_again_mb = (megabytes(again_before), megabytes(rss_bytes(server.pid)))
-        if spec.native_api:
-            after = server_counters(root)
-            result.server_hit_rate = counter_hit_rate(before, after)
-            result.retractions = after.get("retractions")
     log(f"{spec.label}: done in {wall_s:.1f}s, server stopped")
     return result
 
