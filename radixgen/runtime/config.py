@@ -173,7 +173,7 @@ class EngineConfig:
         "stream while prompts arrive.",
     )
     mixed_step_ms: float = _opt(
-        150.0,
+        120.0,
         "Target time of a mixed step: its prefill chunk is also held to what the scheduler, "
         "from the steps it has timed, expects to fit in this many milliseconds beside the "
         "running decodes (at least 32 tokens). It bounds the gap between two tokens of a "
