@@ -108,6 +108,14 @@ class Tuning:
         "drafts may hold: drafts are shared out under it, so wide batches, whose steps already "
         "cost in proportion to their tokens, draft little or nothing.",
     )
+    speculative_draft_cost: float = _knob(
+        0.4,
+        "What a verify pass costs per drafted token, as a share of a one-token decode step "
+        "(SmolLM2, bfloat16, 2 cores: a 4-token pass takes 2.2x a 1-token one). Each request "
+        "drafts the length k that maximizes its expected tokens per cost, "
+        "(1 + a + ... + a^k) / (1 + cost x k), a its recent acceptance rate; 0: always the "
+        "longest draft.",
+    )
 
     def int4_max_tokens(self, dtype: torch.dtype) -> int:
         """The default 4-bit width for activations of `dtype` (0: no 4-bit kernel)."""

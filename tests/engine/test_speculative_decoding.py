@@ -132,14 +132,32 @@ def test_copy_heavy_prompt_accepts_drafts_and_changes_nothing(engine, copy_promp
     assert stats["spec_accepted_tokens"] >= meta["spec_accepted_tokens"] > 0
 
 
+ALWAYS_LONGEST = ("speculative_draft_cost=0",)  # draft whatever the acceptance so far
+STORY = "Once upon a time, in a kingdom by the sea,"
+
+
 def test_prompt_where_drafts_mostly_fail_changes_nothing(engine):
-    prompt = "Once upon a time, in a kingdom by the sea,"
-    plain, plain_tree, spec, spec_tree, _ = run_both(engine, prompt, GREEDY)
+    plain, plain_tree, spec, spec_tree, _ = run_both(engine, STORY, GREEDY, tune=ALWAYS_LONGEST)
     same_output(plain, spec)
     meta = spec["meta_info"]
     assert meta["spec_draft_tokens"] > 20
     assert meta["spec_accepted_tokens"] < meta["spec_draft_tokens"] / 2, meta
     assert spec_tree == plain_tree
+
+
+def test_drafts_that_mostly_fail_are_cut_short_and_copying_still_drafts(engine, copy_prompt):
+    """By default a request drafts by its acceptance so far: where drafts fail it verifies far
+    fewer of them (each costs ~0.4 of a step), where it copies it still drafts long runs."""
+    plain, _, spec, _, _ = run_both(engine, STORY, GREEDY)
+    same_output(plain, spec)
+    _, _, longest, _, _ = run_both(engine, STORY, GREEDY, tune=ALWAYS_LONGEST)
+    drafted, rejected = spec["meta_info"], longest["meta_info"]
+    assert drafted["spec_draft_tokens"] < rejected["spec_draft_tokens"] / 2, (drafted, rejected)
+    plain, _, copy, _, speculator = run_both(engine, copy_prompt, GREEDY)
+    same_output(plain, copy)
+    steps = next(iter(speculator.steps.values()))
+    assert max(len(s.draft) for s in steps) == engine.config.speculative_num_draft_tokens
+    assert copy["meta_info"]["spec_accepted_tokens"] > 10
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ from radixgen.runtime.config import EngineConfig
 from radixgen.runtime.request import LogprobOptions, Req
 from radixgen.runtime.sampler import target_probs
 from radixgen.runtime.sampling_params import SamplingParams
-from radixgen.runtime.scheduler.speculative import NgramIndex, Speculator, draw
+from radixgen.runtime.scheduler.speculative import NgramIndex, Speculator, draft_length, draw
 
 # --- drafting ------------------------------------------------------------------------------
 
@@ -79,8 +79,12 @@ def make_req(tokens: list[int], max_new_tokens: int = 64, **params) -> Req:
 REPEATING = [1, 2, 3, 4, 5, 6, 7, 8, 9, 1, 2, 3]  # drafts [4, 5, 6, ...]
 
 
+# Drafts as long as allowed, whatever the acceptance so far (the length rule is tested apart).
+ALWAYS_LONGEST = EngineConfig(speculative_algorithm="ngram", tune=("speculative_draft_cost=0",))
+
+
 def test_propose_shares_the_step_budget_among_speculating_requests():
-    spec = Speculator(EngineConfig(speculative_algorithm="ngram"), frozenset({EOS}))
+    spec = Speculator(ALWAYS_LONGEST, frozenset({EOS}))
     k, cap = spec.num_draft_tokens, spec.max_step_tokens
     assert (k, cap) == (3, 8)  # the measured defaults (docs/tuning.md)
     assert spec.propose([make_req(REPEATING)], 1000) == [[4, 5, 6]]
@@ -97,7 +101,7 @@ def test_propose_shares_the_step_budget_among_speculating_requests():
 
 
 def test_propose_indexes_new_output_tokens_incrementally():
-    spec = Speculator(EngineConfig(speculative_algorithm="ngram"), frozenset({EOS}))
+    spec = Speculator(ALWAYS_LONGEST, frozenset({EOS}))
     req = make_req([10, 11, 12, 13, 14, 10])
     assert spec.propose([req], 1000) == [[11, 12, 13]]
     req.output_ids += [11, 12, 13, 14, 99]  # 99 never seen: no draft
@@ -106,6 +110,46 @@ def test_propose_indexes_new_output_tokens_incrementally():
     req.output_ids += [10, 11]
     req.kv_len = req.seq_len - 1
     assert spec.propose([req], 1000) == [[12, 13, 14]]  # the most recent [10, 11] continues
+
+
+def test_draft_length_maximizes_expected_tokens_per_cost():
+    # expected tokens per cost of k drafts: (1 + a + ... + a^k) / (1 + 0.4 k)
+    assert [draft_length(a, 7, 0.4) for a in (0.2, 0.33, 0.5, 0.7, 0.9, 0.97)] == [
+        0,
+        0,
+        1,
+        2,
+        4,
+        7,
+    ]
+    assert draft_length(0.97, 3, 0.4) == 3  # never past the limit
+    assert draft_length(0.1, 5, 0.0) == 5  # cost 0: always the longest
+    assert draft_length(1.0, 0, 0.4) == 0
+
+
+def test_rejected_drafts_stop_drafting_and_the_looked_up_token_resumes_it():
+    """A request whose drafts fail drafts nothing, but still looks its draft up; when the
+    tokens it then produces match what it looked up, it drafts again."""
+    spec = Speculator(EngineConfig(speculative_algorithm="ngram"), frozenset({EOS}))
+    req = make_req(REPEATING)
+    assert spec.propose([req], 1000) == [[4, 5]]  # a new request: acceptance 0.7, k = 2
+    for _ in range(4):
+        req.spec.learn(False)  # e.g. verify passes that rejected the first draft token
+    assert spec.propose([req], 1000) is None
+    assert req.spec.unverified == (1, 4)  # output position 1 was looked up as token 4
+    before = req.spec.acceptance
+    req.output_ids.append(4)  # the step produced it: the draft would have been right
+    req.kv_len = req.seq_len - 1
+    spec.propose([req], 1000)
+    assert req.spec.acceptance > before
+    resumed_after = None
+    for step in range(1, 7):  # the text keeps copying: each lookup is right
+        req.output_ids.append(req.spec.index.draft(1)[0])
+        req.kv_len = req.seq_len - 1
+        if spec.propose([req], 1000) is not None:
+            resumed_after = step
+            break
+    assert resumed_after is not None and resumed_after <= 3
 
 
 def test_cli_flags_reach_the_engine_config():

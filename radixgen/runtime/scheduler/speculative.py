@@ -32,6 +32,14 @@ at once. They were never in the radix tree and never enter it: the tree only eve
 Finishing. Appended tokens go through the output processor one at a time (EOS, stop tokens, stop
 strings and regexes, `max_new_tokens`); the first finish ends the run and the rest is dropped.
 
+Length. A verify pass costs more per drafted token than it saves when drafts are mostly
+rejected (prose the prompt does not contain). Each request keeps `acceptance`, a moving average
+of whether its drafted tokens were accepted, and drafts the length k (up to the budget below)
+that maximizes its expected tokens per cost, `(1 + a + ... + a^k) / (1 + c k)` with c =
+`Tuning.speculative_draft_cost`; k may be 0. A request that does not draft still looks its draft
+up, and the token the step then produces tells whether the draft's first token would have been
+accepted: the average keeps learning, and drafting resumes when the text turns to copying.
+
 Budget. A request drafts at most `speculative_num_draft_tokens`, and at most
 `max_new_tokens - generated - 1` (the run then ends on the limit). A step's drafts fit in the
 pool's *free* slots, so they never evict cached prefixes, and the step holds at most
@@ -100,6 +108,25 @@ class NgramIndex:
         return []
 
 
+INITIAL_ACCEPTANCE = 0.7  # a new request drafts a little (k = 2 at the default cost)
+ACCEPTANCE_WEIGHT = 0.25  # weight of the newest outcome in the moving average
+
+
+def draft_length(acceptance: float, limit: int, cost: float) -> int:
+    """The k in 0..limit maximizing expected tokens per cost, (1 + a + ... + a^k) / (1 + cost k)
+    (the first of equals); `limit` when cost <= 0."""
+    if cost <= 0:
+        return limit
+    best, best_value, expected, term = 0, 1.0, 1.0, 1.0
+    for k in range(1, limit + 1):
+        term *= acceptance
+        expected += term
+        value = expected / (1 + cost * k)
+        if value > best_value:
+            best, best_value = k, value
+    return best
+
+
 @dataclass
 class SpecState:
     """One request's drafting state and its speculation figures (its `meta_info`)."""
@@ -109,6 +136,11 @@ class SpecState:
     verify_ct: int = 0  # decode steps that verified a draft of this request
     draft_tokens: int = 0  # tokens drafted
     accepted_tokens: int = 0  # drafted tokens that became output
+    acceptance: float = INITIAL_ACCEPTANCE  # moving average: was a drafted token accepted
+    unverified: tuple[int, int] | None = None  # (output position, token) of a draft not run
+
+    def learn(self, accepted: bool) -> None:
+        self.acceptance += ACCEPTANCE_WEIGHT * (float(accepted) - self.acceptance)
 
     def meta_info(self) -> dict[str, int]:
         return {
@@ -190,6 +222,7 @@ class Speculator:
         self.min_n = config.speculative_ngram_min_match_window_size
         self.max_n = config.speculative_ngram_max_match_window_size
         self.max_step_tokens = config.tuning.speculative_max_step_tokens
+        self.draft_cost = config.tuning.speculative_draft_cost
         self.eos_ids = eos_ids
 
     # --- drafting --------------------------------------------------------------------------
@@ -225,9 +258,18 @@ class Speculator:
         elif state.seen_outputs < len(req.output_ids):
             state.index.extend(req.output_ids[state.seen_outputs :])
             state.seen_outputs = len(req.output_ids)
+        if state.unverified is not None:  # the step after an undrafted lookup: was it right?
+            at, token = state.unverified
+            if at < len(req.output_ids):
+                state.learn(req.output_ids[at] == token)
+            state.unverified = None
         draft = state.index.draft(k)
         cut = next((i for i, t in enumerate(draft) if t < 0), len(draft))
-        return draft[:cut]  # never an image placeholder (they have no embedding)
+        draft = draft[:cut]  # never an image placeholder (they have no embedding)
+        length = draft_length(state.acceptance, len(draft), self.draft_cost)
+        if draft and length == 0:
+            state.unverified = (len(req.output_ids), draft[0])
+        return draft[:length]
 
     # --- verification ----------------------------------------------------------------------
 
@@ -299,4 +341,8 @@ class Speculator:
             state.verify_ct += 1
             state.draft_tokens += len(draft)
             state.accepted_tokens += min(accepted_drafts, appended)
+            for _ in range(accepted_drafts):
+                state.learn(True)
+            if accepted_drafts < len(draft):
+                state.learn(False)
         return appended
