@@ -225,8 +225,10 @@ class EngineConfig:
         "Default: off.",
         choices=SPECULATIVE_ALGORITHMS,
     )
-    speculative_num_draft_tokens: int = _opt(
-        3, "Most tokens drafted for one request in one decode step (speculative decoding)."
+    speculative_num_draft_tokens: int | None = _opt(
+        None,
+        "Most tokens drafted for one request in one decode step (speculative decoding). "
+        "Default: tuned per compute dtype (5 for bfloat16, 3 for float32: docs/tuning.md).",
     )
     speculative_ngram_min_match_window_size: int = _opt(
         1, "Shortest suffix of a request's tokens that n-gram drafting looks up."
@@ -295,6 +297,11 @@ class EngineConfig:
                 f"{self.speculative_ngram_min_match_window_size} and "
                 f"{self.speculative_ngram_max_match_window_size}"
             )
+        if self.speculative_num_draft_tokens is not None and self.speculative_num_draft_tokens < 1:
+            raise ValueError(
+                "speculative_num_draft_tokens must be >= 1, got "
+                f"{self.speculative_num_draft_tokens}"
+            )
         if self.int4_max_tokens is not None and self.int4_max_tokens < 0:
             raise ValueError(f"int4_max_tokens must be >= 0, got {self.int4_max_tokens}")
         for name in (
@@ -305,7 +312,6 @@ class EngineConfig:
             "max_n",
             "max_batch_prompts",
             "max_request_sequences",
-            "speculative_num_draft_tokens",
             "max_images_per_request",
             "max_image_bytes",
             "max_image_pixels",
@@ -343,6 +349,13 @@ class EngineConfig:
         if self.int4_max_tokens is not None:
             return self.int4_max_tokens
         return self.tuning.int4_max_tokens(self.torch_dtype)
+
+    def num_draft_tokens(self) -> int:
+        """The most tokens one request drafts in a step: `speculative_num_draft_tokens`, or
+        the tuned default for the compute dtype."""
+        if self.speculative_num_draft_tokens is not None:
+            return self.speculative_num_draft_tokens
+        return self.tuning.speculative_draft_tokens(self.torch_dtype)
 
     @property
     def torch_dtype(self) -> torch.dtype:

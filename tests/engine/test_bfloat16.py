@@ -114,7 +114,7 @@ def test_bfloat16_speculation_changes_no_greedy_output(bf16_engine):
     scheduler = bf16_engine.scheduler
     # always the longest draft: many verify passes of several rows, whatever the acceptance
     config = bf16_engine.config.replace(
-        speculative_algorithm="ngram", tune=("speculative_draft_cost=0",)
+        speculative_algorithm="ngram", tune=("speculative_draft_cost_bfloat16=0",)
     )
     ids = bf16_engine.apply_chat_template(
         [{"role": "user", "content": RAG_PROMPTS["quote the answer"]}]

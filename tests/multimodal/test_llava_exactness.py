@@ -145,7 +145,7 @@ def test_mixed_steps_and_ngram_speculation_keep_the_tokens(llava_dir, llava_engi
         enable_mixed_chunk=True,
         mixed_step_tokens=24,
         speculative_algorithm="ngram",
-        tune=("speculative_draft_cost=0",),  # draft whatever the acceptance
+        tune=("speculative_draft_cost_float32=0",),  # draft whatever the acceptance
     )
     try:
         batch = [PROMPTS[0], PROMPTS[1], PROMPTS[2]]

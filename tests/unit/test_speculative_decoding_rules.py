@@ -79,14 +79,19 @@ def make_req(tokens: list[int], max_new_tokens: int = 64, **params) -> Req:
 REPEATING = [1, 2, 3, 4, 5, 6, 7, 8, 9, 1, 2, 3]  # drafts [4, 5, 6, ...]
 
 
-# Drafts as long as allowed, whatever the acceptance so far (the length rule is tested apart).
-ALWAYS_LONGEST = EngineConfig(speculative_algorithm="ngram", tune=("speculative_draft_cost=0",))
+# Drafts of 3, always as long as allowed, whatever the acceptance so far (the length rule is
+# tested apart).
+ALWAYS_LONGEST = EngineConfig(
+    speculative_algorithm="ngram",
+    speculative_num_draft_tokens=3,
+    tune=("speculative_draft_cost_bfloat16=0", "speculative_draft_cost_float32=0"),
+)
 
 
 def test_propose_shares_the_step_budget_among_speculating_requests():
     spec = Speculator(ALWAYS_LONGEST, frozenset({EOS}))
     k, cap = spec.num_draft_tokens, spec.max_step_tokens
-    assert (k, cap) == (3, 8)  # the measured defaults (docs/tuning.md)
+    assert (k, cap) == (3, 8)  # 8: the measured default (docs/tuning.md)
     assert spec.propose([make_req(REPEATING)], 1000) == [[4, 5, 6]]
     # 3 requests: 8 - 3 pending = 5 draft tokens, shared 2, 2, 1
     drafts = spec.propose([make_req(REPEATING) for _ in range(3)], 1000)
@@ -130,7 +135,11 @@ def test_draft_length_maximizes_expected_tokens_per_cost():
 def test_rejected_drafts_stop_drafting_and_the_looked_up_token_resumes_it():
     """A request whose drafts fail drafts nothing, but still looks its draft up; when the
     tokens it then produces match what it looked up, it drafts again."""
-    spec = Speculator(EngineConfig(speculative_algorithm="ngram"), frozenset({EOS}))
+    config = EngineConfig(speculative_algorithm="ngram", dtype="bfloat16")
+    assert config.num_draft_tokens() == 5 and config.tuning.speculative_draft_cost(
+        config.torch_dtype
+    ) == pytest.approx(0.4)
+    spec = Speculator(config, frozenset({EOS}))
     req = make_req(REPEATING)
     assert spec.propose([req], 1000) == [[4, 5]]  # a new request: acceptance 0.7, k = 2
     for _ in range(4):

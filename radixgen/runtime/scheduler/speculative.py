@@ -36,11 +36,12 @@ Length. A verify pass costs more per drafted token than it saves when drafts are
 rejected (prose the prompt does not contain). Each request keeps `acceptance`, a moving average
 of whether its drafted tokens were accepted, and drafts the length k (up to the budget below)
 that maximizes its expected tokens per cost, `(1 + a + ... + a^k) / (1 + c k)` with c =
-`Tuning.speculative_draft_cost`; k may be 0. A request that does not draft still looks its draft
-up, and the token the step then produces tells whether the draft's first token would have been
-accepted: the average keeps learning, and drafting resumes when the text turns to copying.
+`Tuning.speculative_draft_cost(dtype)`; k may be 0. A request that does not draft still looks
+its draft up, and the token the step then produces tells whether the draft's first token would
+have been accepted: the average keeps learning, and drafting resumes when the text turns to
+copying.
 
-Budget. A request drafts at most `speculative_num_draft_tokens`, and at most
+Budget. A request drafts at most `EngineConfig.num_draft_tokens()`, and at most
 `max_new_tokens - generated - 1` (the run then ends on the limit). A step's drafts fit in the
 pool's *free* slots, so they never evict cached prefixes, and the step holds at most
 `Tuning.speculative_max_step_tokens` tokens, shared evenly among the requests that speculate: a
@@ -218,11 +219,11 @@ class Speculator:
     """Drafts for a decode step (`propose`), and accepts drafts after its pass (`verify`)."""
 
     def __init__(self, config: EngineConfig, eos_ids: frozenset[int]):
-        self.num_draft_tokens = config.speculative_num_draft_tokens
+        self.num_draft_tokens = config.num_draft_tokens()
         self.min_n = config.speculative_ngram_min_match_window_size
         self.max_n = config.speculative_ngram_max_match_window_size
         self.max_step_tokens = config.tuning.speculative_max_step_tokens
-        self.draft_cost = config.tuning.speculative_draft_cost
+        self.draft_cost = config.tuning.speculative_draft_cost(config.torch_dtype)
         self.eos_ids = eos_ids
 
     # --- drafting --------------------------------------------------------------------------
