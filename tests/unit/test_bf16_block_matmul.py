@@ -13,7 +13,6 @@ import torch
 
 from radixgen.runtime.config import EngineConfig
 from radixgen.runtime.kernels.bf16_block_matmul import (
-    CODE_OFFSET,
     PANEL_COLS,
     Bf16Int4Panels,
     Bf16Int8Panels,
@@ -34,6 +33,17 @@ def int4_groups(n: int, k: int) -> Int4Groups:
         torch.rand(n, k // 32, generator=GEN) * 0.05,
         torch.randn(n, k // 32, generator=GEN) * 0.05,
     )
+
+
+def gguf_int4_groups(n: int, k: int) -> Int4Groups:
+    """Groups as GGUF's Q4_1 stores them: d and m are float16 values (zero = m + 8 d)."""
+    d = (torch.rand(n, k // 32, generator=GEN) * 0.05).half().float()
+    m = (torch.randn(n, k // 32, generator=GEN) * 0.05).half().float()
+    codes = torch.randint(0, 16, (n, k), dtype=torch.uint8, generator=GEN)
+    return Int4Groups(codes, d, m + 8 * d)
+
+
+INT4_KINDS = {"float32 scales": int4_groups, "gguf float16 scales": gguf_int4_groups}
 
 
 def int8_blocks(n: int, k: int) -> Int8Blocks:
@@ -58,9 +68,21 @@ def test_int4_packing_keeps_every_code_scale_and_zero():
     codes = unpack_int4(panels)
     assert torch.equal(codes[:40], groups.codes) and not codes[40:].any()
     scales = panels.scales.transpose(1, 2).reshape(48, 3)
-    biases = panels.biases.transpose(1, 2).reshape(48, 3)
+    mins = panels.mins.transpose(1, 2).reshape(48, 3)
+    assert not panels.half  # random float32 scales: kept as they are
     assert torch.equal(scales[:40], groups.scales)
-    torch.testing.assert_close(biases[:40], groups.zeros - CODE_OFFSET * groups.scales)
+    torch.testing.assert_close(mins[:40], groups.zeros - 8 * groups.scales)
+
+
+def test_int4_packing_keeps_gguf_scales_and_mins_in_float16():
+    """GGUF's Q4_1 d and m are float16 values: packed in float16, exactly (half the bytes)."""
+    groups = int4_groups(40, 96)
+    d = groups.scales.half().float()
+    m = (groups.zeros - 8 * groups.scales).half().float()
+    panels = Bf16Int4Panels.pack(groups.codes, d, m + 8 * d)
+    assert panels.half and panels.mins.dtype == torch.float16
+    assert torch.equal(panels.scales.transpose(1, 2).reshape(48, 3)[:40].float(), d)
+    assert torch.equal(panels.mins.transpose(1, 2).reshape(48, 3)[:40].float(), m)
 
 
 def test_int8_packing_keeps_every_code():
@@ -79,15 +101,18 @@ def kernel():
     return found
 
 
+@pytest.mark.parametrize("kind", INT4_KINDS)
 @pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 9])
-def test_int4_product_matches_the_dequantized_weights(kernel, rows):
-    """Every row-tile width, a padded column count, strided input rows; the error is bfloat16
-    output rounding (the products and sums are float32)."""
-    groups = int4_groups(72, 192)
+def test_int4_product_matches_the_dequantized_weights(kernel, rows, kind):
+    """Every row-tile width, a padded column count, strided input rows, float32 and float16
+    group values; the error is bfloat16 output rounding (the products and sums are float32)."""
+    groups = INT4_KINDS[kind](72, 192)
     wide = torch.randn(rows, 256, generator=GEN).bfloat16()
     x = wide[:, 32:224]  # rows 256 elements apart
     expected = x.float() @ groups.dequantize().t()
-    got = kernel.int4(x, Bf16Int4Panels.pack(groups.codes, groups.scales, groups.zeros))
+    panels = Bf16Int4Panels.pack(groups.codes, groups.scales, groups.zeros)
+    assert panels.half == (kind == "gguf float16 scales")
+    got = kernel.int4(x, panels)
     assert got.dtype == torch.bfloat16 and got.shape == (rows, 72)
     torch.testing.assert_close(got.float(), expected, rtol=8e-3, atol=2e-3)
 
@@ -103,10 +128,11 @@ def test_int8_product_is_float32_exact(kernel, rows):
     torch.testing.assert_close(got.double(), expected, rtol=1e-5, atol=1e-5)
 
 
-def test_a_row_gets_the_same_bits_whatever_rows_share_its_pass(kernel):
+@pytest.mark.parametrize("kind", INT4_KINDS)
+def test_a_row_gets_the_same_bits_whatever_rows_share_its_pass(kernel, kind):
     """Every tile width sums in one order: a verify pass of several tokens must round each
     row exactly as a one-row decode step does (speculation then changes no bfloat16 output)."""
-    groups, blocks = int4_groups(64, 256), int8_blocks(48, 256)
+    groups, blocks = INT4_KINDS[kind](64, 256), int8_blocks(48, 256)
     int4 = Bf16Int4Panels.pack(groups.codes, groups.scales, groups.zeros)
     int8 = Bf16Int8Panels.pack(blocks.codes, blocks.scales)
     x = torch.randn(7, 256, generator=GEN).bfloat16()

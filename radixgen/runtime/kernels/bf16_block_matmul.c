@@ -3,7 +3,7 @@
  * decode-step matmul of bfloat16 engines, where reading the weights bounds the step.
  *
  *   out[m, c] = sum_k x[m, k] * w[c, k],   with g = k / 32 and
- *   4-bit: w[c, k] = (code[c, k] - 8) * scale[c, g] + zero[c, g]
+ *   4-bit: w[c, k] = code[c, k] * scale[c, g] + min[c, g]      (GGUF Q4_1's d and m)
  *   8-bit: w[c, k] = code[c, k] * scale[c, g]
  *
  * `vdpbf16ps` multiplies pairs of bfloat16 values and adds both products to a float32 lane. A
@@ -12,12 +12,17 @@
  * Products of bfloat16 values are exact in float32, so each group's sum
  *
  *   acc[m, c, g] = sum_{k in g} (128 + code[c, k]) * x[m, k]         (4-bit)
- *   out[m, c]   += scale[c, g] * acc + (zero[c, g] - 136 * scale[c, g]) * xsum[m, g]
+ *   out[m, c]   += scale[c, g] * acc + (min[c, g] - 128 * scale[c, g]) * xsum[m, g]
  *
  * where xsum[m, g] is the float32 sum of x over the group, rounds only in float32 additions: the
  * weights are the file's own values, never rounded to bfloat16 (PyTorch's int4 kernel rounds
  * scales and zeros to bfloat16). The 128 offset costs a cancellation of about 16x in relative
  * float32 rounding (~1e-6), far below bfloat16's resolution.
+ *
+ * A batch-1 decode step streams every weight once, so its time is the bytes it reads. A 4-bit
+ * group's scale and min are the file's float16 values: kept as float16 (`half` = 1) they cost 4
+ * bytes per 32 weights beside 16 of codes, where float32 copies cost 8 (the step ran ~10% faster
+ * for it). Weights whose scale or min is not a float16 value keep float32 (`half` = 0).
  *
  * Layout (`bf16_block_matmul.py` packs it): columns go in panels of 16, one vector lane each;
  * within a panel, the codes of consecutive input pairs lie together so that one vector holds
@@ -27,7 +32,7 @@
  *   4-bit:  codes [cols / 16, k / 4, 32]  uint8: byte 2i + j of (p, q) holds, low nibble, the
  *                                         code of column 16p + i at input 4q + j, high nibble
  *                                         at input 4q + 2 + j
- *           scales, biases [cols / 16, k / 32, 16] float32 (bias = zero - 136 * scale)
+ *           scales, mins [cols / 16, k / 32, 16] float16 (`half`) or float32
  *   8-bit:  codes [cols / 16, k / 2, 32]  int8: byte 2i + j of (p, q) is the code of column
  *                                         16p + i at input 2q + j
  *           scales [cols / 16, k / 32, 16] float32
@@ -83,9 +88,15 @@ INLINE void store_lanes(void *out, int64_t at, __m512 value, int bf16_out) {
         _mm512_storeu_ps((float *)out + at, value);
 }
 
+/* 16 per-column group values (a scale or a min) at `at`, float16 or float32, in float32. */
+INLINE __m512 group_values(const void *values, int64_t at, int half) {
+    if (half) return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)((const uint16_t *)values + at)));
+    return _mm512_loadu_ps((const float *)values + at);
+}
+
 /* Rows r0 .. r0 + NR of one 4-bit panel: every group's codes are decoded once for all NR rows. */
 INLINE void int4_panel(const uint16_t *x, int64_t x_stride, int64_t k, const uint8_t *codes,
-                       const float *scales, const float *biases, const float *sums, int NR,
+                       const void *scales, const void *mins, int half, const float *sums, int NR,
                        void *out, int64_t out_stride) {
     const __m512i low = _mm512_set1_epi16(0x0f), one28 = _mm512_set1_epi16(0x4300);
     const int64_t groups = k / GROUP;
@@ -114,8 +125,10 @@ INLINE void int4_panel(const uint16_t *x, int64_t x_stride, int64_t k, const uin
                 acc[c + 1][r] = _mm512_dpbf16_ps(acc[c + 1][r], second, next);
             }
         }
-        const __m512 scale = _mm512_loadu_ps(scales + g * PANEL);
-        const __m512 bias = _mm512_loadu_ps(biases + g * PANEL);
+        const __m512 scale = group_values(scales, g * PANEL, half);
+        /* min - 128 * scale, rounded once: the product is exact */
+        const __m512 bias = _mm512_fmadd_ps(_mm512_set1_ps(-128.0f), scale,
+                                            group_values(mins, g * PANEL, half));
         for (int r = 0; r < NR; ++r) {
             const __m512 sum = _mm512_add_ps(_mm512_add_ps(acc[0][r], acc[1][r]),
                                              _mm512_add_ps(acc[2][r], acc[3][r]));
@@ -162,21 +175,22 @@ INLINE void int8_panel(const uint16_t *x, int64_t x_stride, int64_t k, const int
 
 /* Every row tile of panel p (the tile width a compile-time constant for the inner loops). */
 static void int4_panel_rows(const uint16_t *x, int64_t x_stride, int64_t rows, int64_t k,
-                            const uint8_t *codes, const float *scales, const float *biases,
+                            const uint8_t *codes, const void *scales, const void *mins, int half,
                             const float *sums, int64_t cols, int64_t p, uint16_t *out) {
     const int64_t groups = k / GROUP;
+    const size_t panel_bytes = (size_t)(groups * PANEL) * (half ? sizeof(uint16_t) : sizeof(float));
     codes += p * (k / 4) * 32;
-    scales += p * groups * PANEL;
-    biases += p * groups * PANEL;
+    scales = (const char *)scales + p * panel_bytes;
+    mins = (const char *)mins + p * panel_bytes;
     for (int64_t r0 = 0; r0 < rows; r0 += ROW_TILE) {
         const uint16_t *xr = x + r0 * x_stride;
         const float *sr = sums + r0 * groups;
         uint16_t *o = out + r0 * cols + p * PANEL;
         switch (rows - r0 < ROW_TILE ? rows - r0 : ROW_TILE) {
-        case 1: int4_panel(xr, x_stride, k, codes, scales, biases, sr, 1, o, cols); break;
-        case 2: int4_panel(xr, x_stride, k, codes, scales, biases, sr, 2, o, cols); break;
-        case 3: int4_panel(xr, x_stride, k, codes, scales, biases, sr, 3, o, cols); break;
-        default: int4_panel(xr, x_stride, k, codes, scales, biases, sr, 4, o, cols); break;
+        case 1: int4_panel(xr, x_stride, k, codes, scales, mins, half, sr, 1, o, cols); break;
+        case 2: int4_panel(xr, x_stride, k, codes, scales, mins, half, sr, 2, o, cols); break;
+        case 3: int4_panel(xr, x_stride, k, codes, scales, mins, half, sr, 3, o, cols); break;
+        default: int4_panel(xr, x_stride, k, codes, scales, mins, half, sr, 4, o, cols); break;
         }
     }
 }
@@ -201,8 +215,8 @@ static void int8_panel_rows(const uint16_t *x, int64_t x_stride, int64_t rows, i
 /* Returns 0, or -1 when k is no multiple of 32 (or too wide) or cols no multiple of 16, -2 when
  * memory for the group sums is lacking. Threads take panels of 16 columns. */
 int int4_matmul_bf16(const uint16_t *x, int64_t x_stride, int64_t rows, int64_t k,
-                     const uint8_t *codes, const float *scales, const float *biases, int64_t cols,
-                     int num_threads, uint16_t *out) {
+                     const uint8_t *codes, const void *scales, const void *mins, int half,
+                     int64_t cols, int num_threads, uint16_t *out) {
     if (rows < 0 || k % GROUP != 0 || k / GROUP > MAX_GROUPS || cols % PANEL != 0) return -1;
     if (rows == 0) return 0;
     float *sums = malloc((size_t)(rows * (k / GROUP)) * sizeof(float));
@@ -211,7 +225,7 @@ int int4_matmul_bf16(const uint16_t *x, int64_t x_stride, int64_t rows, int64_t 
     const int64_t panels = cols / PANEL;
 #pragma omp parallel for schedule(static) num_threads(num_threads) if (panels > 1)
     for (int64_t p = 0; p < panels; ++p)
-        int4_panel_rows(x, x_stride, rows, k, codes, scales, biases, sums, cols, p, out);
+        int4_panel_rows(x, x_stride, rows, k, codes, scales, mins, half, sums, cols, p, out);
     free(sums);
     return 0;
 }

@@ -19,7 +19,6 @@ from radixgen.runtime.kernels.binding import Scalar, Signature, Tensor, bind
 
 GROUP_SIZE = 32
 PANEL_COLS = 16  # one float32 lane per column
-CODE_OFFSET = 136  # the kernel reads code c as 128 + c; w = (c - 8) * s + z
 
 
 def _pad_cols(t: torch.Tensor) -> torch.Tensor:
@@ -34,30 +33,41 @@ def _panel_groups(t: torch.Tensor) -> torch.Tensor:
     return t.reshape(-1, PANEL_COLS, t.shape[1]).transpose(1, 2).contiguous()
 
 
+def _as_half_if_exact(*values: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """`values` as float16 when every element is a float16 value, else as float32."""
+    halves = tuple(v.half() for v in values)
+    exact = all(torch.equal(h.float(), v) for h, v in zip(halves, values, strict=True))
+    return halves if exact else values
+
+
 @dataclass(frozen=True)
 class Bf16Int4Panels:
-    """A 4-bit weight [N, K] in the kernel's layout: w = (code - 8) * scale + zero per group."""
+    """A 4-bit weight [N, K] in the kernel's layout: w = code * scale + min per group."""
 
     codes: torch.Tensor  # [N' / 16, K / 4, 32] uint8 (see bf16_block_matmul.c)
-    scales: torch.Tensor  # [N' / 16, K / 32, 16] float32
-    biases: torch.Tensor  # [N' / 16, K / 32, 16] float32: zero - 136 * scale
+    scales: torch.Tensor  # [N' / 16, K / 32, 16] float16 where exact (GGUF's own), else float32
+    mins: torch.Tensor  # [N' / 16, K / 32, 16] as scales: the weight of code 0
     cols: int  # N
+
+    @property
+    def half(self) -> bool:
+        """Whether the scales and mins are float16 (half the bytes of float32 ones)."""
+        return self.scales.dtype == torch.float16
 
     @staticmethod
     def pack(codes: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor) -> Bf16Int4Panels:
-        """From codes [N, K] (0..15) and per-group scales and zeros [N, K / 32]."""
+        """From codes [N, K] (0..15) and per-group scales and zeros [N, K / 32] (w = (code - 8)
+        * scale + zero)."""
         n, k = codes.shape
         c = _pad_cols(codes.to(torch.uint8))  # [N', K]
         # [N'/16, 16 cols, K/4 quads, 2 halves, 2 inputs] -> [N'/16, K/4, 2 halves, 16, 2]
         c = c.reshape(-1, PANEL_COLS, k // 4, 2, 2).permute(0, 2, 3, 1, 4)
         packed = c[:, :, 0] | (c[:, :, 1] << 4)  # [N'/16, K/4, 16, 2]: byte 2i + j
-        biases = zeros.float() - CODE_OFFSET * scales.float()
-        return Bf16Int4Panels(
-            packed.reshape(-1, k // 4, 2 * PANEL_COLS).contiguous(),
-            _panel_groups(scales),
-            _panel_groups(biases),
-            n,
-        )
+        scales = scales.float()
+        mins = zeros.float() - 8 * scales  # GGUF's m: exact where zero = m + 8 d was
+        scales, mins = _as_half_if_exact(_panel_groups(scales), _panel_groups(mins))
+        codes_layout = packed.reshape(-1, k // 4, 2 * PANEL_COLS).contiguous()
+        return Bf16Int4Panels(codes_layout, scales, mins, n)
 
 
 @dataclass(frozen=True)
@@ -80,14 +90,19 @@ class Bf16Int8Panels:
 
 
 _BF16, _F32 = (torch.bfloat16,), (torch.float32,)
+_GROUP_VALUES = (torch.float16, torch.float32)
 
 
 def _signature(name: str, codes: torch.dtype, four_bit: bool) -> Signature:
-    weight = [
-        Tensor("codes", (codes,), rank=3),
-        Tensor("scales", _F32, rank=3),
-        *([Tensor("biases", _F32, rank=3)] if four_bit else []),
-    ]
+    if four_bit:
+        weight = [
+            Tensor("codes", (codes,), rank=3),
+            Tensor("scales", _GROUP_VALUES, rank=3),
+            Tensor("mins", _GROUP_VALUES, rank=3, same_dtype_as="scales"),
+            Scalar("half", "int"),
+        ]
+    else:
+        weight = [Tensor("codes", (codes,), rank=3), Tensor("scales", _F32, rank=3)]
     return Signature(
         name,
         "int",
@@ -120,7 +135,9 @@ class Bf16BlockMatmulKernel:
 
     def int4(self, x: torch.Tensor, weight: Bf16Int4Panels) -> torch.Tensor:
         """x [M, K] bfloat16 @ w.T -> [M, N] bfloat16."""
-        return self._call(self._int4, x, weight, 4, torch.bfloat16, biases=weight.biases)
+        return self._call(
+            self._int4, x, weight, 4, torch.bfloat16, mins=weight.mins, half=int(weight.half)
+        )
 
     def int8(self, x: torch.Tensor, weight: Bf16Int8Panels) -> torch.Tensor:
         """x [M, K] bfloat16 @ w.T -> [M, N] float32 (logits)."""

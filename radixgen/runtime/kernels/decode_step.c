@@ -44,12 +44,13 @@
 #include "decode_attention.c"
 
 /* The columns of one row of the layer table (decode_step.py names them in this order). A
- * projection's SHIFTS are its biases (bfloat16 kernel) or zeros (float32 kernel). */
+ * projection's SHIFTS are its mins (bfloat16 kernel) or zeros (float32 kernel); its HALF is 1
+ * where the bfloat16 kernel's scales and mins are float16 (a flag, not an address). */
 enum {
-    QKV_CODES, QKV_SCALES, QKV_SHIFTS, QKV_BIAS,
-    O_CODES, O_SCALES, O_SHIFTS,
-    GATE_UP_CODES, GATE_UP_SCALES, GATE_UP_SHIFTS,
-    DOWN_CODES, DOWN_SCALES, DOWN_SHIFTS,
+    QKV_CODES, QKV_SCALES, QKV_SHIFTS, QKV_HALF, QKV_BIAS,
+    O_CODES, O_SCALES, O_SHIFTS, O_HALF,
+    GATE_UP_CODES, GATE_UP_SCALES, GATE_UP_SHIFTS, GATE_UP_HALF,
+    DOWN_CODES, DOWN_SCALES, DOWN_SHIFTS, DOWN_HALF,
     INPUT_NORM, POST_ATTENTION_NORM,
     LAYER_FIELDS
 };
@@ -81,7 +82,7 @@ static int project(const int64_t *row, int codes, const void *x, int64_t rows, i
                                FIELD(row, codes + 2), cols, num_threads, out);
 #ifdef __AVX512BF16__
     return int4_matmul_bf16(x, k, rows, k, FIELD(row, codes), FIELD(row, codes + 1),
-                            FIELD(row, codes + 2), cols, num_threads, out);
+                            FIELD(row, codes + 2), (int)row[codes + 3], cols, num_threads, out);
 #else
     return -1;
 #endif

@@ -6,9 +6,9 @@ Python dispatch costs about as much as their work. `DecodeStepKernel` runs every
 C, with the very kernels and roundings of the per-operation path (bit-identical results).
 
 The weights are described once, as a `LayerTable`: a row per layer of data addresses
-(`LAYER_FIELDS`, in the C source's order). The table holds the tensors it points into, so they
-live as long as it does. It needs the 4-bit matmul of the activation dtype: bfloat16 on CPUs
-with AVX512-BF16, float32 on CPUs with AVX2.
+(`LAYER_FIELDS`, in the C source's order; the `_half` columns are flags). The table holds the
+tensors it points into, so they live as long as it does. It needs the 4-bit matmul of the
+activation dtype: bfloat16 on CPUs with AVX512-BF16, float32 on CPUs with AVX2.
 """
 
 from __future__ import annotations
@@ -27,16 +27,20 @@ LAYER_FIELDS = (
     "qkv_codes",
     "qkv_scales",
     "qkv_shifts",
+    "qkv_half",
     "qkv_bias",
     "o_codes",
     "o_scales",
     "o_shifts",
+    "o_half",
     "gate_up_codes",
     "gate_up_scales",
     "gate_up_shifts",
+    "gate_up_half",
     "down_codes",
     "down_scales",
     "down_shifts",
+    "down_half",
     "input_norm",
     "post_attention_norm",
 )
@@ -98,7 +102,12 @@ class LayerWeights:
 
 
 def _shifts(weight: Int4Weight) -> torch.Tensor:
-    return weight.biases if isinstance(weight, Bf16Int4Panels) else weight.zeros
+    return weight.mins if isinstance(weight, Bf16Int4Panels) else weight.zeros
+
+
+def _half(weight: Int4Weight) -> int:
+    """The table's flag (not an address): 1 where the scales and mins are float16."""
+    return int(isinstance(weight, Bf16Int4Panels) and weight.half)
 
 
 def _padded_cols(weight: Int4Weight) -> int:
@@ -118,6 +127,9 @@ class LayerTable:
                     raise ValueError(f"a {weight.cols}-column weight is padded: not fused")
             for name in LAYER_FIELDS:
                 part, _, kind = name.rpartition("_")
+                if kind == "half":
+                    row.append(_half(getattr(layer, part)))
+                    continue
                 if kind in ("codes", "scales", "shifts"):
                     weight = getattr(layer, part)
                     tensor = _shifts(weight) if kind == "shifts" else getattr(weight, kind)
