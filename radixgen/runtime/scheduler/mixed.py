@@ -113,16 +113,16 @@ class MixedSteps:
             stepped.append((req, logits[rows.sample_row]))
         if s._settle_prefill(batch, results[len(decoding) :], stepped):
             s.emit_and_retire(decoding)
+        seconds = time.perf_counter() - started
+        prefill_tokens = sum(batch.extend_lens)
+        decode_tokens = sum(lens) - prefill_tokens
         counters = s.counters
         counters["mixed_steps"] += 1
-        counters["mixed_prefill_tokens"] += sum(batch.extend_lens)
-        counters["mixed_decode_tokens"] += sum(lens) - sum(batch.extend_lens)
-        seconds = time.perf_counter() - started
+        counters["mixed_prefill_tokens"] += prefill_tokens
+        counters["mixed_decode_tokens"] += decode_tokens
         counters["mixed_seconds"] += seconds
         if self.step_seconds is not None:
-            self.cost.observe(
-                sum(lens) - sum(batch.extend_lens), context, sum(batch.extend_lens), seconds
-            )
+            self.cost.observe(decode_tokens, context, prefill_tokens, seconds)
 
     def _decode_memory(self) -> tuple[list[Req], dict[int, torch.Tensor]]:
         """A slot per pending token of every running request (retracting as a decode step
