@@ -58,10 +58,8 @@ from radixgen.runtime.model.runner import ModelRunner
 from radixgen.runtime.request import FinishKind, FinishReason, Req
 from radixgen.runtime.sampler import Sampler
 from radixgen.runtime.scheduler.batch_builder import (
-    ExtendRows,
     build_decode,
     build_extend,
-    input_logprob_start,
 )
 from radixgen.runtime.scheduler.cache_manager import CacheManager
 from radixgen.runtime.scheduler.decode import DecodeManager
@@ -69,6 +67,7 @@ from radixgen.runtime.scheduler.mixed import MixedSteps
 from radixgen.runtime.scheduler.output import OutputProcessor
 from radixgen.runtime.scheduler.policy import order_waiting
 from radixgen.runtime.scheduler.prefill import PrefillBatch, PrefillManager
+from radixgen.runtime.scheduler.prefill_step import run_prefill
 from radixgen.runtime.scheduler.speculative import Speculator
 from radixgen.runtime.scheduler.verify import run_verify
 
@@ -297,7 +296,7 @@ class Scheduler:
         if batch is not None:
             self.prefilling = batch.reqs
             if limits is None:
-                self._run_prefill(batch)
+                run_prefill(self, batch)
             else:
                 self.mixed.run(batch)  # the running decodes advance in the same pass
             self.prefilling = []
@@ -339,91 +338,6 @@ class Scheduler:
                 f"{self.cache.available_tokens} can ever be free",
             ),
         )
-
-    def _run_prefill(self, batch: PrefillBatch) -> None:
-        started = time.perf_counter()
-        results = self._forward_each(batch.reqs, self._extend_pass(batch.reqs, batch.extend_lens))
-        self._settle_prefill(batch, results)
-        self.counters["prefill_batches"] += 1
-        self.counters["prefill_tokens"] += sum(batch.extend_lens)
-        self.counters["prefill_seconds"] += time.perf_counter() - started
-
-    def _extend_pass(
-        self, reqs: list[Req], extend_lens: list[int]
-    ) -> Callable[[list[Req]], list[tuple[torch.Tensor, ExtendRows]]]:
-        """`forward(some)` for `_forward_each`: one extend pass over `some` of `reqs`, each by its
-        own extend length; (logits [R, V], the request's rows) per request."""
-        extend_len = {id(r): n for r, n in zip(reqs, extend_lens, strict=True)}
-
-        def forward(some: list[Req]) -> list[tuple[torch.Tensor, ExtendRows]]:
-            lens = [extend_len[id(r)] for r in some]
-            forward_batch, layout = build_extend(some, lens, self.runner.req_table)
-            logits = self.runner.forward(forward_batch)  # [R, V]
-            return [(logits, rows) for rows in layout]
-
-        return forward
-
-    def _settle_prefill(
-        self,
-        batch: PrefillBatch,
-        results: list[tuple[torch.Tensor, ExtendRows] | None],
-        also_sample: list[tuple[Req, torch.Tensor]] | None = None,
-    ) -> bool:
-        """A prefill batch after its pass (`_forward_each`'s results): advance the KV, sample
-        the completed prompts (in one batch with `also_sample`: (request, logits row) pairs a
-        mixed step's decodes bring), share prompts through the tree, move completed requests to
-        decoding, emit and finish. False when a failed pass forced an engine reset."""
-        to_sample = [req for req, _ in also_sample or ()]
-        sample_rows = [row for _, row in also_sample or ()]
-        for req, n, result in zip(batch.reqs, batch.extend_lens, results, strict=True):
-            if result is None:  # its forward pass failed even alone
-                if req is not batch.chunked and not self.cache.disabled:
-                    # Its prompt was published before the pass: the tree now holds slots
-                    # without KV that batch-mates may have matched. Only a reset is safe.
-                    self._reset_after_fault()
-                    return False
-                self.cache.drop_uncomputed(req, n)
-                continue
-            logits, rows = result
-            req.kv_len += n
-            try:
-                self._record_prefill(req, logits, rows)
-            except Exception as exc:
-                self._fail(req, exc)
-                continue
-            if rows.sample_row is None or req.is_finished:
-                continue
-            to_sample.append(req)
-            sample_rows.append(logits[rows.sample_row])
-        if to_sample:
-            self._sample_and_append(to_sample, torch.stack(sample_rows))
-        # Share every still-running prompt (or prompt chunk) through the tree right away, so
-        # requests waiting behind it reuse it instead of computing it again.
-        for req in batch.reqs:
-            if not req.is_finished:
-                self.cache.cache_unfinished(req)
-        done = [r for r in batch.reqs if r is not self.chunked]
-        self.decode.add([r for r in done if not r.is_finished])
-        self._emit(batch.reqs)
-        for req in done:
-            if req.is_finished:
-                self._finish(req)
-        if self.chunked is not None and self.chunked.is_finished:
-            chunked, self.chunked = self.chunked, None
-            self._finish(chunked)
-        return True
-
-    def _record_prefill(self, req: Req, logits: torch.Tensor, rows: ExtendRows) -> None:
-        """A prefilled request's own bookkeeping: prompt logprobs, counters, max_new_tokens 0."""
-        if req.wants_input_logprobs and (rows.input_logprob_rows or not req.input_token_logprobs):
-            first_id = req.origin_input_ids[input_logprob_start(req)]
-            picked = logits[rows.input_logprob_rows.start : rows.input_logprob_rows.stop]
-            self.outputs.record_input_logprobs(req, picked, rows.input_logprob_targets, first_id)
-        if req.retractions == 0 and req.kv_len >= len(req.origin_input_ids):
-            self.counters["prompt_tokens"] += len(req.origin_input_ids)
-            self.counters["cached_tokens"] += req.cached_tokens
-        if rows.sample_row is not None and req.sampling_params.max_new_tokens == 0:
-            req.finish(FinishReason(FinishKind.LENGTH, length=0))
 
     # --- decode ----------------------------------------------------------------------------
 

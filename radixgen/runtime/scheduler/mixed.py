@@ -28,7 +28,7 @@ A mixed step, as the scheduler runs it:
    else (a decode that fails alone frees its new slots and ends with an internal error; a prefill
    request that fails alone is handled as in a prefill step);
 4. the decodes that stepped and the completed prompts sample in one batch; the prefill side
-   settles as a prefill step does (`Scheduler._settle_prefill`); finished decodes end.
+   settles as a prefill step does (`prefill_step.settle_prefill`); finished decodes end.
 
 What each request computes is unchanged: its new tokens over its own KV, whichever requests share
 the pass (float32 greedy outputs are tested token-identical to separate steps).
@@ -44,6 +44,7 @@ import torch
 from radixgen.runtime.config import EngineConfig
 from radixgen.runtime.request import Req
 from radixgen.runtime.scheduler.prefill import PrefillBatch
+from radixgen.runtime.scheduler.prefill_step import extend_pass, settle_prefill
 from radixgen.runtime.scheduler.step_cost import StepCostModel
 
 if TYPE_CHECKING:
@@ -102,7 +103,7 @@ class MixedSteps:
         context = sum(r.kv_len for r in decoding)
         reqs = decoding + batch.reqs
         lens = [r.pending_len for r in decoding] + batch.extend_lens
-        results = s._forward_each(reqs, s._extend_pass(reqs, lens))
+        results = s._forward_each(reqs, extend_pass(s, reqs, lens))
         stepped: list[tuple[Req, torch.Tensor]] = []
         for req, result in zip(decoding, results[: len(decoding)], strict=True):
             if result is None:  # failed even alone: its new slots hold nothing
@@ -111,7 +112,7 @@ class MixedSteps:
             logits, rows = result
             req.kv_len += len(new_slots[id(req)])
             stepped.append((req, logits[rows.sample_row]))
-        if s._settle_prefill(batch, results[len(decoding) :], stepped):
+        if settle_prefill(s, batch, results[len(decoding) :], stepped):
             s.emit_and_retire(decoding)
         seconds = time.perf_counter() - started
         prefill_tokens = sum(batch.extend_lens)
